@@ -1,0 +1,145 @@
+"""The command line the sweeps share (``sweeps/demo.py``, ``sweeps/full_grid.py``).
+
+Each sweep script only declares its defaults; this module parses, validates, runs the preflight,
+starts the sweep and prints the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from rayexp.backbones import get_spec
+from rayexp.data.catalog import default_data_dir, get_dataset_info
+from rayexp.errors import RayexpError
+from rayexp.grid import expand_grid
+
+
+@dataclass
+class SweepDefaults:
+    """What distinguishes one sweep script from another."""
+
+    description: str
+    experiment: str
+    backbones: Sequence[str]
+    datasets: Sequence[str]
+    fractions: Sequence[float]
+    seeds: Sequence[int]
+    max_epochs: int
+    patience: int
+    batch_size: int | None = None
+    fallback_to_random_weights: bool = False
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+def build_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=defaults.description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--backbones", nargs="+", default=list(defaults.backbones), help="backbone names (see README)")
+    p.add_argument("--datasets", nargs="+", default=list(defaults.datasets), help="dataset names (python datasets/prepare.py --list)")
+    p.add_argument("--fractions", nargs="+", type=float, default=list(defaults.fractions), help="fractions of the training split, in (0, 1]")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
+    p.add_argument("--data-dir", default=str(default_data_dir()), help="folder of prepared datasets")
+    p.add_argument("--storage", default=str(Path("ray_results").resolve()), help="Tune/Train storage: a local folder or a bucket URI")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI; relative SQLite paths are made absolute")
+    p.add_argument("--experiment", default=defaults.experiment, help="MLflow experiment and Tune run name")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    p.add_argument("--max-epochs", type=int, default=defaults.max_epochs, help="safety cap on epochs per trial")
+    p.add_argument("--patience", type=int, default=defaults.patience, help="epochs without improvement before stopping")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch (default: the backbone's registry value)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16/fp16 on GPU, fp32 on CPU")
+    p.add_argument("--weights-dir", default=None, help="folder of pretrained weight files (air-gapped clusters); else $RAYEXP_WEIGHTS_DIR, then torch's cache")
+    p.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs held by each trial's training worker")
+    p.add_argument("--data-cpus", type=float, default=1.0, help="CPUs kept free per trial for its Ray Data decode tasks")
+    p.add_argument("--gpus-per-trial", type=float, default=1.0, help="GPUs per trial when the cluster has GPUs")
+    p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
+    p.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
+    p.add_argument("--dry-run", action="store_true", help="print the trial count and keys, start nothing")
+    return p
+
+
+def code_version() -> str:
+    """The git commit of this checkout (with -dirty for uncommitted changes), or 'unknown'."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if commit.returncode != 0:
+        return "unknown"
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def main(defaults: SweepDefaults, argv: Sequence[str] | None = None) -> int:
+    """Parse, validate, preflight, sweep, report. Returns the process exit code."""
+    args = build_parser(defaults).parse_args(argv)
+    try:
+        return _run(defaults, args)
+    except RayexpError as exc:
+        print(f"rayexp: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
+    for name in args.backbones:
+        get_spec(name)
+    for name in args.datasets:
+        get_dataset_info(name)
+    keys = expand_grid(args.backbones, args.datasets, args.fractions, args.seeds)
+    if args.dry_run:
+        print(f"{len(keys)} trials ({len(args.backbones)} backbones x {len(args.datasets)} datasets x {len(set(args.fractions))} fractions x {len(set(args.seeds))} seeds)")
+        for key in keys:
+            print(key)
+        return 0
+
+    from rayexp import preflight, report, tracking
+
+    data_dir = str(Path(args.data_dir).expanduser().resolve())
+    manifests = preflight.check_datasets(args.datasets, data_dir)
+    preflight.check_input_sizes(args.backbones, manifests)
+    weights = preflight.resolve_weights(args.backbones, args.weights_dir, defaults.fallback_to_random_weights)
+    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.ensure_experiment(tracking_uri, args.experiment)
+
+    from rayexp.orchestrate import SweepConfig, run_sweep
+
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).expanduser().resolve())
+    cfg = SweepConfig(
+        keys=keys,
+        experiment=args.experiment,
+        data_dir=data_dir,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        weights=weights,
+        weights_dir=args.weights_dir,
+        address=args.address,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        worker_cpus=args.worker_cpus,
+        data_cpus=args.data_cpus,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        code_version=code_version(),
+        extra_tags=dict(defaults.extra_tags),
+    )
+    outcome = run_sweep(cfg)
+
+    summaries = report.summarize(tracking.fetch_trial_results(tracking_uri, args.experiment), expected=keys)
+    summaries = [s for s in summaries if (s.backbone, s.dataset, s.fraction) in {k.cell for k in keys}]
+    out_dir = Path(args.out or Path("reports") / args.experiment).resolve()
+    paths = report.write_report(summaries, out_dir, title=f"rayexp: {args.experiment}")
+    print("\n" + report.markdown_table(summaries))
+    print(f"Report: {paths['markdown']} and {paths['csv']}")
+    print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri}   (experiment {args.experiment!r})")
+    if outcome["errored"]:
+        print(f"\n{len(outcome['errored'])} trial(s) errored:", file=sys.stderr)
+        for key, message, path in outcome["errored"]:
+            print(f"  {key}: {message}\n    logs: {path}", file=sys.stderr)
+        return 1
+    return 0

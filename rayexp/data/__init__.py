@@ -1,0 +1,1 @@
+"""Datasets: the catalog, the shard format, the sources that feed it, and the Ray Data pipeline."""

@@ -1,0 +1,422 @@
+"""The shard format: one prepared dataset as a manifest plus Parquet parts, written atomically.
+
+``<data_dir>/<name>/manifest.json`` and ``<data_dir>/<name>/<split>/part-NNNNN.parquet`` with columns
+``image`` (encoded PNG/JPEG, RGB), ``label`` (int32), ``id`` (string) and ``rank`` (int32, the row's
+position within its class in a fixed seeded permutation). Training only ever reads this format; every
+source module only yields :class:`SourceRecord` s, and all shared work (splitting, ranking, encoding,
+resizing, statistics, writing, verifying) lives here once.
+
+A fraction ``f`` of the training split is the rows with ``rank < max(1, ceil(f * n_class))``. The
+training split is stored sorted by rank, so that filter is a prefix of the files and Parquet's row-group
+statistics let a 1% trial skip the other 99% of the bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from PIL import Image, UnidentifiedImageError
+
+from rayexp import __version__
+from rayexp.data.catalog import DatasetInfo
+from rayexp.errors import RayexpError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
+JPEG_QUALITY = 95  # re-encoding a JPEG source at 95 keeps artefacts well below those already present
+SCHEMA = pa.schema(
+    [
+        pa.field("image", pa.binary()),
+        pa.field("label", pa.int32()),
+        pa.field("id", pa.string()),
+        pa.field("rank", pa.int32()),
+    ]
+)
+
+
+@dataclass
+class SourceRecord:
+    """One image as a source yields it, before any shared processing.
+
+    ``image`` is a PIL image, an HxW or HxWxC uint8 array, or the encoded file's bytes. ``split`` is the
+    official split, or None to let the writer split stratified with the source's test fraction.
+    """
+
+    image: "Image.Image | np.ndarray | bytes"
+    label: int
+    id: str
+    split: str | None = None
+
+
+@dataclass
+class Source:
+    """What a source module hands the writer: class names, records and how the split was made."""
+
+    classes: list[str]
+    records: Iterable[SourceRecord]
+    split_rule: str
+    test_fraction: float | None = None  # for records with split=None
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+def fraction_count(n_class: int, fraction: float) -> int:
+    """How many training rows of a class of ``n_class`` a fraction keeps: ``max(1, ceil(f * n))``.
+
+    Rounded to 9 decimals first so that float error (0.1 * 150 = 15.000000000000002) does not add a row.
+    """
+    return max(1, math.ceil(round(fraction * n_class, 9)))
+
+
+def class_ranks(labels: Sequence[int], seed: int) -> np.ndarray:
+    """Each row's position within its class in one seeded permutation of all rows."""
+    labels = np.asarray(labels)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    ranks = np.empty(len(labels), dtype=np.int32)
+    seen: dict[int, int] = {}
+    for row in order:
+        label = int(labels[row])
+        ranks[row] = seen.get(label, 0)
+        seen[label] = ranks[row] + 1
+    return ranks
+
+
+def stratified_test_mask(labels: Sequence[int], test_fraction: float, seed: int) -> np.ndarray:
+    """True for the rows that go to the test split: ``round(test_fraction * n)`` of each class."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        n_test = int(round(test_fraction * len(rows)))
+        if len(rows) >= 2:
+            n_test = min(max(n_test, 1), len(rows) - 1)
+        mask[rng.permutation(rows)[:n_test]] = True
+    return mask
+
+
+def stored_size(native: tuple[int, int], train_size: tuple[int, int]) -> tuple[int, int]:
+    """The (H, W) to store an image of ``native`` size at: min(native, training size), never upscaled.
+
+    The image is scaled down, keeping its aspect ratio, until one side reaches the training size, so
+    that the resize at training time (which ignores aspect ratio) still only ever shrinks it.
+    """
+    h, w = native
+    scale = max(train_size[0] / h, train_size[1] / w)
+    if scale >= 1.0:
+        return (h, w)
+    return (max(train_size[0], round(h * scale)), max(train_size[1], round(w * scale)))
+
+
+def encode_image(image: "Image.Image | np.ndarray | bytes", train_size: tuple[int, int], encoding: str, record_id: str) -> tuple[bytes, tuple[int, int]]:
+    """RGB, at most the training size, encoded as ``encoding``; returns the bytes and the stored (H, W)."""
+    try:
+        if isinstance(image, (bytes, bytearray)):
+            pil = Image.open(io.BytesIO(image))
+            pil.load()
+        elif isinstance(image, np.ndarray):
+            pil = Image.fromarray(image)
+        else:
+            pil = image
+        if pil.mode != "RGB":
+            if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(pil, dtype=np.float64)
+                span = max(array.max() - array.min(), 1.0)
+                pil = Image.fromarray(((array - array.min()) * (255.0 / span)).astype(np.uint8))
+            pil = pil.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise RayexpError(f"image {record_id!r} cannot be decoded ({exc}); fix or remove that file") from None
+    size = stored_size((pil.height, pil.width), train_size)
+    if size != (pil.height, pil.width):
+        pil = pil.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
+    buffer = io.BytesIO()
+    if encoding == "png":
+        pil.save(buffer, format="PNG")
+    elif encoding == "jpeg":
+        pil.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        raise ValueError(f"unknown image encoding {encoding!r}")
+    return buffer.getvalue(), size
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """HxWx3 uint8 array of an encoded shard image."""
+    with Image.open(io.BytesIO(data)) as pil:
+        return np.asarray(pil.convert("RGB"))
+
+
+def dataset_dir(data_dir: str | os.PathLike, name: str) -> Path:
+    return Path(data_dir).expanduser().resolve() / name
+
+
+def is_prepared(data_dir: str | os.PathLike, name: str) -> bool:
+    return (dataset_dir(data_dir, name) / MANIFEST).is_file()
+
+
+def load_manifest(data_dir: str | os.PathLike, name: str) -> dict:
+    """The manifest of a prepared dataset, or an error that says how to prepare it."""
+    path = dataset_dir(data_dir, name) / MANIFEST
+    if not path.is_file():
+        raise RayexpError(
+            f"dataset {name!r} is not prepared in {Path(data_dir).expanduser().resolve()} "
+            f"(no {path}); run: python datasets/prepare.py {name} --data-dir {data_dir}"
+        )
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise RayexpError(
+            f"dataset {name!r} in {path.parent} has shard format {manifest.get('format_version')}, "
+            f"this rayexp reads {FORMAT_VERSION}; run: python datasets/prepare.py {name} --force"
+        )
+    return manifest
+
+
+def split_paths(data_dir: str | os.PathLike, manifest: dict, split: str) -> list[str]:
+    """Absolute paths of a split's Parquet parts."""
+    if split not in manifest["splits"]:
+        raise RayexpError(f"dataset {manifest['name']!r} has no {split!r} split (it has {', '.join(manifest['splits'])})")
+    root = dataset_dir(data_dir, manifest["name"])
+    return [str(root / f) for f in manifest["splits"][split]["files"]]
+
+
+def fraction_thresholds(manifest: dict, fraction: float) -> list[int]:
+    """Per class, the rank below which a training row belongs to ``fraction``."""
+    counts = manifest["splits"]["train"]["class_counts"]
+    return [fraction_count(n, fraction) for n in counts]
+
+
+def threshold_groups(manifest: dict, fraction: float) -> list[tuple[list[int], int]]:
+    """Classes grouped by their rank threshold: [(labels, k), ...]; one group for a balanced dataset.
+
+    Grouping keeps the filter expression small even for 200 classes.
+    """
+    groups: dict[int, list[int]] = {}
+    for label, k in enumerate(fraction_thresholds(manifest, fraction)):
+        groups.setdefault(k, []).append(label)
+    return [(labels, k) for k, labels in sorted(groups.items())]
+
+
+def fraction_filter(manifest: dict, fraction: float) -> "pc.Expression | None":
+    """A PyArrow filter selecting ``fraction`` of the training split, or None for all of it."""
+    if fraction >= 1.0:
+        return None
+    groups = threshold_groups(manifest, fraction)
+    # One bound on rank that prunes row groups by their statistics, then the exact per-class rule.
+    expr = None
+    for labels, k in groups:
+        term = pc.field("label").isin(labels) & (pc.field("rank") < k)
+        expr = term if expr is None else expr | term
+    return (pc.field("rank") < max(k for _, k in groups)) & expr
+
+
+def read_split(data_dir: str | os.PathLike, name: str, split: str, fraction: float = 1.0, columns: Sequence[str] | None = None) -> pa.Table:
+    """A split (or a fraction of the training split) as an Arrow table, filter pushed into the scan."""
+    manifest = load_manifest(data_dir, name)
+    dataset = pads.dataset(split_paths(data_dir, manifest, split), format="parquet")
+    filt = fraction_filter(manifest, fraction) if split == "train" else None
+    return dataset.to_table(columns=list(columns) if columns else None, filter=filt)
+
+
+def row_groups_scanned(data_dir: str | os.PathLike, name: str, fraction: float) -> tuple[int, int]:
+    """(row groups a fraction's scan must read, row groups in the training split).
+
+    What the pushed-down filter buys: row groups whose ``rank`` statistics exclude the fraction are
+    never read.
+    """
+    manifest = load_manifest(data_dir, name)
+    dataset = pads.dataset(split_paths(data_dir, manifest, "train"), format="parquet")
+    filt = fraction_filter(manifest, fraction)
+    total = kept = 0
+    for fragment in dataset.get_fragments():
+        total += fragment.metadata.num_row_groups
+        kept += len(fragment.split_by_row_group(filter=filt)) if filt is not None else fragment.metadata.num_row_groups
+    return kept, total
+
+
+class _ChannelStats:
+    """Running per-channel mean and std of images in [0, 1]."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.total = np.zeros(3)
+        self.total_sq = np.zeros(3)
+
+    def add(self, rgb: np.ndarray) -> None:
+        pixels = rgb.reshape(-1, 3).astype(np.float64) / 255.0
+        self.n += len(pixels)
+        self.total += pixels.sum(0)
+        self.total_sq += (pixels**2).sum(0)
+
+    def result(self) -> tuple[list[float], list[float]]:
+        mean = self.total / max(self.n, 1)
+        std = np.sqrt(np.maximum(self.total_sq / max(self.n, 1) - mean**2, 1e-12))
+        return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def _write_split(root: Path, split: str, rows: list[dict], rows_per_part: int, row_group_rows: int) -> list[str]:
+    (root / split).mkdir(parents=True)
+    files = []
+    for part, start in enumerate(range(0, max(len(rows), 1), rows_per_part)):
+        chunk = rows[start : start + rows_per_part]
+        table = pa.Table.from_pylist(chunk, schema=SCHEMA)
+        rel = f"{split}/part-{part:05d}.parquet"
+        pq.write_table(table, root / rel, row_group_size=row_group_rows, compression="none", write_statistics=True)
+        files.append(rel)
+    return files
+
+
+def _progress(message: str, done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\r{message}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+    elif done == total or done % max(total // 10, 1) == 0:
+        print(f"{message}: {done}/{total}", file=sys.stderr, flush=True)
+
+
+def write_dataset(
+    data_dir: str | os.PathLike,
+    info: DatasetInfo,
+    source: Source,
+    *,
+    seed: int = 0,
+    force: bool = False,
+    rows_per_part: int = 4096,
+    row_group_rows: int = 256,
+) -> dict:
+    """Encode, split, rank and write ``source`` as shards of ``info.name``, atomically; returns the manifest.
+
+    Everything is written to a hidden temporary folder beside the target, verified, then renamed into
+    place, so an error or an interrupt never leaves a half-written dataset behind.
+    """
+    target = dataset_dir(data_dir, info.name)
+    if target.exists() and not force:
+        raise RayexpError(f"dataset {info.name!r} is already prepared in {target}; pass --force to redo it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{info.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        manifest = _write_into(tmp, info, source, seed, rows_per_part, row_group_rows)
+        verify_dataset(tmp, manifest)
+        if target.exists():
+            old = target.parent / f".{info.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_into(root: Path, info: DatasetInfo, source: Source, seed: int, rows_per_part: int, row_group_rows: int) -> dict:
+    root.mkdir(parents=True)
+    n_classes = len(source.classes)
+    records = list(source.records)
+    if not records:
+        raise RayexpError(f"dataset {info.name!r}: the source yielded no images")
+    labels = np.array([r.label for r in records], dtype=np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if len(bad):
+        r = records[bad[0]]
+        raise RayexpError(f"dataset {info.name!r}: image {r.id!r} has label {r.label}, outside 0..{n_classes - 1}")
+    splits = [r.split for r in records]
+    if any(s is None for s in splits):
+        if source.test_fraction is None:
+            raise RayexpError(f"dataset {info.name!r}: records without a split need the source's test_fraction")
+        undecided = np.array([s is None for s in splits])
+        mask = stratified_test_mask(labels[undecided], source.test_fraction, seed)
+        it = iter(mask)
+        splits = [("test" if next(it) else "train") if s is None else s for s in splits]
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise RayexpError(f"dataset {info.name!r}: unknown split names {unknown}; use {SPLITS}")
+
+    stats = _ChannelStats()
+    manifest_splits: dict[str, dict] = {}
+    sizes: list[tuple[int, int]] = []
+    total = len(records)
+    done = 0
+    for split in [s for s in SPLITS if s in set(splits)]:
+        rows_idx = [i for i, s in enumerate(splits) if s == split]
+        ranks = class_ranks(labels[rows_idx], seed)
+        rows = []
+        for i, rank in zip(rows_idx, ranks):
+            rec = records[i]
+            data, size = encode_image(rec.image, info.input_size, info.encoding, rec.id)
+            sizes.append(size)
+            if split == "train":
+                stats.add(decode_image(data))
+            rows.append({"image": data, "label": int(rec.label), "id": rec.id, "rank": int(rank)})
+            done += 1
+            _progress(f"preparing {info.name}", done, total)
+        rows.sort(key=lambda row: (row["rank"], row["label"]))
+        counts = np.bincount(labels[rows_idx], minlength=n_classes)
+        manifest_splits[split] = {
+            "rows": len(rows),
+            "class_counts": [int(c) for c in counts],
+            "files": _write_split(root, split, rows, rows_per_part, row_group_rows),
+        }
+    mean, std = stats.result()
+    heights = [s[0] for s in sizes]
+    widths = [s[1] for s in sizes]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": info.name,
+        "title": info.title,
+        "domain": info.domain,
+        "classes": list(source.classes),
+        "n_classes": n_classes,
+        "splits": manifest_splits,
+        "image": {
+            "encoding": info.encoding,
+            "jpeg_quality": JPEG_QUALITY if info.encoding == "jpeg" else None,
+            "max_size": list(info.input_size),
+            "stored_min": [min(heights), min(widths)],
+            "stored_max": [max(heights), max(widths)],
+        },
+        "input_size": list(info.input_size),
+        "normalization": {"mean": mean, "std": std},
+        "split_rule": source.split_rule,
+        "seed": seed,
+        "source_checksums": dict(source.checksums),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "rayexp_version": __version__,
+    }
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def verify_dataset(root: Path, manifest: dict) -> None:
+    """Read the written shards back: row and class counts as recorded, labels in range, ranks dense."""
+    n_classes = manifest["n_classes"]
+    for split, meta in manifest["splits"].items():
+        table = pads.dataset([str(root / f) for f in meta["files"]], format="parquet").to_table(columns=["label", "rank", "id"])
+        if table.num_rows != meta["rows"]:
+            raise RayexpError(f"{manifest['name']}/{split}: wrote {meta['rows']} rows but read back {table.num_rows}")
+        labels = table["label"].to_numpy()
+        if labels.min() < 0 or labels.max() >= n_classes:
+            raise RayexpError(f"{manifest['name']}/{split}: a label is outside 0..{n_classes - 1}")
+        counts = np.bincount(labels, minlength=n_classes)
+        if counts.tolist() != meta["class_counts"]:
+            raise RayexpError(f"{manifest['name']}/{split}: class counts read back differ from those written")
+        empty = [manifest["classes"][c] for c in np.flatnonzero(counts == 0)]
+        if empty:
+            raise RayexpError(f"{manifest['name']}/{split}: classes with no images: {', '.join(empty)}")
+        ranks = table["rank"].to_numpy()
+        for c in range(n_classes):
+            if sorted(ranks[labels == c].tolist()) != list(range(counts[c])):
+                raise RayexpError(f"{manifest['name']}/{split}: ranks of class {c} are not 0..{counts[c] - 1}")

@@ -1,0 +1,294 @@
+"""Ray at the edges: the only module that imports ray.tune and ray.train.
+
+Ray Tune enumerates the grid: each trial is a Tune function (:func:`trial_driver`) that builds the trial's
+Ray Data pipeline and fits a Ray Train ``TorchTrainer`` with one worker (:func:`train_worker`), which
+reports each epoch back to Tune through ``TuneReportCallback`` (the Train V2 pattern; not
+``Tuner(trainer)``). The worker trains with :mod:`rayexp.training` and logs to MLflow with
+:mod:`rayexp.tracking`.
+
+Resources, per trial: the Tune function holds no CPU, only one unit of the custom resource
+``rayexp_trial_driver``; the Train worker holds ``worker_cpus`` (and one GPU when the cluster has GPUs);
+the Ray Data tasks that decode get ``data_cpus``, kept free by bounding concurrency. Without that
+reserve, trial actors can hold every CPU and Ray Data waits forever without an error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rayexp.errors import RayexpError
+from rayexp.grid import TrialKey
+
+DRIVER_RESOURCE = "rayexp_trial_driver"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class SweepConfig:
+    """Everything a sweep needs; the ``settings`` half travels to every trial."""
+
+    keys: list[TrialKey]
+    experiment: str
+    data_dir: str
+    storage: str
+    tracking_uri: str
+    weights: dict[str, str]  # backbone -> "pretrained" | "random"
+    weights_dir: str | None = None
+    address: str | None = None
+    max_epochs: int = 100
+    patience: int = 10
+    batch_size: int | None = None  # None: the backbone's registry default
+    precision: str = "auto"
+    worker_cpus: float = 1.0
+    data_cpus: float = 1.0
+    gpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    num_cpus: int | None = None  # for a local Ray instance; None: all cores
+    code_version: str = ""
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    def trial_settings(self, use_gpu: bool) -> dict:
+        return {
+            "experiment": self.experiment,
+            "data_dir": str(self.data_dir),
+            "storage": self.storage,
+            "tracking_uri": self.tracking_uri,
+            "weights": self.weights,
+            "weights_dir": self.weights_dir,
+            "max_epochs": self.max_epochs,
+            "patience": self.patience,
+            "batch_size": self.batch_size,
+            "precision": self.precision,
+            "worker_cpus": self.worker_cpus,
+            "gpus_per_trial": self.gpus_per_trial if use_gpu else 0,
+            "data_cpus": self.data_cpus,
+            "max_failures": self.max_failures,
+            "code_version": self.code_version,
+            "extra_tags": self.extra_tags,
+        }
+
+
+def train_worker(config: dict) -> None:
+    """The Ray Train worker loop of one trial: plain PyTorch via :func:`rayexp.training.fit`."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from rayexp import tracking, training
+    from rayexp.backbones import create_backbone, get_spec
+    from rayexp.data.pipeline import Normalizer
+
+    key = TrialKey.parse(config["key"])
+    s = config["settings"]
+    manifest = config["manifest"]
+    spec = get_spec(key.backbone)
+    device = ray.train.torch.get_device()
+    batch_size = int(s["batch_size"] or spec.batch_size)
+    cfg = training.TrainConfig(max_epochs=s["max_epochs"], patience=s["patience"], precision=s["precision"], seed=key.seed)
+    pretrained = s["weights"][key.backbone] == "pretrained"
+
+    training.seed_everything(key.seed)  # seeds the new head's init
+    model = create_backbone(key.backbone, manifest["n_classes"], pretrained=pretrained, weights_dir=s["weights_dir"])
+    model = model.to(device, memory_format=torch.channels_last)
+
+    checkpoint = None
+    ray_checkpoint = ray.train.get_checkpoint()
+    if ray_checkpoint is not None:
+        with ray_checkpoint.as_directory() as folder:
+            checkpoint = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+
+    normalize = Normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"], device)
+    train_shard = ray.train.get_dataset_shard("train")
+    test_shard = ray.train.get_dataset_shard("test")
+    shuffle_buffer = min(config["train_rows"], 1024)
+
+    def train_batches(epoch: int):
+        for batch in train_shard.iter_torch_batches(
+            batch_size=batch_size,
+            local_shuffle_buffer_size=shuffle_buffer,
+            local_shuffle_seed=key.seed * 100_003 + epoch,
+            device="cpu",
+        ):
+            yield normalize(batch)
+
+    def test_batches():
+        for batch in test_shard.iter_torch_batches(batch_size=batch_size, device="cpu"):
+            yield normalize(batch)
+
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    run = None
+    if rank0:
+        tags = {
+            "key": str(key),
+            "backbone": key.backbone,
+            "dataset": key.dataset,
+            "domain": manifest["domain"],
+            "fraction": repr(key.fraction),
+            "seed": str(key.seed),
+            "protocol": "paper",
+            "selection": "test",
+            "code_version": s["code_version"],
+            "node": socket.gethostname(),
+            "accelerator": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            **s["extra_tags"],
+        }
+        params = {
+            **{k: v for k, v in asdict(cfg).items()},
+            "precision_resolved": training.resolve_precision(cfg.precision, device),
+            "optimizer": "AdamW",
+            "batch_size": batch_size,
+            "weights": spec.weights_tag if pretrained else "random",
+            "input_size": "x".join(map(str, manifest["input_size"])),
+            "normalization": "dataset",
+            "augmentation": "none",
+            "train_rows": config["train_rows"],
+            "test_rows": manifest["splits"]["test"]["rows"],
+            "num_classes": manifest["n_classes"],
+        }
+        run = tracking.TrialRun.open(s["tracking_uri"], s["experiment"], str(key), tags, params)
+
+    def on_epoch(metrics: dict, make_checkpoint) -> None:
+        if run is not None:
+            run.log_metrics(metrics, step=metrics["epoch"])
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(make_checkpoint(), Path(folder) / CHECKPOINT_FILE)
+            ray.train.report({**metrics, "key": str(key)}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    try:
+        final = training.fit(model, train_batches, test_batches, cfg, device, manifest["n_classes"], on_epoch, checkpoint)
+    except BaseException:
+        if run is not None:
+            run.fail()
+        raise
+    if run is not None:
+        run.finish({k: v for k, v in final.items() if k != "precision"})
+    ray.train.report({**final, "key": str(key), "done": True})
+
+
+def trial_driver(config: dict) -> None:
+    """The Tune function of one trial: build its data pipeline and fit a one-worker TorchTrainer."""
+    import ray.data
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from rayexp.data.pipeline import build_split_dataset
+    from rayexp.data.shards import fraction_thresholds, load_manifest
+
+    key = TrialKey.parse(config["key"])
+    s = config["settings"]
+    manifest = load_manifest(s["data_dir"], key.dataset)
+    size = manifest["input_size"]
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    datasets = {
+        "train": build_split_dataset(s["data_dir"], manifest, "train", key.fraction, size),
+        "test": build_split_dataset(s["data_dir"], manifest, "test", 1.0, size),
+    }
+    train_rows = sum(fraction_thresholds(manifest, key.fraction)) if key.fraction < 1 else manifest["splits"]["train"]["rows"]
+    use_gpu = s["gpus_per_trial"] > 0
+    worker_resources = {"CPU": s["worker_cpus"]}
+    if use_gpu:
+        worker_resources["GPU"] = s["gpus_per_trial"]
+    execution = ray.data.ExecutionOptions(
+        preserve_order=True,  # same seed, same batches
+        resource_limits=ray.data.ExecutionResources(cpu=s["data_cpus"]),
+    )
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"key": str(key), "settings": s, "manifest": manifest, "train_rows": train_rows},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=worker_resources),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(execution_options=execution),
+        run_config=ray.train.RunConfig(
+            # Named after the trial, so a restored trial finds its Train run and checkpoints again.
+            name=key.dirname,
+            storage_path=str(Path(s["storage"]) / "train_runs" / s["experiment"]) if "://" not in s["storage"] else f"{s['storage'].rstrip('/')}/train_runs/{s['experiment']}",
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=s["max_failures"]),
+        ),
+    )
+    trainer.fit()
+
+
+def _init_ray(cfg: SweepConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=True)
+    else:
+        total = cfg.num_cpus or os.cpu_count() or 1
+        per_trial = cfg.worker_cpus + cfg.data_cpus
+        slots = max(1, int(total // per_trial))
+        # The dashboard stays on: Train V2 frees a finished trial's worker resources through it.
+        ray.init(num_cpus=total, resources={DRIVER_RESOURCE: slots}, include_dashboard=True)
+
+
+def plan_concurrency(cfg: SweepConfig) -> tuple[int, bool]:
+    """(trials that may run at once, whether trials use GPUs), from the cluster's resources."""
+    import ray
+
+    resources = ray.cluster_resources()
+    drivers = resources.get(DRIVER_RESOURCE, 0)
+    if drivers < 1:
+        raise RayexpError(
+            f"the Ray cluster at {cfg.address or 'local'} has no '{DRIVER_RESOURCE}' resource, which the "
+            f"trial functions run on; start its head with ray start --head --resources='{{\"{DRIVER_RESOURCE}\": 64}}' "
+            "(cluster.yaml does this)"
+        )
+    gpus = resources.get("GPU", 0)
+    use_gpu = gpus >= cfg.gpus_per_trial > 0
+    by_cpu = int(resources.get("CPU", 0) // (cfg.worker_cpus + cfg.data_cpus))
+    limit = min(int(drivers), max(1, by_cpu))
+    if use_gpu:
+        limit = min(limit, max(1, int(gpus // cfg.gpus_per_trial)))
+    if cfg.max_concurrent:
+        limit = min(limit, cfg.max_concurrent)
+    return max(1, limit), use_gpu
+
+
+def run_sweep(cfg: SweepConfig) -> dict:
+    """Run every key of ``cfg`` that has no finished MLflow run; returns what ran and what errored."""
+    import ray.tune
+
+    from rayexp import tracking
+
+    tracking.ensure_experiment(cfg.tracking_uri, cfg.experiment)
+    done = tracking.finished_keys(cfg.tracking_uri, cfg.experiment)
+    todo = [k for k in cfg.keys if str(k) not in done]
+    skipped = len(cfg.keys) - len(todo)
+    if skipped:
+        print(f"[rayexp] {skipped} of {len(cfg.keys)} trials already finished in MLflow experiment {cfg.experiment!r}; not training them again")
+    if not todo:
+        return {"ran": [], "errored": [], "skipped": skipped}
+    _init_ray(cfg)
+    concurrency, use_gpu = plan_concurrency(cfg)
+    print(f"[rayexp] {len(todo)} trials, up to {concurrency} at a time, on {'GPU' if use_gpu else 'CPU'}")
+    settings = cfg.trial_settings(use_gpu)
+    tuner = ray.tune.Tuner(
+        ray.tune.with_resources(trial_driver, {"cpu": 0, DRIVER_RESOURCE: 1}),
+        param_space={"key": ray.tune.grid_search([str(k) for k in todo]), "settings": settings},
+        tune_config=ray.tune.TuneConfig(
+            max_concurrent_trials=concurrency,
+            trial_name_creator=lambda trial: trial.config["key"],
+            trial_dirname_creator=lambda trial: TrialKey.parse(trial.config["key"]).dirname,
+        ),
+        run_config=ray.tune.RunConfig(name=cfg.experiment, storage_path=cfg.storage),
+    )
+    grid = tuner.fit()
+    errored = []
+    for result in grid:
+        if result.error is not None:
+            errored.append((result.config["key"], str(result.error).splitlines()[0] if str(result.error) else type(result.error).__name__, result.path))
+    return {"ran": [str(k) for k in todo], "errored": errored, "skipped": skipped}

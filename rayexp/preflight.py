@@ -1,0 +1,69 @@
+"""Checks that run before any trial starts, so that no GPU time is spent on a sweep that cannot finish.
+
+Each check collects every problem (not just the first) with the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from rayexp.backbones import get_spec
+from rayexp.backbones.weights import weights_status
+from rayexp.data.catalog import get_dataset_info
+from rayexp.data.shards import is_prepared, load_manifest
+from rayexp.errors import RayexpError
+
+
+def check_datasets(datasets: Sequence[str], data_dir: str) -> dict[str, dict]:
+    """The manifests of ``datasets``; every unprepared one is listed with the command that prepares it."""
+    manifests, missing = {}, []
+    for name in datasets:
+        get_dataset_info(name)
+        if not is_prepared(data_dir, name):
+            missing.append(f"  - {name}: not prepared in {data_dir}; run: python datasets/prepare.py {name} --data-dir {data_dir}")
+            continue
+        manifests[name] = load_manifest(data_dir, name)
+    if missing:
+        raise RayexpError("datasets missing, nothing was started:\n" + "\n".join(missing))
+    return manifests
+
+
+def check_input_sizes(backbones: Sequence[str], manifests: dict[str, dict]) -> None:
+    """Every backbone accepts every dataset's training resolution."""
+    problems = []
+    for backbone in backbones:
+        spec = get_spec(backbone)
+        for name, manifest in manifests.items():
+            h, w = manifest["input_size"]
+            if min(h, w) < spec.min_input or (spec.builder == "wavemix_192_16" and (h % 32 or w % 32)):
+                problems.append(f"  - {backbone} cannot train on {name} at {h}x{w} (smallest side {spec.min_input}{', multiples of 32' if spec.builder == 'wavemix_192_16' else ''})")
+    if problems:
+        raise RayexpError("input sizes the backbones cannot take:\n" + "\n".join(problems))
+
+
+def resolve_weights(backbones: Sequence[str], weights_dir: str | None, fallback_to_random: bool) -> dict[str, str]:
+    """``{backbone: "pretrained" | "random"}``.
+
+    Without ``fallback_to_random`` (the paper's grid) any unavailable weight file stops the sweep with
+    the list of files and where to put them. With it (the demo) the fallback is announced once, loudly,
+    and recorded as ``weights=random`` on every run.
+    """
+    statuses = [weights_status(get_spec(b), weights_dir) for b in backbones]
+    missing = [s for s in statuses if not s.available]
+    if missing and not fallback_to_random:
+        lines = [f"  - {s.backbone}: {s.where}\n      fix: {s.fix}" for s in missing]
+        raise RayexpError("pretrained weights cannot be had, nothing was started:\n" + "\n".join(lines))
+    if missing:
+        bar = "!" * 78
+        names = ", ".join(s.backbone for s in missing)
+        print(
+            f"\n{bar}\n!! NO PRETRAINED WEIGHTS for {names}: offline and not in the cache.\n"
+            f"!! These backbones train from RANDOM INIT; every run records weights=random.\n"
+            f"!! Their numbers are not ImageNet fine-tuning results. To use real weights:\n"
+            + "".join(f"!!   {s.fix}\n" for s in missing)
+            + f"{bar}\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {s.backbone: ("pretrained" if s.available else "random") for s in statuses}

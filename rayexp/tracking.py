@@ -1,0 +1,200 @@
+"""MLflow: the only module that imports mlflow.
+
+One experiment per sweep; one run per trial, named and tagged by its key, created (or continued, when a
+trial is retried or resumed) by the training worker itself with an explicit tracking URI, so logging works
+from any node. The driver uses the same module to check the store before a sweep, to skip finished
+keys, and to read results back for the report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterable
+
+from rayexp.errors import RayexpError
+
+KIND_TAG = "rayexp.kind"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """An explicit, absolute tracking URI: a Train worker's working directory differs from the driver's.
+
+    Default ``sqlite:///mlflow.db`` in the current directory; relative SQLite and file paths are made
+    absolute; ``http(s)://`` servers are kept as given.
+    """
+    if not uri:
+        uri = "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):]).expanduser()
+        return f"sqlite:///{path.resolve()}"
+    if uri.startswith("file:"):
+        path = Path(uri[len("file:"):].lstrip("/") if not uri.startswith("file:///") else uri[len("file://"):])
+        return Path(path).expanduser().resolve().as_uri()
+    if "://" not in uri:
+        path = Path(uri).expanduser().resolve()
+        return f"sqlite:///{path}" if path.suffix == ".db" else path.as_uri()
+    return uri
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """For an HTTP tracking server: fail fast, with the fix, if it does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status < 400:
+                return
+            problem = f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise RayexpError(
+        f"the MLflow tracking server {uri} does not answer ({problem}); start it "
+        f"(mlflow server --host 127.0.0.1 --port 5000) or pass --tracking-uri sqlite:///mlflow.db"
+    )
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name`` in the store at ``uri``, created if missing; checks the store answers."""
+    check_server(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        client = _client(uri)
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            return client.create_experiment(name)
+        if experiment.lifecycle_stage == "deleted":
+            raise RayexpError(f"MLflow experiment {name!r} at {uri} is deleted; restore it or choose another --experiment")
+        return experiment.experiment_id
+    except RayexpError:
+        raise
+    except Exception as exc:  # MLflow raises many types for a store it cannot use
+        raise RayexpError(f"the MLflow tracking store {uri} cannot be used ({type(exc).__name__}: {exc})") from None
+
+
+def _trial_runs(client, experiment_id: str, key: str | None = None) -> list:
+    query = f"tags.`{KIND_TAG}` = 'trial'"
+    if key is not None:
+        query += f" and tags.key = '{key}'"
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=query, max_results=5000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def finished_keys(uri: str, experiment: str) -> set[str]:
+    """Keys whose trial run finished: the unit of resume, never trained again."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return set()
+    return {r.data.tags["key"] for r in _trial_runs(client, exp.experiment_id) if r.info.status == "FINISHED"}
+
+
+def _clean(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+class TrialRun:
+    """The MLflow run of one trial; continued, never duplicated, when the trial runs again."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.client = _client(uri)
+        self.run_id = run_id
+
+    @classmethod
+    def open(cls, uri: str, experiment: str, key: str, tags: dict[str, str], params: dict[str, object]) -> "TrialRun":
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        experiment_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        existing = _trial_runs(client, experiment_id, key)
+        if existing:
+            run_id = existing[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = client.create_run(experiment_id, run_name=key, tags={KIND_TAG: "trial", "key": key, **tags}).info.run_id
+        run = cls(uri, run_id)
+        run.log_params(params)
+        return run
+
+    def log_params(self, params: dict[str, object]) -> None:
+        from mlflow.entities import Param
+
+        logged = self.client.get_run(self.run_id).data.params
+        fresh = [Param(k, str(v)) for k, v in params.items() if k not in logged]
+        if fresh:
+            self.client.log_batch(self.run_id, params=fresh)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), now, step if step is not None else 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def finish(self, final: dict[str, float]) -> None:
+        self.log_metrics(final)
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def fail(self) -> None:
+        self.client.set_terminated(self.run_id, status="FAILED")
+
+
+def fetch_trial_results(uri: str, experiment: str) -> list[dict]:
+    """Every trial run of ``experiment``: key, cell, status, final metrics and weights, from MLflow alone."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise RayexpError(f"MLflow experiment {experiment!r} does not exist at {uri}")
+    rows = []
+    for run in _trial_runs(client, exp.experiment_id):
+        tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+        rows.append(
+            {
+                "key": tags["key"],
+                "backbone": tags.get("backbone"),
+                "dataset": tags.get("dataset"),
+                "domain": tags.get("domain"),
+                "fraction": float(tags.get("fraction", "nan")),
+                "seed": int(tags.get("seed", -1)),
+                "status": run.info.status,
+                "best_test_acc": _clean(metrics.get("best_test_acc")),
+                "best_epoch": _clean(metrics.get("best_epoch")),
+                "epochs_run": _clean(metrics.get("epochs_run")),
+                "weights": params.get("weights"),
+                "run_id": run.info.run_id,
+            }
+        )
+    return rows
+
+
+def metric_history(uri: str, run_id: str, metric: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric of one run, in step order."""
+    return sorted((m.step, m.value) for m in _client(uri).get_metric_history(run_id, metric))

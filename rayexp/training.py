@@ -1,0 +1,287 @@
+"""Plain PyTorch training: one ``train_one_epoch`` / ``evaluate`` pair and the epoch loop around them.
+
+No Ray and no MLflow here: batches arrive as any iterable of ``(images, labels)`` already on the device,
+and everything the outside world wants to hear about an epoch goes through the ``on_epoch`` callback,
+together with a function that builds the checkpoint dict. A unit test drives this module on the CPU
+with a tiny model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from rayexp.errors import RayexpError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """The hyperparameters of one trial; every field is logged as an MLflow param."""
+
+    max_epochs: int = 100
+    patience: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    precision: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise RayexpError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.max_epochs < 1 or self.patience < 1:
+            raise RayexpError(f"max_epochs ({self.max_epochs}) and patience ({self.patience}) must be at least 1")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on a GPU that supports it, fp16 on other GPUs, fp32 on the CPU."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast over forward and loss for bf16/fp16; a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A grad scaler, enabled only for fp16 (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def _timed(batches: Iterable) -> Iterator[tuple[object, float]]:
+    """Yield each batch with the seconds spent waiting for it."""
+    iterator = iter(batches)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - start
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    precision: str,
+) -> dict[str, float]:
+    """One pass over ``batches``; returns loss, accuracy, throughput and the share of time spent waiting for data."""
+    model.train()
+    criterion = nn.CrossEntropyLoss()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    wait = 0.0
+    start = time.perf_counter()
+    for (images, labels), waited in _timed(batches):
+        wait += waited
+        with autocast(device, precision):
+            logits = model(images)
+            loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach().float() * len(labels)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += len(labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if seen == 0:
+        raise RayexpError("the training split yielded no batches")
+    return {
+        "train_loss": loss_sum.item() / seen,
+        "train_acc": correct.item() / seen,
+        "train_images": seen,
+        "train_seconds": seconds,
+        "train_images_per_s": seen / max(seconds, 1e-9),
+        "data_wait_fraction": wait / max(seconds, 1e-9),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    precision: str,
+    num_classes: int,
+) -> dict[str, float]:
+    """Global top-1 (correct / total, not a mean of per-batch accuracies), balanced accuracy and loss."""
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    loss_sum = torch.zeros((), device=device)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+    for images, labels in batches:
+        with autocast(device, precision):
+            logits = model(images)
+            loss_sum += criterion(logits.float(), labels)
+        predictions = logits.argmax(1)
+        confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
+    confusion = confusion.cpu()
+    total = int(confusion.sum())
+    if total == 0:
+        raise RayexpError("the evaluation split yielded no batches")
+    per_class = confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
+    present = confusion.sum(1) > 0
+    return {
+        "acc": float(confusion.diag().sum()) / total,
+        "balanced_acc": float(per_class[present].mean()),
+        "loss": float(loss_sum) / total,
+        "n": total,
+        "confusion": confusion.tolist(),
+    }
+
+
+@dataclass
+class Progress:
+    """Where a trial stands; everything needed, with the weights and optimizer, to continue exactly."""
+
+    epoch: int = 0  # epochs completed
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+    def update(self, acc: float) -> bool:
+        """Record one epoch's monitored accuracy; True if it is a new best."""
+        self.epoch += 1
+        if acc > self.best_acc:
+            self.best_acc, self.best_epoch, self.epochs_without_improvement = acc, self.epoch, 0
+            return True
+        self.epochs_without_improvement += 1
+        return False
+
+    def finished(self, cfg: TrainConfig) -> bool:
+        if self.epochs_without_improvement >= cfg.patience:
+            self.stopped_early = True
+        return self.stopped_early or self.epoch >= cfg.max_epochs
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+EpochCallback = Callable[[dict, Callable[[], dict]], None]
+
+
+def fit(
+    model: nn.Module,
+    train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    test_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    cfg: TrainConfig,
+    device: torch.device,
+    num_classes: int,
+    on_epoch: EpochCallback | None = None,
+    checkpoint: dict | None = None,
+) -> dict:
+    """Train until ``patience`` epochs pass without a better test accuracy, or ``max_epochs``.
+
+    ``train_batches(epoch)`` gives the epoch's (shuffled) batches, ``test_batches()`` the test split.
+    After each epoch ``on_epoch(metrics, make_checkpoint)`` is called; ``make_checkpoint()`` returns one
+    dict (weights last and best, optimizer, scaler, progress, RNG states) that ``checkpoint=`` accepts to
+    continue exactly where it was taken. Returns the final metrics; the model ends with the best weights.
+    """
+    precision = resolve_precision(cfg.precision, device)
+    if precision != "fp32" and device.type == "cpu" and precision == "fp16":
+        raise RayexpError("fp16 autocast needs a GPU; use --precision bf16 or fp32 on the CPU")
+    optimizer = make_optimizer(model, cfg)
+    scaler = make_scaler(device, precision)
+    progress = Progress()
+    best_state = copy.deepcopy(model.state_dict())
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        best_state = checkpoint["best_model"]
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        progress = Progress(**checkpoint["progress"])
+        set_rng_state(checkpoint["rng"])
+
+    def make_checkpoint() -> dict:
+        return {
+            "model": model.state_dict(),
+            "best_model": best_state,
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "progress": asdict(progress),
+            "rng": rng_state(),
+            "config": asdict(cfg),
+        }
+
+    while not progress.finished(cfg):
+        epoch_start = time.perf_counter()
+        train = train_one_epoch(model, train_batches(progress.epoch), optimizer, scaler, device, precision)
+        test = evaluate(model, test_batches(), device, precision, num_classes)
+        if progress.update(test["acc"]):
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        metrics = {
+            "epoch": progress.epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": train["train_loss"],
+            "train_acc": train["train_acc"],
+            "test_acc": test["acc"],
+            "test_balanced_acc": test["balanced_acc"],
+            "test_loss": test["loss"],
+            "best_acc": progress.best_acc,
+            "epochs_without_improvement": progress.epochs_without_improvement,
+            "epoch_seconds": time.perf_counter() - epoch_start,
+            "train_images_per_s": train["train_images_per_s"],
+            "data_wait_fraction": train["data_wait_fraction"],
+        }
+        progress.history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics, make_checkpoint)
+    model.load_state_dict(best_state)
+    return {
+        "best_test_acc": progress.best_acc,
+        "best_epoch": progress.best_epoch,
+        "epochs_run": progress.epoch,
+        "stopped_early": progress.stopped_early,
+        "train_seconds": sum(h["epoch_seconds"] for h in progress.history),
+        "precision": precision,
+    }

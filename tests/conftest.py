@@ -1,0 +1,53 @@
+"""Shared fixtures: a prepared digits dataset, a real local Ray instance, planted weight files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from rayexp.backbones import create_backbone, get_spec
+from rayexp.data.catalog import get_dataset_info
+from rayexp.data.shards import write_dataset
+from rayexp.data.sources import digits
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Hermetic: no test sees the user's weight cache or the network, and Ray workers (started later by the
+# ray_local fixture) inherit the same environment.
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="rayexp-torch-home-")
+os.environ["RAYEXP_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """A data dir holding the real digits dataset, prepared with small row groups so pruning shows."""
+    data_dir = tmp_path_factory.mktemp("data")
+    write_dataset(data_dir, get_dataset_info("digits"), digits.load_source(), row_group_rows=64)
+    return data_dir
+
+
+def plant_weights(torch_home: Path, name: str) -> dict[str, torch.Tensor]:
+    """Write random 1000-class weights of ``name`` where torch's cache looks; returns them."""
+    spec = get_spec(name)
+    state = create_backbone(name, 1000, pretrained=False).state_dict()
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, folder / spec.weights_file)
+    return state
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One real local Ray instance for the session (2 CPUs, dashboard on, the trial-driver resource)."""
+    import ray
+
+    from rayexp.orchestrate import DRIVER_RESOURCE
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 1}, include_dashboard=True, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,162 @@
+import io
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from rayexp.data.catalog import DatasetInfo, get_dataset_info
+from rayexp.data.shards import (
+    Source,
+    SourceRecord,
+    decode_image,
+    fraction_count,
+    load_manifest,
+    read_split,
+    row_groups_scanned,
+    stored_size,
+    write_dataset,
+)
+from rayexp.data.sources import digits
+from rayexp.errors import RayexpError
+
+
+def _tiny_info(name="tiny", size=(16, 16), encoding="png") -> DatasetInfo:
+    return DatasetInfo(name, name, "test", 3, 0, 0, "test", "test", input_size=size, augment=False, encoding=encoding)
+
+
+def _records(per_class=(7, 5, 3), size=(12, 10)):
+    rng = np.random.default_rng(0)
+    out = []
+    for label, n in enumerate(per_class):
+        for i in range(n):
+            out.append(SourceRecord(rng.integers(0, 255, (*size, 3), dtype=np.uint8), label, f"c{label}/{i}"))
+    return out
+
+
+def test_digits_round_trip(digits_dir):
+    manifest = load_manifest(digits_dir, "digits")
+    assert manifest["format_version"] == 1 and manifest["n_classes"] == 10
+    assert manifest["splits"]["train"]["rows"] + manifest["splits"]["test"]["rows"] == 1797
+    assert manifest["splits"]["train"]["rows"] == get_dataset_info("digits").train
+    train = read_split(digits_dir, "digits", "train")
+    test = read_split(digits_dir, "digits", "test")
+    assert train.schema.names == ["image", "label", "id", "rank"]
+    assert str(train.schema.field("label").type) == "int32" and str(train.schema.field("rank").type) == "int32"
+    # every source image is in exactly one split, with its label
+    source = {r.id: r for r in digits.load_source().records}
+    ids = train["id"].to_pylist() + test["id"].to_pylist()
+    assert sorted(ids) == sorted(source)
+    row = train.slice(0, 1).to_pylist()[0]
+    pixels = decode_image(row["image"])
+    assert pixels.shape == (8, 8, 3)  # stored at native size, never upscaled
+    expected = np.clip(np.round(source[row["id"]].image * 1.0), 0, 255)
+    assert np.array_equal(pixels[..., 0], expected.astype(np.uint8)) and row["label"] == source[row["id"]].label
+    # stratified 80/20: each class's test share is 20% +- one image
+    for c, (n_train, n_test) in enumerate(zip(manifest["splits"]["train"]["class_counts"], manifest["splits"]["test"]["class_counts"])):
+        assert abs(n_test - 0.2 * (n_train + n_test)) <= 1, c
+    mean = manifest["normalization"]["mean"]
+    assert len(mean) == 3 and 0 < mean[0] < 1 and mean[0] == mean[1] == mean[2]  # grayscale stored as RGB
+
+
+def test_fractions_are_stratified_nested_and_keep_one_per_class(digits_dir):
+    manifest = load_manifest(digits_dir, "digits")
+    counts = manifest["splits"]["train"]["class_counts"]
+    subsets = {}
+    for fraction in (0.001, 0.01, 0.1, 0.5, 1.0):
+        table = read_split(digits_dir, "digits", "train", fraction)
+        labels = np.array(table["label"].to_pylist())
+        assert np.bincount(labels, minlength=10).tolist() == [fraction_count(n, fraction) for n in counts]
+        subsets[fraction] = set(table["id"].to_pylist())
+    assert all(np.bincount(np.array(read_split(digits_dir, "digits", "train", 0.001)["label"].to_pylist())) == 1)
+    ordered = [subsets[f] for f in (0.001, 0.01, 0.1, 0.5, 1.0)]
+    assert all(small < big for small, big in zip(ordered, ordered[1:]))
+
+
+def test_fraction_count_is_not_fooled_by_float_error():
+    assert fraction_count(150, 0.1) == 15
+    assert fraction_count(3, 0.01) == 1
+    assert fraction_count(5000, 0.01) == 50
+
+
+def test_same_seed_same_split_and_ranks(tmp_path):
+    source = digits.load_source()
+    info = get_dataset_info("digits")
+    a = write_dataset(tmp_path / "a", info, source, seed=3)
+    b = write_dataset(tmp_path / "b", info, digits.load_source(), seed=3)
+    c = write_dataset(tmp_path / "c", info, digits.load_source(), seed=4)
+    tables = {k: read_split(tmp_path / k, "digits", "train", 0.1).to_pydict() for k in "abc"}
+    assert tables["a"]["id"] == tables["b"]["id"] and tables["a"]["rank"] == tables["b"]["rank"]
+    assert set(tables["a"]["id"]) != set(tables["c"]["id"])
+    assert a["seed"] == 3 and c["seed"] == 4
+
+
+def test_parquet_filter_skips_row_groups(digits_dir):
+    kept, total = row_groups_scanned(digits_dir, "digits", 0.1)
+    assert total >= 20 and kept <= 3, (kept, total)
+    assert row_groups_scanned(digits_dir, "digits", 1.0) == (total, total)
+    # and the pruned scan still returns exactly the fraction
+    path = load_manifest(digits_dir, "digits")["splits"]["train"]["files"][0]
+    assert pq.ParquetFile(digits_dir / "digits" / path).metadata.num_row_groups == total
+
+
+def test_downscaled_when_larger_never_upscaled(tmp_path):
+    assert stored_size((500, 375), (256, 256)) == (341, 256)
+    assert stored_size((32, 32), (256, 256)) == (32, 32)
+    big = [SourceRecord(np.zeros((40, 30, 3), np.uint8), i % 3, f"x{i}") for i in range(9)]
+    write_dataset(tmp_path, _tiny_info(size=(16, 16)), Source(["a", "b", "c"], big, "test", test_fraction=0.34))
+    image = decode_image(read_split(tmp_path, "tiny", "train")["image"][0].as_py())
+    assert image.shape == (21, 16, 3)
+
+
+def test_modes_are_converted_to_rgb(tmp_path):
+    gray16 = Image.fromarray((np.arange(144, dtype=np.uint16).reshape(12, 12) * 400))
+    assert gray16.mode.startswith("I")
+    buf = io.BytesIO()
+    Image.new("CMYK", (12, 12), (0, 255, 0, 0)).save(buf, format="JPEG")
+    palette = Image.new("P", (12, 12), 3)
+    records = [SourceRecord(gray16, 0, "g"), SourceRecord(buf.getvalue(), 1, "cmyk"), SourceRecord(palette, 2, "p")] * 3
+    records = [SourceRecord(r.image, r.label, f"{r.id}{i}", "train" if i < 6 else "test") for i, r in enumerate(records)]
+    write_dataset(tmp_path, _tiny_info(), Source(["a", "b", "c"], records, "given"))
+    for data in read_split(tmp_path, "tiny", "train")["image"].to_pylist():
+        assert decode_image(data).shape == (12, 12, 3)
+
+
+def _listing(path):
+    return sorted(p.name for p in path.iterdir()) if path.exists() else []
+
+
+def test_corrupt_image_names_the_file_and_leaves_nothing(tmp_path):
+    records = _records()
+    records[4] = SourceRecord(b"not an image", 0, "c0/broken.png")
+    with pytest.raises(RayexpError, match="c0/broken.png"):
+        write_dataset(tmp_path, _tiny_info(), Source(["a", "b", "c"], records, "test", test_fraction=0.3))
+    assert _listing(tmp_path) == []
+
+
+def test_label_out_of_range_and_empty_class_fail(tmp_path):
+    records = _records()
+    records[0] = SourceRecord(records[0].image, 3, "c0/0")
+    with pytest.raises(RayexpError, match="label 3, outside 0..2"):
+        write_dataset(tmp_path, _tiny_info(), Source(["a", "b", "c"], records, "test", test_fraction=0.3))
+    only_two = [r for r in _records() if r.label != 2]
+    with pytest.raises(RayexpError, match="classes with no images: c"):
+        write_dataset(tmp_path, _tiny_info(), Source(["a", "b", "c"], only_two, "test", test_fraction=0.3))
+    assert _listing(tmp_path) == []
+
+
+def test_idempotent_unless_forced(tmp_path):
+    source = Source(["a", "b", "c"], _records(), "test", test_fraction=0.3)
+    first = write_dataset(tmp_path, _tiny_info(), source)
+    with pytest.raises(RayexpError, match="already prepared.*--force"):
+        write_dataset(tmp_path, _tiny_info(), source)
+    second = write_dataset(tmp_path, _tiny_info(), Source(["a", "b", "c"], _records(), "test", test_fraction=0.3), force=True)
+    assert first["splits"] == second["splits"]
+    assert _listing(tmp_path) == ["tiny"]
+    assert json.loads((tmp_path / "tiny" / "manifest.json").read_text())["splits"] == second["splits"]
+
+
+def test_unprepared_dataset_error_says_how_to_prepare(tmp_path):
+    with pytest.raises(RayexpError, match=r"not prepared.*python datasets/prepare.py cifar10"):
+        load_manifest(tmp_path, "cifar10")
