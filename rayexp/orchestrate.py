@@ -157,7 +157,7 @@ def train_worker(config: dict) -> None:
             run.log_metrics(metrics, step=metrics["epoch"])
         with tempfile.TemporaryDirectory() as folder:
             torch.save(make_checkpoint(), Path(folder) / CHECKPOINT_FILE)
-            ray.train.report({**metrics, "key": str(key)}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     try:
         final = training.fit(model, train_batches, test_batches, cfg, device, manifest["n_classes"], on_epoch, checkpoint)
@@ -167,11 +167,15 @@ def train_worker(config: dict) -> None:
         raise
     if run is not None:
         run.finish({k: v for k, v in final.items() if k != "precision"})
-    ray.train.report({**final, "key": str(key), "done": True})
+    ray.train.report({k: v for k, v in final.items() if k != "precision"})
 
 
-def trial_driver(config: dict) -> None:
-    """The Tune function of one trial: build its data pipeline and fit a one-worker TorchTrainer."""
+def trial_driver(config: dict, settings: dict) -> None:
+    """The Tune function of one trial: build its data pipeline and fit a one-worker TorchTrainer.
+
+    ``config`` holds only the trial key (so Tune's tables stay readable); ``settings``, the same for every
+    trial, arrives through ``tune.with_parameters``.
+    """
     import ray.data
     import ray.train
     import ray.tune
@@ -182,7 +186,7 @@ def trial_driver(config: dict) -> None:
     from rayexp.data.shards import fraction_thresholds, load_manifest
 
     key = TrialKey.parse(config["key"])
-    s = config["settings"]
+    s = settings
     manifest = load_manifest(s["data_dir"], key.dataset)
     size = manifest["input_size"]
     context = ray.data.DataContext.get_current()
@@ -214,6 +218,8 @@ def trial_driver(config: dict) -> None:
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=s["max_failures"]),
+            # Per-report INFO lines would drown Tune's progress table, which shows the same numbers.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
     trainer.fit()
@@ -277,8 +283,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
     print(f"[rayexp] {len(todo)} trials, up to {concurrency} at a time, on {'GPU' if use_gpu else 'CPU'}")
     settings = cfg.trial_settings(use_gpu)
     tuner = ray.tune.Tuner(
-        ray.tune.with_resources(trial_driver, {"cpu": 0, DRIVER_RESOURCE: 1}),
-        param_space={"key": ray.tune.grid_search([str(k) for k in todo]), "settings": settings},
+        ray.tune.with_resources(ray.tune.with_parameters(trial_driver, settings=settings), {"cpu": 0, DRIVER_RESOURCE: 1}),
+        param_space={"key": ray.tune.grid_search([str(k) for k in todo])},
         tune_config=ray.tune.TuneConfig(
             max_concurrent_trials=concurrency,
             trial_name_creator=lambda trial: trial.config["key"],

@@ -1,8 +1,13 @@
-"""The offline demo: 2 small backbones x digits x fractions {0.1, 1.0} x seeds {0, 1, 2} = 12 trials.
+"""The offline demo: 2 backbones x digits x fractions {0.1, 1.0} x seeds {0, 1, 2} = 12 trials.
 
 Runs on a local Ray instance, CPU only, logs to a local MLflow store and prints the best-of-three table.
 Asks for pretrained weights; when they cannot be had (offline, not cached) it says so loudly and trains
 from random init, recorded as weights=random on every run.
+
+ShuffleNetV2 and RegNetY-3.2GF rather than MobileNetV3-Large: from random init, MobileNetV3's BatchNorm
+(momentum 0.01) running statistics are still far off after the few hundred steps a CPU demo affords, so
+its test accuracy sits at chance while its training accuracy climbs. With ImageNet weights it trains
+like the others; ``--backbones mobilenet_v3_large`` runs it.
 """
 
 import sys
@@ -12,13 +17,13 @@ from rayexp.cli import SweepDefaults, main
 DEMO = SweepDefaults(
     description=__doc__,
     experiment="demo",
-    backbones=["mobilenet_v3_large", "shufflenet_v2_x2_0"],
+    backbones=["shufflenet_v2_x2_0", "regnet_y_3_2gf"],
     datasets=["digits"],
     fractions=[0.1, 1.0],
     seeds=[0, 1, 2],
-    max_epochs=6,
+    max_epochs=5,
     patience=3,
-    batch_size=64,
+    batch_size=16,
     fallback_to_random_weights=True,
 )
 

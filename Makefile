@@ -1,0 +1,26 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+# Creates the virtualenv if missing and installs the project with its test extra; redone when
+# pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --progress-bar off -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) datasets/prepare.py digits
+	$(PY) sweeps/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf ray_results reports mlflow.db datasets/digits
