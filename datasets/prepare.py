@@ -1,42 +1,63 @@
-"""Prepare a dataset into shards: ``python datasets/prepare.py NAME [--data-dir DIR] [--force]``.
+"""Prepare datasets into shards, once; training only reads the shards.
 
-A one-off step per dataset that writes the compact Parquet format training reads (see README). Atomic
-and idempotent: a prepared dataset is left alone unless ``--force``.
+    python datasets/prepare.py --list                    # every dataset: prepared?, rows, where, how to get it
+    python datasets/prepare.py cifar10 --download        # download (checksum verified), convert
+    python datasets/prepare.py stanford_cars --source ~/Downloads/stanford_cars   # a local copy (folder or archive)
+    python datasets/prepare.py mydata --source path/to/imagefolder --domain medical   # a user's own data
+
+Atomic (a failed or interrupted run leaves nothing half-written) and idempotent (a prepared dataset is
+left alone unless --force).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 
-from rayexp.data.catalog import CATALOG, default_data_dir, get_dataset_info
-from rayexp.data.shards import dataset_dir, is_prepared, load_manifest, write_dataset
+from rayexp.data.catalog import CATALOG, default_data_dir
+from rayexp.data.preparation import SPLIT_MODES, default_workers, downloads_dir, prepare, source_module, summary
+from rayexp.data.shards import dataset_dir, is_prepared, load_manifest
 from rayexp.errors import RayexpError
-
-AVAILABLE_SOURCES = {"digits"}  # the paper's 20 datasets' converters come with their source modules
 
 
 def list_datasets(data_dir: str) -> None:
-    print(f"{'dataset':<16} {'domain':<16} {'prepared':<9} {'rows':>15}  where / how")
+    print(f"{'dataset':<15} {'domain':<15} {'prepared':<8} {'train/test':>13}  where / how to get it")
     for name, info in CATALOG.items():
         if is_prepared(data_dir, name):
             m = load_manifest(data_dir, name)
             rows = "/".join(str(m["splits"][s]["rows"]) for s in m["splits"])
-            print(f"{name:<16} {info.domain:<16} {'yes':<9} {rows:>15}  {dataset_dir(data_dir, name)}")
-        else:
-            how = f"python datasets/prepare.py {name}" if info.source in AVAILABLE_SOURCES else f"source '{info.source}' not yet supported"
-            print(f"{name:<16} {info.domain:<16} {'no':<9} {'-':>15}  {how}")
+            print(f"{name:<15} {info.domain:<15} {'yes':<8} {rows:>13}  {dataset_dir(data_dir, name)}")
+            continue
+        try:
+            module = source_module(info)
+            remote = module.remote_files(name)
+            if info.source == "digits":
+                how = f"python datasets/prepare.py {name}"
+            elif downloads_dir(data_dir, name).is_dir():
+                how = f"downloaded; python datasets/prepare.py {name}"
+            elif remote and all(r.checksum for r in remote):
+                how = f"python datasets/prepare.py {name} --download"
+            else:
+                how = module.local_help(name)
+        except RayexpError as exc:
+            how = str(exc)
+        print(f"{name:<15} {info.domain:<15} {'no':<8} {'-':>13}  {how}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("name", nargs="?", help="dataset to prepare")
-    p.add_argument("--data-dir", default=str(default_data_dir()), help="where prepared datasets live")
-    p.add_argument("--force", action="store_true", help="prepare again even if already prepared")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split and of the fraction ranks")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", nargs="?", help="dataset to prepare (a catalog name, or a new name with --source)")
     p.add_argument("--list", action="store_true", help="list every dataset and whether it is prepared")
+    p.add_argument("--download", action="store_true", help="download the source files (checksums verified)")
+    p.add_argument("--source", default=None, help="a local copy: a folder, an archive, or (own data) an image folder or CSV")
+    p.add_argument("--domain", default=None, help="domain of a user's own dataset (e.g. medical)")
+    p.add_argument("--data-dir", default=str(default_data_dir()), help="where prepared datasets live (default: %(default)s)")
+    p.add_argument("--split", default="default", choices=SPLIT_MODES, help="'paper' reproduces the paper's counts where rayexp's clean split differs")
+    p.add_argument("--seed", type=int, default=0, help="seed of stratified splits and of the fraction ranks (recorded)")
+    p.add_argument("--workers", type=int, default=default_workers(), help="processes encoding images (default: %(default)s)")
+    p.add_argument("--skip-corrupt", action="store_true", help="leave out images that cannot be decoded (counted and listed in the manifest) instead of stopping")
+    p.add_argument("--force", action="store_true", help="prepare again even if already prepared")
     args = p.parse_args(argv)
     try:
         if args.list:
@@ -44,21 +65,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.name:
             p.error("give a dataset name, or --list")
-        info = get_dataset_info(args.name)
-        if is_prepared(args.data_dir, info.name) and not args.force:
-            print(f"{info.name} is already prepared in {dataset_dir(args.data_dir, info.name)} (use --force to redo it)")
+        if is_prepared(args.data_dir, args.name) and not args.force:
+            print(f"{args.name} is already prepared in {dataset_dir(args.data_dir, args.name)} (use --force to redo it)")
             return 0
-        if info.source not in AVAILABLE_SOURCES:
-            raise RayexpError(f"dataset {info.name!r} (source {info.source!r}) has no converter yet; available: {', '.join(sorted(AVAILABLE_SOURCES))}")
-        source = importlib.import_module(f"rayexp.data.sources.{info.source}").load_source()
         start = time.perf_counter()
-        manifest = write_dataset(args.data_dir, info, source, seed=args.seed, force=args.force)
-        counts = ", ".join(f"{split} {meta['rows']}" for split, meta in manifest["splits"].items())
-        print(
-            f"prepared {info.name} in {dataset_dir(args.data_dir, info.name)} in {time.perf_counter() - start:.1f}s: "
-            f"{manifest['n_classes']} classes, {counts}; stored {manifest['image']['encoding']} up to "
-            f"{'x'.join(map(str, manifest['image']['stored_max']))}; mean {manifest['normalization']['mean']} std {manifest['normalization']['std']}"
+        manifest = prepare(
+            args.name, args.data_dir, source=args.source, download_files=args.download, domain=args.domain,
+            split=args.split, seed=args.seed, force=args.force, workers=args.workers, skip_corrupt=args.skip_corrupt,
         )
+        print(f"prepared in {time.perf_counter() - start:.1f}s\n" + summary(manifest, args.data_dir))
         return 0
     except RayexpError as exc:
         print(f"prepare: error: {exc}", file=sys.stderr)

@@ -51,10 +51,20 @@ def build_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=defaults.patience, help="epochs without improvement before stopping")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch (default: the backbone's registry value)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16/fp16 on GPU, fp32 on CPU")
+    p.add_argument("--selection", default="test", choices=["test", "val"], help="monitor test accuracy (the paper) or a held-out 10%% of the training rows")
+    p.add_argument("--no-dualopt", dest="dualopt", action="store_false", help="AdamW only: skip DualOpt's SGD phase")
+    p.add_argument("--normalize", default="dataset", choices=["dataset", "imagenet"], help="per-dataset mean/std from the manifest, or ImageNet's")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no TrivialAugmentWide even where the protocol has it")
+    p.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"], help="fifo: every trial runs its full protocol (a fair comparison); asha: budget mode, stops weak backbones early per (dataset, fraction)")
+    p.add_argument("--grace-period", type=int, default=5, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep the top 1/N at each rung")
+    p.add_argument("--trial-time-budget", type=float, default=None, help="stop each trial after this many seconds")
+    p.add_argument("--trial-epoch-budget", type=int, default=None, help="stop each trial after this many epochs (both phases)")
     p.add_argument("--weights-dir", default=None, help="folder of pretrained weight files (air-gapped clusters); else $RAYEXP_WEIGHTS_DIR, then torch's cache")
     p.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs held by each trial's training worker")
     p.add_argument("--data-cpus", type=float, default=1.0, help="CPUs kept free per trial for its Ray Data decode tasks")
     p.add_argument("--gpus-per-trial", type=float, default=1.0, help="GPUs per trial when the cluster has GPUs")
+    p.add_argument("--cache-gb", type=float, default=4.0, help="decode a trial's images once into memory when they fit in this many GB (0: decode every epoch)")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
     p.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
     p.add_argument("--dry-run", action="store_true", help="print the trial count and keys, start nothing")
@@ -101,6 +111,7 @@ def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     data_dir = str(Path(args.data_dir).expanduser().resolve())
     manifests = preflight.check_datasets(args.datasets, data_dir)
     preflight.check_input_sizes(args.backbones, manifests)
+    preflight.check_selection(keys, manifests, args.selection)
     weights = preflight.resolve_weights(args.backbones, args.weights_dir, defaults.fallback_to_random_weights)
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.ensure_experiment(tracking_uri, args.experiment)
@@ -121,10 +132,20 @@ def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
         patience=args.patience,
         batch_size=args.batch_size,
         precision=args.precision,
+        selection=args.selection,
+        dualopt=args.dualopt,
+        normalize=args.normalize,
+        augment=args.augment,
+        scheduler=args.scheduler,
+        grace_period=args.grace_period,
+        reduction_factor=args.reduction_factor,
+        trial_time_budget_s=args.trial_time_budget,
+        trial_epoch_budget=args.trial_epoch_budget,
         worker_cpus=args.worker_cpus,
         data_cpus=args.data_cpus,
         gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent,
+        cache_gb=args.cache_gb,
         code_version=code_version(),
         extra_tags=dict(defaults.extra_tags),
     )
@@ -137,6 +158,10 @@ def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     print("\n" + report.markdown_table(summaries))
     print(f"Report: {paths['markdown']} and {paths['csv']}")
     print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri}   (experiment {args.experiment!r})")
+    if outcome.get("stopped"):
+        print(f"\n{len(outcome['stopped'])} trial(s) stopped early by the {args.scheduler if args.scheduler != 'fifo' else 'budget'} (their best so far is reported):")
+        for key, epoch, acc in outcome["stopped"]:
+            print(f"  {key}: after epoch {epoch}, best monitored accuracy {acc}")
     if outcome["errored"]:
         print(f"\n{len(outcome['errored'])} trial(s) errored:", file=sys.stderr)
         for key, message, path in outcome["errored"]:

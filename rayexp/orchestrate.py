@@ -43,10 +43,20 @@ class SweepConfig:
     patience: int = 10
     batch_size: int | None = None  # None: the backbone's registry default
     precision: str = "auto"
+    selection: str = "test"
+    dualopt: bool = True
+    normalize: str = "dataset"
+    augment: bool = True  # TrivialAugmentWide where the dataset's protocol has it
+    scheduler: str = "fifo"
+    grace_period: int = 5
+    reduction_factor: int = 2
+    trial_time_budget_s: float | None = None
+    trial_epoch_budget: int | None = None
     worker_cpus: float = 1.0
     data_cpus: float = 1.0
     gpus_per_trial: float = 1.0
     max_concurrent: int | None = None
+    cache_gb: float = 4.0
     max_failures: int = 2
     num_cpus: int | None = None  # for a local Ray instance; None: all cores
     code_version: str = ""
@@ -64,9 +74,15 @@ class SweepConfig:
             "patience": self.patience,
             "batch_size": self.batch_size,
             "precision": self.precision,
+            "selection": self.selection,
+            "dualopt": self.dualopt,
+            "normalize": self.normalize,
+            "augment": self.augment,
+            "scheduler": self.scheduler,
             "worker_cpus": self.worker_cpus,
             "gpus_per_trial": self.gpus_per_trial if use_gpu else 0,
             "data_cpus": self.data_cpus,
+            "cache_gb": self.cache_gb,
             "max_failures": self.max_failures,
             "code_version": self.code_version,
             "extra_tags": self.extra_tags,
@@ -81,7 +97,7 @@ def train_worker(config: dict) -> None:
 
     from rayexp import tracking, training
     from rayexp.backbones import create_backbone, get_spec
-    from rayexp.data.pipeline import Normalizer
+    from rayexp.data.pipeline import Normalizer, augments, normalization, trivial_augment
 
     key = TrialKey.parse(config["key"])
     s = config["settings"]
@@ -89,7 +105,11 @@ def train_worker(config: dict) -> None:
     spec = get_spec(key.backbone)
     device = ray.train.torch.get_device()
     batch_size = int(s["batch_size"] or spec.batch_size)
-    cfg = training.TrainConfig(max_epochs=s["max_epochs"], patience=s["patience"], precision=s["precision"], seed=key.seed)
+    cfg = training.TrainConfig(
+        max_epochs=s["max_epochs"], patience=s["patience"], precision=s["precision"],
+        selection=s["selection"], dualopt=s["dualopt"], seed=key.seed,
+    )
+    augment = augments(manifest, s["augment"])
     pretrained = s["weights"][key.backbone] == "pretrained"
 
     training.seed_everything(key.seed)  # seeds the new head's init
@@ -102,23 +122,24 @@ def train_worker(config: dict) -> None:
         with ray_checkpoint.as_directory() as folder:
             checkpoint = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
 
-    normalize = Normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"], device)
+    normalize = Normalizer(*normalization(manifest, s["normalize"]), device)
     train_shard = ray.train.get_dataset_shard("train")
-    test_shard = ray.train.get_dataset_shard("test")
     shuffle_buffer = min(config["train_rows"], 1024)
 
     def train_batches(epoch: int):
-        for batch in train_shard.iter_torch_batches(
+        for index, batch in enumerate(train_shard.iter_torch_batches(
             batch_size=batch_size,
             local_shuffle_buffer_size=shuffle_buffer,
             local_shuffle_seed=key.seed * 100_003 + epoch,
             device="cpu",
-        ):
+        )):
+            if augment:
+                batch["image"] = trivial_augment(batch["image"], seed=(key.seed * 100_003 + epoch) * 100_019 + index)
             yield normalize(batch)
 
-    def test_batches():
-        for batch in test_shard.iter_torch_batches(batch_size=batch_size, device="cpu"):
-            yield normalize(batch)
+    def eval_batches(split: str):
+        shard = ray.train.get_dataset_shard(split)
+        return lambda: (normalize(batch) for batch in shard.iter_torch_batches(batch_size=batch_size, device="cpu"))
 
     rank0 = ray.train.get_context().get_world_rank() == 0
     run = None
@@ -131,7 +152,7 @@ def train_worker(config: dict) -> None:
             "fraction": repr(key.fraction),
             "seed": str(key.seed),
             "protocol": "paper",
-            "selection": "test",
+            "selection": cfg.selection,
             "code_version": s["code_version"],
             "node": socket.gethostname(),
             "accelerator": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -140,13 +161,16 @@ def train_worker(config: dict) -> None:
         params = {
             **{k: v for k, v in asdict(cfg).items()},
             "precision_resolved": training.resolve_precision(cfg.precision, device),
-            "optimizer": "AdamW",
+            "optimizer": "DualOpt (AdamW, then SGD)" if cfg.dualopt else "AdamW",
             "batch_size": batch_size,
             "weights": spec.weights_tag if pretrained else "random",
             "input_size": "x".join(map(str, manifest["input_size"])),
-            "normalization": "dataset",
-            "augmentation": "none",
+            "resize": "bilinear, antialias, aspect ratio ignored",
+            "normalization": s["normalize"],
+            "augmentation": "TrivialAugmentWide" if augment else "none",
+            "scheduler": s["scheduler"],
             "train_rows": config["train_rows"],
+            "data_cache": config["data_cache"],
             "test_rows": manifest["splits"]["test"]["rows"],
             "num_classes": manifest["n_classes"],
         }
@@ -160,14 +184,18 @@ def train_worker(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     try:
-        final = training.fit(model, train_batches, test_batches, cfg, device, manifest["n_classes"], on_epoch, checkpoint)
+        final = training.fit(
+            model, train_batches, eval_batches("test"), cfg, device, manifest["n_classes"], on_epoch, checkpoint,
+            val_batches=eval_batches("val") if cfg.selection == "val" else None,
+        )
     except BaseException:
         if run is not None:
             run.fail()
         raise
     if run is not None:
-        run.finish({k: v for k, v in final.items() if k != "precision"})
-    ray.train.report({k: v for k, v in final.items() if k != "precision"})
+        run.finish(final)
+    # best_acc and epoch again, so that a scheduler sees the trial's last word.
+    ray.train.report({**final, "best_acc": final.get("best_val_acc", final["best_test_acc"]), "epoch": final["epochs_run"]})
 
 
 def trial_driver(config: dict, settings: dict) -> None:
@@ -182,21 +210,17 @@ def trial_driver(config: dict, settings: dict) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from rayexp.data.pipeline import build_split_dataset
-    from rayexp.data.shards import fraction_thresholds, load_manifest
+    from rayexp.data.pipeline import build_trial_datasets, split_rows
+    from rayexp.data.shards import load_manifest
 
     key = TrialKey.parse(config["key"])
     s = settings
     manifest = load_manifest(s["data_dir"], key.dataset)
-    size = manifest["input_size"]
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    datasets = {
-        "train": build_split_dataset(s["data_dir"], manifest, "train", key.fraction, size),
-        "test": build_split_dataset(s["data_dir"], manifest, "test", 1.0, size),
-    }
-    train_rows = sum(fraction_thresholds(manifest, key.fraction)) if key.fraction < 1 else manifest["splits"]["train"]["rows"]
+    datasets, cached = build_trial_datasets(s["data_dir"], manifest, key.fraction, s["selection"], s["cache_gb"] * 1e9)
+    train_rows = split_rows(manifest, "train", key.fraction)
     use_gpu = s["gpus_per_trial"] > 0
     worker_resources = {"CPU": s["worker_cpus"]}
     if use_gpu:
@@ -207,7 +231,7 @@ def trial_driver(config: dict, settings: dict) -> None:
     )
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"key": str(key), "settings": s, "manifest": manifest, "train_rows": train_rows},
+        train_loop_config={"key": str(key), "settings": s, "manifest": manifest, "train_rows": train_rows, "data_cache": cached},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=worker_resources),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(execution_options=execution),
@@ -264,6 +288,64 @@ def plan_concurrency(cfg: SweepConfig) -> tuple[int, bool]:
     return max(1, limit), use_gpu
 
 
+def make_scheduler(cfg: SweepConfig):
+    """FIFO (every trial runs its full protocol: a fair comparison) or ASHA per (dataset, fraction)."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+    if cfg.scheduler == "fifo":
+        return FIFOScheduler()
+    if cfg.scheduler != "asha":
+        raise RayexpError(f"--scheduler {cfg.scheduler!r}: use fifo or asha")
+
+    class GroupedASHA(FIFOScheduler):
+        """Asynchronous successive halving among the trials of one (dataset, fraction): backbones
+        compete only with backbones on the same data."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.groups: dict[tuple[str, float], AsyncHyperBandScheduler] = {}
+
+        def _asha(self, trial) -> AsyncHyperBandScheduler:
+            key = TrialKey.parse(trial.config["key"])
+            if (key.dataset, key.fraction) not in self.groups:
+                self.groups[(key.dataset, key.fraction)] = AsyncHyperBandScheduler(
+                    time_attr="epoch", metric="best_acc", mode="max", max_t=2 * cfg.max_epochs,
+                    grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor,
+                )
+            return self.groups[(key.dataset, key.fraction)]
+
+        def on_trial_add(self, controller, trial) -> None:
+            self._asha(trial).on_trial_add(controller, trial)
+
+        def on_trial_result(self, controller, trial, result: dict) -> str:
+            return self._asha(trial).on_trial_result(controller, trial, result)
+
+        def on_trial_complete(self, controller, trial, result: dict) -> None:
+            self._asha(trial).on_trial_complete(controller, trial, result)
+
+        def on_trial_remove(self, controller, trial) -> None:
+            self._asha(trial).on_trial_remove(controller, trial)
+
+        def on_trial_error(self, controller, trial) -> None:
+            self._asha(trial).on_trial_error(controller, trial)
+
+        def debug_string(self) -> str:
+            stopped = sum(asha._num_stopped for asha in self.groups.values())
+            return f"ASHA per (dataset, fraction): {len(self.groups)} groups, {stopped} trials stopped early"
+
+    return GroupedASHA()
+
+
+def make_stop(cfg: SweepConfig) -> dict | None:
+    """Tune's stopping criteria for a per-trial budget: wall-clock seconds and/or epochs."""
+    stop = {}
+    if cfg.trial_time_budget_s:
+        stop["time_total_s"] = cfg.trial_time_budget_s
+    if cfg.trial_epoch_budget:
+        stop["epoch"] = cfg.trial_epoch_budget
+    return stop or None
+
+
 def run_sweep(cfg: SweepConfig) -> dict:
     """Run every key of ``cfg`` that has no finished MLflow run; returns what ran and what errored."""
     import ray.tune
@@ -277,7 +359,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     if skipped:
         print(f"[rayexp] {skipped} of {len(cfg.keys)} trials already finished in MLflow experiment {cfg.experiment!r}; not training them again")
     if not todo:
-        return {"ran": [], "errored": [], "skipped": skipped}
+        return {"ran": [], "errored": [], "stopped": [], "skipped": skipped}
     _init_ray(cfg)
     concurrency, use_gpu = plan_concurrency(cfg)
     print(f"[rayexp] {len(todo)} trials, up to {concurrency} at a time, on {'GPU' if use_gpu else 'CPU'}")
@@ -287,14 +369,18 @@ def run_sweep(cfg: SweepConfig) -> dict:
         param_space={"key": ray.tune.grid_search([str(k) for k in todo])},
         tune_config=ray.tune.TuneConfig(
             max_concurrent_trials=concurrency,
+            scheduler=make_scheduler(cfg),
             trial_name_creator=lambda trial: trial.config["key"],
             trial_dirname_creator=lambda trial: TrialKey.parse(trial.config["key"]).dirname,
         ),
-        run_config=ray.tune.RunConfig(name=cfg.experiment, storage_path=cfg.storage),
+        run_config=ray.tune.RunConfig(name=cfg.experiment, storage_path=cfg.storage, stop=make_stop(cfg)),
     )
     grid = tuner.fit()
-    errored = []
+    errored, stopped = [], []
     for result in grid:
+        key = result.config["key"]
         if result.error is not None:
-            errored.append((result.config["key"], str(result.error).splitlines()[0] if str(result.error) else type(result.error).__name__, result.path))
-    return {"ran": [str(k) for k in todo], "errored": errored, "skipped": skipped}
+            errored.append((key, str(result.error).splitlines()[0] if str(result.error) else type(result.error).__name__, result.path))
+        elif tracking.close_stopped_run(cfg.tracking_uri, cfg.experiment, key, cfg.selection, reason=cfg.scheduler if cfg.scheduler != "fifo" else "budget"):
+            stopped.append((key, (result.metrics or {}).get("epoch"), (result.metrics or {}).get("best_acc")))
+    return {"ran": [str(k) for k in todo], "errored": errored, "stopped": stopped, "skipped": skipped}

@@ -67,3 +67,18 @@ def resolve_weights(backbones: Sequence[str], weights_dir: str | None, fallback_
             flush=True,
         )
     return {s.backbone: ("pretrained" if s.available else "random") for s in statuses}
+
+
+def check_selection(keys, manifests: dict[str, dict], selection: str) -> None:
+    """With ``selection=val``, every (dataset, fraction) must leave validation rows to select on."""
+    if selection != "val":
+        return
+    from rayexp.data.pipeline import split_rows
+
+    problems = sorted({
+        f"  - {k.dataset} at fraction {k.fraction}: no class has 2 training rows to hold one out"
+        for k in keys
+        if split_rows(manifests[k.dataset], "train", k.fraction, part="val") == 0
+    })
+    if problems:
+        raise RayexpError("selection=val needs validation rows:\n" + "\n".join(problems) + "\n  use a larger fraction or --selection test")

@@ -9,11 +9,9 @@ keys, and to read results back for the report.
 from __future__ import annotations
 
 import math
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterable
 
 from rayexp.errors import RayexpError
 
@@ -167,6 +165,31 @@ class TrialRun:
         self.client.set_terminated(self.run_id, status="FAILED")
 
 
+def close_stopped_run(uri: str, experiment: str, key: str, selection: str, reason: str) -> bool:
+    """Finish the run of a trial that Tune stopped (a scheduler or a budget) before its protocol ended.
+
+    Its worker was stopped from outside and could not log its final metrics: they are derived here from
+    the per-epoch history (the best monitored epoch's test accuracy), and the run is tagged
+    ``stopped_by``. Returns False when the run had finished by itself (nothing to do).
+    """
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = _trial_runs(client, exp.experiment_id, key) if exp else []
+    if not runs or runs[0].info.status == "FINISHED":
+        return False
+    run_id = runs[0].info.run_id
+    test = dict(metric_history(uri, run_id, "test_acc"))
+    monitored = dict(metric_history(uri, run_id, "val_acc" if selection == "val" else "test_acc"))
+    if not monitored:
+        client.set_terminated(run_id, status="KILLED")
+        return True
+    best_epoch = max(monitored, key=lambda epoch: (monitored[epoch], -epoch))
+    run = TrialRun(uri, run_id)
+    run.set_tags({"stopped_by": reason})
+    run.finish({"best_test_acc": test[best_epoch], "best_epoch": best_epoch, "epochs_run": max(monitored)})
+    return True
+
+
 def fetch_trial_results(uri: str, experiment: str) -> list[dict]:
     """Every trial run of ``experiment``: key, cell, status, final metrics and weights, from MLflow alone."""
     client = _client(uri)
@@ -189,6 +212,7 @@ def fetch_trial_results(uri: str, experiment: str) -> list[dict]:
                 "best_epoch": _clean(metrics.get("best_epoch")),
                 "epochs_run": _clean(metrics.get("epochs_run")),
                 "weights": params.get("weights"),
+                "stopped_by": tags.get("stopped_by"),
                 "run_id": run.info.run_id,
             }
         )

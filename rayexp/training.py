@@ -24,22 +24,32 @@ from rayexp.errors import RayexpError
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
+SELECTIONS = ("test", "val")
+PHASES = ("AdamW", "SGD")
+
+
 @dataclass
 class TrainConfig:
-    """The hyperparameters of one trial; every field is logged as an MLflow param."""
+    """The hyperparameters of one trial (the paper's DualOpt); every field is logged as an MLflow param."""
 
-    max_epochs: int = 100
-    patience: int = 10
-    lr: float = 1e-3
+    max_epochs: int = 100  # safety cap on epochs per phase
+    patience: int = 10  # epochs without improvement that end a phase
+    lr: float = 1e-3  # AdamW
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    sgd_lr: float = 1e-3
+    sgd_momentum: float = 0.9
+    dualopt: bool = True  # False: AdamW only, no SGD phase
+    selection: str = "test"  # monitored accuracy: the paper's test, or a held-out val split
     precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise RayexpError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.selection not in SELECTIONS:
+            raise RayexpError(f"selection {self.selection!r} is not one of {', '.join(SELECTIONS)}")
         if self.max_epochs < 1 or self.patience < 1:
             raise RayexpError(f"max_epochs ({self.max_epochs}) and patience ({self.patience}) must be at least 1")
 
@@ -68,8 +78,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+def make_optimizer(model: nn.Module, cfg: TrainConfig, phase: int = 0) -> torch.optim.Optimizer:
+    """DualOpt's optimizer for ``phase``: 0 AdamW, 1 a fresh SGD with momentum."""
+    if phase == 0:
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.sgd_lr, momentum=cfg.sgd_momentum)
 
 
 def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
@@ -168,28 +181,41 @@ def evaluate(
 
 @dataclass
 class Progress:
-    """Where a trial stands; everything needed, with the weights and optimizer, to continue exactly."""
+    """Where a trial stands in DualOpt; with the weights, optimizer and RNG states, enough to continue exactly."""
 
-    epoch: int = 0  # epochs completed
-    best_acc: float = -1.0
+    epoch: int = 0  # epochs completed, both phases
+    phase: int = 0  # 0 AdamW, 1 SGD
+    phase_epochs: int = 0
+    best_acc: float = -1.0  # best monitored accuracy over both phases
     best_epoch: int = 0
+    best_test_acc: float = -1.0  # test accuracy at the best epoch (the best test accuracy when selection=test)
+    best_test_balanced_acc: float = -1.0
     epochs_without_improvement: int = 0
-    stopped_early: bool = False
+    switch_epoch: int = 0  # epoch after which SGD took over; 0 if it never did
+    done: bool = False
     history: list[dict] = field(default_factory=list)
 
-    def update(self, acc: float) -> bool:
-        """Record one epoch's monitored accuracy; True if it is a new best."""
+    def update(self, monitored: float, test: dict) -> bool:
+        """Record one epoch's monitored accuracy; True if it beats the best of both phases."""
         self.epoch += 1
-        if acc > self.best_acc:
-            self.best_acc, self.best_epoch, self.epochs_without_improvement = acc, self.epoch, 0
+        self.phase_epochs += 1
+        if monitored > self.best_acc:
+            self.best_acc, self.best_epoch, self.epochs_without_improvement = monitored, self.epoch, 0
+            self.best_test_acc, self.best_test_balanced_acc = test["acc"], test["balanced_acc"]
             return True
         self.epochs_without_improvement += 1
         return False
 
-    def finished(self, cfg: TrainConfig) -> bool:
-        if self.epochs_without_improvement >= cfg.patience:
-            self.stopped_early = True
-        return self.stopped_early or self.epoch >= cfg.max_epochs
+    def advance(self, cfg: TrainConfig) -> str:
+        """After :meth:`update`: ``continue``, ``switch`` (AdamW plateaued or hit the cap: SGD from the best
+        weights) or ``stop``."""
+        if self.epochs_without_improvement < cfg.patience and self.phase_epochs < cfg.max_epochs:
+            return "continue"
+        if self.phase == 0 and cfg.dualopt:
+            self.phase, self.phase_epochs, self.epochs_without_improvement, self.switch_epoch = 1, 0, 0, self.epoch
+            return "switch"
+        self.done = True
+        return "stop"
 
 
 def rng_state() -> dict:
@@ -208,38 +234,47 @@ def set_rng_state(state: dict) -> None:
 
 
 EpochCallback = Callable[[dict, Callable[[], dict]], None]
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 def fit(
     model: nn.Module,
-    train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
-    test_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    train_batches: Callable[[int], Batches],
+    test_batches: Callable[[], Batches],
     cfg: TrainConfig,
     device: torch.device,
     num_classes: int,
     on_epoch: EpochCallback | None = None,
     checkpoint: dict | None = None,
+    val_batches: Callable[[], Batches] | None = None,
 ) -> dict:
-    """Train until ``patience`` epochs pass without a better test accuracy, or ``max_epochs``.
+    """DualOpt: AdamW until ``patience`` epochs without improvement, reload the best weights, then a fresh
+    SGD until ``patience`` epochs without beating the best of both phases; each phase capped at
+    ``max_epochs``.
 
-    ``train_batches(epoch)`` gives the epoch's (shuffled) batches, ``test_batches()`` the test split.
-    After each epoch ``on_epoch(metrics, make_checkpoint)`` is called; ``make_checkpoint()`` returns one
-    dict (weights last and best, optimizer, scaler, progress, RNG states) that ``checkpoint=`` accepts to
-    continue exactly where it was taken. Returns the final metrics; the model ends with the best weights.
+    The monitored accuracy is the test split's (``selection=test``, the paper's rule) or a held-out
+    ``val_batches()`` split's; test accuracy is measured every epoch in both modes. ``train_batches(epoch)``
+    gives the epoch's (shuffled, augmented) batches. After each epoch ``on_epoch(metrics, make_checkpoint)``
+    is called; ``make_checkpoint()`` returns one dict (weights last and best, optimizer, scaler, progress,
+    RNG states) that ``checkpoint=`` accepts to continue exactly where it was taken. Returns the final
+    metrics; the model ends with the best weights.
     """
     precision = resolve_precision(cfg.precision, device)
-    if precision != "fp32" and device.type == "cpu" and precision == "fp16":
+    if precision == "fp16" and device.type == "cpu":
         raise RayexpError("fp16 autocast needs a GPU; use --precision bf16 or fp32 on the CPU")
-    optimizer = make_optimizer(model, cfg)
-    scaler = make_scaler(device, precision)
+    if cfg.selection == "val" and val_batches is None:
+        raise RayexpError("selection=val needs a validation split")
     progress = Progress()
     best_state = copy.deepcopy(model.state_dict())
     if checkpoint is not None:
+        progress = Progress(**checkpoint["progress"])
         model.load_state_dict(checkpoint["model"])
         best_state = checkpoint["best_model"]
+    optimizer = make_optimizer(model, cfg, progress.phase)
+    scaler = make_scaler(device, precision)
+    if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
-        progress = Progress(**checkpoint["progress"])
         set_rng_state(checkpoint["rng"])
 
     def make_checkpoint() -> dict:
@@ -253,35 +288,44 @@ def fit(
             "config": asdict(cfg),
         }
 
-    while not progress.finished(cfg):
+    while not progress.done:
         epoch_start = time.perf_counter()
+        phase, lr = progress.phase, optimizer.param_groups[0]["lr"]
         train = train_one_epoch(model, train_batches(progress.epoch), optimizer, scaler, device, precision)
         test = evaluate(model, test_batches(), device, precision, num_classes)
-        if progress.update(test["acc"]):
+        val = evaluate(model, val_batches(), device, precision, num_classes) if cfg.selection == "val" else None
+        if progress.update((val or test)["acc"], test):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         metrics = {
             "epoch": progress.epoch,
-            "lr": optimizer.param_groups[0]["lr"],
+            "phase": phase,
+            "lr": lr,
             "train_loss": train["train_loss"],
             "train_acc": train["train_acc"],
             "test_acc": test["acc"],
             "test_balanced_acc": test["balanced_acc"],
             "test_loss": test["loss"],
+            **({"val_acc": val["acc"]} if val else {}),
             "best_acc": progress.best_acc,
             "epochs_without_improvement": progress.epochs_without_improvement,
             "epoch_seconds": time.perf_counter() - epoch_start,
             "train_images_per_s": train["train_images_per_s"],
             "data_wait_fraction": train["data_wait_fraction"],
         }
+        if progress.advance(cfg) == "switch":
+            model.load_state_dict(best_state)
+            optimizer = make_optimizer(model, cfg, phase=1)
+            scaler = make_scaler(device, precision)
         progress.history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics, make_checkpoint)
     model.load_state_dict(best_state)
     return {
-        "best_test_acc": progress.best_acc,
+        "best_test_acc": progress.best_test_acc,
+        "best_test_balanced_acc": progress.best_test_balanced_acc,
         "best_epoch": progress.best_epoch,
         "epochs_run": progress.epoch,
-        "stopped_early": progress.stopped_early,
+        "switch_epoch": progress.switch_epoch,
         "train_seconds": sum(h["epoch_seconds"] for h in progress.history),
-        "precision": precision,
+        **({"best_val_acc": progress.best_acc} if cfg.selection == "val" else {}),
     }

@@ -21,8 +21,8 @@ DEMO = SweepDefaults(
     datasets=["digits"],
     fractions=[0.1, 1.0],
     seeds=[0, 1, 2],
-    max_epochs=5,
-    patience=3,
+    max_epochs=3,
+    patience=2,
     batch_size=16,
     fallback_to_random_weights=True,
 )

@@ -26,7 +26,7 @@ os.environ["RAYEXP_OFFLINE"] = "1"
 def digits_dir(tmp_path_factory) -> Path:
     """A data dir holding the real digits dataset, prepared with small row groups so pruning shows."""
     data_dir = tmp_path_factory.mktemp("data")
-    write_dataset(data_dir, get_dataset_info("digits"), digits.load_source(), row_group_rows=64)
+    write_dataset(data_dir, get_dataset_info("digits"), digits.load_source("digits"), row_group_rows=64)
     return data_dir
 
 

@@ -45,7 +45,7 @@ def test_digits_round_trip(digits_dir):
     assert train.schema.names == ["image", "label", "id", "rank"]
     assert str(train.schema.field("label").type) == "int32" and str(train.schema.field("rank").type) == "int32"
     # every source image is in exactly one split, with its label
-    source = {r.id: r for r in digits.load_source().records}
+    source = {r.id: r for r in digits.load_source("digits").records}
     ids = train["id"].to_pylist() + test["id"].to_pylist()
     assert sorted(ids) == sorted(source)
     row = train.slice(0, 1).to_pylist()[0]
@@ -81,11 +81,11 @@ def test_fraction_count_is_not_fooled_by_float_error():
 
 
 def test_same_seed_same_split_and_ranks(tmp_path):
-    source = digits.load_source()
+    source = digits.load_source("digits")
     info = get_dataset_info("digits")
     a = write_dataset(tmp_path / "a", info, source, seed=3)
-    b = write_dataset(tmp_path / "b", info, digits.load_source(), seed=3)
-    c = write_dataset(tmp_path / "c", info, digits.load_source(), seed=4)
+    write_dataset(tmp_path / "b", info, digits.load_source("digits"), seed=3)
+    c = write_dataset(tmp_path / "c", info, digits.load_source("digits"), seed=4)
     tables = {k: read_split(tmp_path / k, "digits", "train", 0.1).to_pydict() for k in "abc"}
     assert tables["a"]["id"] == tables["b"]["id"] and tables["a"]["rank"] == tables["b"]["rank"]
     assert set(tables["a"]["id"]) != set(tables["c"]["id"])

@@ -45,14 +45,15 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_d
     for key, row in rows.items():
         assert row["status"] == "FINISHED"
         history = tracking.metric_history(uri, row["run_id"], "test_acc")
-        assert [step for step, _ in history] == [1, 2]
+        assert [step for step, _ in history] == [1, 2, 3, 4]  # DualOpt: 2 AdamW epochs (the cap), then 2 SGD
+        assert [v for _, v in tracking.metric_history(uri, row["run_id"], "phase")] == [0, 0, 1, 1]
         assert row["best_test_acc"] == max(v for _, v in history)
-        assert row["epochs_run"] == 2
+        assert row["epochs_run"] == 4
         dirname = key.replace("/", "-")
         checkpoints = sorted((tmp_path / "storage" / "train_runs" / "e2e" / dirname).glob("checkpoint_*/checkpoint.pt"))
         assert len(checkpoints) == 1  # only the latest is kept; it holds last and best weights
         state = torch.load(checkpoints[0], weights_only=False)
-        assert state["progress"]["epoch"] == 2 and set(state) >= {"model", "best_model", "optimizer", "rng"}
+        assert state["progress"]["epoch"] == 4 and set(state) >= {"model", "best_model", "optimizer", "rng"}
     assert rows["mobilenet_v3_large/digits/0.1/0"]["weights"] == "IMAGENET1K_V2"
     assert rows["shufflenet_v2_x2_0/digits/0.1/0"]["weights"] == "random"
     from mlflow.tracking import MlflowClient

@@ -54,23 +54,43 @@ def test_evaluate_is_global_top1_not_mean_of_batches():
     assert result["n"] == 4 and result["confusion"] == [[0, 0], [1, 3]]
 
 
-def test_early_stopping_after_exactly_patience_epochs():
+def _run_script(progress, cfg, accs):
+    actions = []
+    for acc in accs:
+        progress.update(acc, {"acc": acc, "balanced_acc": acc})
+        actions.append(progress.advance(cfg))
+    return actions
+
+
+def test_dualopt_switches_after_exactly_patience_then_stops_after_second_plateau():
     progress = training.Progress()
     cfg = training.TrainConfig(max_epochs=100, patience=3)
-    for acc in [0.1, 0.5, 0.4, 0.5]:  # an equal accuracy is no improvement
-        progress.update(acc)
-        assert not progress.finished(cfg)
-    progress.update(0.3)
-    assert progress.finished(cfg) and progress.stopped_early
-    assert progress.best_acc == 0.5 and progress.best_epoch == 2 and progress.epoch == 5
+    # AdamW: best 0.5 at epoch 2, three epochs without beating it (a tie is no improvement) -> switch
+    assert _run_script(progress, cfg, [0.1, 0.5, 0.4, 0.5, 0.3]) == ["continue"] * 4 + ["switch"]
+    assert progress.phase == 1 and progress.switch_epoch == 5 and progress.epochs_without_improvement == 0
+    # SGD must beat the best of both phases (0.5): 0.6 at epoch 7, then three without -> stop
+    assert _run_script(progress, cfg, [0.45, 0.6, 0.55, 0.5, 0.58]) == ["continue"] * 4 + ["stop"]
+    assert progress.done and progress.best_acc == 0.6 and progress.best_epoch == 7 and progress.epoch == 10
 
 
-def test_max_epochs_caps_the_run():
+def test_cap_ends_a_phase_and_sgd_is_skipped_only_without_dualopt():
     cfg = training.TrainConfig(max_epochs=2, patience=10)
     progress = training.Progress()
-    progress.update(0.1)
-    progress.update(0.2)
-    assert progress.finished(cfg) and not progress.stopped_early
+    assert _run_script(progress, cfg, [0.1, 0.2, 0.3, 0.4]) == ["continue", "switch", "continue", "stop"]
+    assert progress.switch_epoch == 2 and progress.best_test_acc == 0.4
+    single = training.Progress()
+    no_sgd = training.TrainConfig(max_epochs=2, patience=10, dualopt=False)
+    assert _run_script(single, no_sgd, [0.1, 0.2]) == ["continue", "stop"]
+    assert single.switch_epoch == 0 and single.phase == 0
+
+
+def test_selection_val_reports_test_accuracy_at_the_best_val_epoch():
+    progress = training.Progress()
+    cfg = training.TrainConfig(max_epochs=3, patience=5, dualopt=False, selection="val")
+    for val, test in [(0.5, 0.7), (0.6, 0.65), (0.55, 0.9)]:
+        progress.update(val, {"acc": test, "balanced_acc": test})
+        progress.advance(cfg)
+    assert progress.best_acc == 0.6 and progress.best_test_acc == 0.65 and progress.best_epoch == 2
 
 
 def _fit(model, cfg, x, y, checkpoint=None, stop_after=None):
@@ -99,13 +119,36 @@ def _fit(model, cfg, x, y, checkpoint=None, stop_after=None):
 
 def test_fit_resumes_exactly_from_a_checkpoint():
     x, y = _data()
-    cfg = training.TrainConfig(max_epochs=6, patience=10, lr=1e-2, seed=1)
+    cfg = training.TrainConfig(max_epochs=3, patience=10, lr=1e-2, seed=1)  # 3 AdamW epochs, then 3 SGD
     full, final, _ = _fit(_model(), cfg, x, y)
-    first, _, ckpt = _fit(_model(), cfg, x, y, stop_after=3)
+    assert [m["phase"] for m in full] == [0, 0, 0, 1, 1, 1]
+    first, _, ckpt = _fit(_model(), cfg, x, y, stop_after=4)  # killed inside the SGD phase
     rest, resumed_final, _ = _fit(_model(seed=99), cfg, x, y, checkpoint=ckpt)
-    keys = ["epoch", "train_loss", "train_acc", "test_acc", "best_acc", "epochs_without_improvement"]
+    keys = ["epoch", "phase", "lr", "train_loss", "train_acc", "test_acc", "best_acc", "epochs_without_improvement"]
     assert [{k: m[k] for k in keys} for m in first + rest] == [{k: m[k] for k in keys} for m in full]
-    assert resumed_final["best_test_acc"] == final["best_test_acc"] and resumed_final["epochs_run"] == 6
+    assert resumed_final == {**final, "train_seconds": resumed_final["train_seconds"]}
+    assert final["switch_epoch"] == 3 and final["epochs_run"] == 6
+
+
+def test_switch_reloads_the_best_weights():
+    x, y = _data()
+    cfg = training.TrainConfig(max_epochs=4, patience=2, lr=5e-2)
+    states, switched = {}, {}
+
+    def on_epoch(metrics, make_checkpoint):
+        ckpt = make_checkpoint()
+        if ckpt["progress"]["switch_epoch"] == metrics["epoch"]:
+            switched["model"] = copy.deepcopy(ckpt["model"])
+            switched["best_epoch"] = ckpt["progress"]["best_epoch"]
+            switched["optimizer"] = ckpt["optimizer"]
+        else:
+            states[metrics["epoch"]] = copy.deepcopy(ckpt["model"])
+
+    training.fit(_model(), lambda e: _batches(x, y, 16, e), lambda: _batches(x[:48], y[:48], 16), cfg, CPU, 2, on_epoch)
+    assert switched, "AdamW never handed over to SGD"
+    best = states[switched["best_epoch"]]
+    assert all(torch.equal(switched["model"][k], v) for k, v in best.items())
+    assert "momentum" in switched["optimizer"]["param_groups"][0]  # a fresh SGD
 
 
 def test_fit_ends_with_the_best_weights():

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 from torch import nn
 
 from rayexp.errors import RayexpError
@@ -31,7 +30,7 @@ class BackboneSpec:
     family: str  # "CNN", "transformer" or "token-mixer"
     head: str  # dotted path of the final Linear to replace, e.g. "fc", "classifier.3"
     feature_dim: int  # in_features of that head
-    min_input: int  # smallest input side the architecture accepts
+    min_input: int  # smallest input side: the total stride, below which the last stage sees padding only
     batch_size: int  # default training batch for one 80 GB A100 at 256x256, mixed precision
 
     @property

@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,14 +55,18 @@ SCHEMA = pa.schema(
 class SourceRecord:
     """One image as a source yields it, before any shared processing.
 
-    ``image`` is a PIL image, an HxW or HxWxC uint8 array, or the encoded file's bytes. ``split`` is the
-    official split, or None to let the writer split stratified with the source's test fraction.
+    ``image`` is a PIL image, an HxW or HxWxC array, the encoded file's bytes, a path to the file, or a
+    picklable zero-argument callable returning one of those (so that large sources load lazily, in the
+    worker process that encodes the image). ``split`` is the official split, or None to let the writer
+    split stratified with the source's test fraction. ``group`` (e.g. a patient id) is kept for
+    provenance; sources that split by group assign ``split`` themselves.
     """
 
-    image: "Image.Image | np.ndarray | bytes"
+    image: object
     label: int
     id: str
     split: str | None = None
+    group: str | None = None
 
 
 @dataclass
@@ -73,6 +78,8 @@ class Source:
     split_rule: str
     test_fraction: float | None = None  # for records with split=None
     checksums: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # documented differences from the paper, shown in the summary
+    encoding: str | None = None  # overrides the catalog's (a user's folder of PNGs is stored as PNG)
 
 
 def fraction_count(n_class: int, fraction: float) -> int:
@@ -124,11 +131,21 @@ def stored_size(native: tuple[int, int], train_size: tuple[int, int]) -> tuple[i
 
 
 def encode_image(image: "Image.Image | np.ndarray | bytes", train_size: tuple[int, int], encoding: str, record_id: str) -> tuple[bytes, tuple[int, int]]:
-    """RGB, at most the training size, encoded as ``encoding``; returns the bytes and the stored (H, W)."""
+    """RGB, at most the training size, encoded as ``encoding``; returns the bytes and the stored (H, W).
+
+    A JPEG that is already RGB and small enough is stored byte for byte, not re-encoded.
+    """
     try:
+        if callable(image) and not isinstance(image, Image.Image):
+            image = image()
+        if isinstance(image, (str, os.PathLike)):
+            image = Path(image).read_bytes()
         if isinstance(image, (bytes, bytearray)):
+            image = bytes(image)
             pil = Image.open(io.BytesIO(image))
             pil.load()
+            if encoding == "jpeg" and pil.format == "JPEG" and pil.mode == "RGB" and stored_size((pil.height, pil.width), train_size) == (pil.height, pil.width):
+                return image, (pil.height, pil.width)
         elif isinstance(image, np.ndarray):
             pil = Image.fromarray(image)
         else:
@@ -139,8 +156,8 @@ def encode_image(image: "Image.Image | np.ndarray | bytes", train_size: tuple[in
                 span = max(array.max() - array.min(), 1.0)
                 pil = Image.fromarray(((array - array.min()) * (255.0 / span)).astype(np.uint8))
             pil = pil.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise RayexpError(f"image {record_id!r} cannot be decoded ({exc}); fix or remove that file") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise CorruptImageError(f"image {record_id!r} cannot be decoded ({exc}); fix or remove that file, or pass --skip-corrupt") from None
     size = stored_size((pil.height, pil.width), train_size)
     if size != (pil.height, pil.width):
         pil = pil.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
@@ -152,6 +169,10 @@ def encode_image(image: "Image.Image | np.ndarray | bytes", train_size: tuple[in
     else:
         raise ValueError(f"unknown image encoding {encoding!r}")
     return buffer.getvalue(), size
+
+
+class CorruptImageError(RayexpError):
+    """An image a source yielded cannot be decoded."""
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -199,35 +220,55 @@ def fraction_thresholds(manifest: dict, fraction: float) -> list[int]:
     return [fraction_count(n, fraction) for n in counts]
 
 
-def threshold_groups(manifest: dict, fraction: float) -> list[tuple[list[int], int]]:
-    """Classes grouped by their rank threshold: [(labels, k), ...]; one group for a balanced dataset.
+VAL_SHARE = 0.1  # selection=val holds out this share of each class of the trial's training rows
+PARTS = ("all", "train", "val")
 
-    Grouping keeps the filter expression small even for 200 classes.
+
+def holdout_count(k: int) -> int:
+    """Rows of a class of ``k`` fraction rows held out for validation: 10%, at least one, none if k < 2."""
+    return 0 if k < 2 else max(1, round(VAL_SHARE * k))
+
+
+def rank_ranges(manifest: dict, fraction: float, part: str = "all") -> list[tuple[list[int], int, int]]:
+    """Classes grouped by the rank range ``[lo, hi)`` a trial reads: ``[(labels, lo, hi), ...]``.
+
+    ``part`` ``all`` is the fraction; ``train`` and ``val`` split it for ``selection=val``: the last
+    ranks of each class (10%, at least one when the class has two or more rows) are the validation
+    rows. Grouping keeps filter expressions small even for 200 classes.
     """
-    groups: dict[int, list[int]] = {}
+    if part not in PARTS:
+        raise ValueError(f"part {part!r} not in {PARTS}")
+    groups: dict[tuple[int, int], list[int]] = {}
     for label, k in enumerate(fraction_thresholds(manifest, fraction)):
-        groups.setdefault(k, []).append(label)
-    return [(labels, k) for k, labels in sorted(groups.items())]
+        held = holdout_count(k) if part != "all" else 0
+        lo, hi = (0, k - held) if part in ("all", "train") else (k - held, k)
+        if hi > lo:
+            groups.setdefault((lo, hi), []).append(label)
+    return [(labels, lo, hi) for (lo, hi), labels in sorted(groups.items())]
 
 
-def fraction_filter(manifest: dict, fraction: float) -> "pc.Expression | None":
-    """A PyArrow filter selecting ``fraction`` of the training split, or None for all of it."""
-    if fraction >= 1.0:
+def fraction_filter(manifest: dict, fraction: float, part: str = "all") -> "pc.Expression | None":
+    """A PyArrow filter selecting ``fraction`` of the training split (or its train/val part); None for all of it."""
+    if fraction >= 1.0 and part == "all":
         return None
-    groups = threshold_groups(manifest, fraction)
+    ranges = rank_ranges(manifest, fraction, part)
+    if not ranges:
+        return pc.scalar(False)
     # One bound on rank that prunes row groups by their statistics, then the exact per-class rule.
     expr = None
-    for labels, k in groups:
-        term = pc.field("label").isin(labels) & (pc.field("rank") < k)
+    for labels, lo, hi in ranges:
+        term = pc.field("label").isin(labels) & (pc.field("rank") < hi)
+        if lo:
+            term = term & (pc.field("rank") >= lo)
         expr = term if expr is None else expr | term
-    return (pc.field("rank") < max(k for _, k in groups)) & expr
+    return (pc.field("rank") < max(hi for _, _, hi in ranges)) & expr
 
 
-def read_split(data_dir: str | os.PathLike, name: str, split: str, fraction: float = 1.0, columns: Sequence[str] | None = None) -> pa.Table:
-    """A split (or a fraction of the training split) as an Arrow table, filter pushed into the scan."""
+def read_split(data_dir: str | os.PathLike, name: str, split: str, fraction: float = 1.0, columns: Sequence[str] | None = None, part: str = "all") -> pa.Table:
+    """A split (or a fraction of the training split, or its train/val part) as an Arrow table, filter pushed into the scan."""
     manifest = load_manifest(data_dir, name)
     dataset = pads.dataset(split_paths(data_dir, manifest, split), format="parquet")
-    filt = fraction_filter(manifest, fraction) if split == "train" else None
+    filt = fraction_filter(manifest, fraction, part) if split == "train" else None
     return dataset.to_table(columns=list(columns) if columns else None, filter=filt)
 
 
@@ -247,43 +288,64 @@ def row_groups_scanned(data_dir: str | os.PathLike, name: str, fraction: float) 
     return kept, total
 
 
-class _ChannelStats:
-    """Running per-channel mean and std of images in [0, 1]."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.total = np.zeros(3)
-        self.total_sq = np.zeros(3)
-
-    def add(self, rgb: np.ndarray) -> None:
-        pixels = rgb.reshape(-1, 3).astype(np.float64) / 255.0
-        self.n += len(pixels)
-        self.total += pixels.sum(0)
-        self.total_sq += (pixels**2).sum(0)
-
-    def result(self) -> tuple[list[float], list[float]]:
-        mean = self.total / max(self.n, 1)
-        std = np.sqrt(np.maximum(self.total_sq / max(self.n, 1) - mean**2, 1e-12))
-        return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
-
-
 def _write_split(root: Path, split: str, rows: list[dict], rows_per_part: int, row_group_rows: int) -> list[str]:
     (root / split).mkdir(parents=True)
     files = []
-    for part, start in enumerate(range(0, max(len(rows), 1), rows_per_part)):
-        chunk = rows[start : start + rows_per_part]
-        table = pa.Table.from_pylist(chunk, schema=SCHEMA)
+    for part, begin in enumerate(range(0, max(len(rows), 1), rows_per_part)):
+        table = pa.Table.from_pylist(rows[begin : begin + rows_per_part], schema=SCHEMA)
         rel = f"{split}/part-{part:05d}.parquet"
+        # No compression: the images are PNG/JPEG already, and a plain layout keeps scans cheap.
         pq.write_table(table, root / rel, row_group_size=row_group_rows, compression="none", write_statistics=True)
         files.append(rel)
     return files
 
 
-def _progress(message: str, done: int, total: int) -> None:
-    if sys.stderr.isatty():
-        print(f"\r{message}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
-    elif done == total or done % max(total // 10, 1) == 0:
-        print(f"{message}: {done}/{total}", file=sys.stderr, flush=True)
+class _Progress:
+    """A progress line on a terminal; a line per 10% otherwise (logs, CI)."""
+
+    def __init__(self, message: str, total: int, quiet: bool = False) -> None:
+        self.message, self.total, self.done, self.quiet = message, total, 0, quiet
+        self.tty = sys.stderr.isatty()
+        self.start = time.perf_counter()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.quiet:
+            return
+        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+        text = f"{self.message}: {self.done}/{self.total} images ({rate:.0f}/s)"
+        if self.tty:
+            print("\r" + text, end="\n" if self.done == self.total else "", file=sys.stderr, flush=True)
+        elif self.done == self.total or self.done % max(self.total // 10, 1) == 0:
+            print(text, file=sys.stderr, flush=True)
+
+
+def _encode_job(job: tuple) -> tuple:
+    """Encode one record in a worker process: (data, size, channel sums, channel squared sums, pixels) or (None, error)."""
+    image, record_id, train_size, encoding = job
+    try:
+        data, size = encode_image(image, train_size, encoding, record_id)
+    except CorruptImageError as exc:
+        return None, str(exc)
+    pixels = decode_image(data).reshape(-1, 3).astype(np.float64) / 255.0
+    return data, size, pixels.sum(0), (pixels**2).sum(0), len(pixels)
+
+
+def _encode_all(jobs: list[tuple], workers: int, progress: _Progress):
+    """Results of :func:`_encode_job` in job order, across ``workers`` processes."""
+    if workers <= 1 or len(jobs) < 64:
+        for job in jobs:
+            yield _encode_job(job)
+            progress.step()
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the caller may hold threads (Ray, PyArrow) that fork would copy half-way.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for result in pool.map(_encode_job, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8)))):
+            yield result
+            progress.step()
 
 
 def write_dataset(
@@ -293,13 +355,18 @@ def write_dataset(
     *,
     seed: int = 0,
     force: bool = False,
+    workers: int = 1,
+    skip_corrupt: bool = False,
     rows_per_part: int = 4096,
     row_group_rows: int = 256,
+    quiet: bool = False,
 ) -> dict:
     """Encode, split, rank and write ``source`` as shards of ``info.name``, atomically; returns the manifest.
 
-    Everything is written to a hidden temporary folder beside the target, verified, then renamed into
-    place, so an error or an interrupt never leaves a half-written dataset behind.
+    Images are encoded in ``workers`` processes. Everything is written to a hidden temporary folder beside
+    the target, verified, then renamed into place, so an error or an interrupt never leaves a
+    half-written dataset behind. A corrupt image stops the run naming it, or with ``skip_corrupt`` is
+    left out, counted and listed in the manifest.
     """
     target = dataset_dir(data_dir, info.name)
     if target.exists() and not force:
@@ -307,7 +374,7 @@ def write_dataset(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{info.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        manifest = _write_into(tmp, info, source, seed, rows_per_part, row_group_rows)
+        manifest = _write_into(tmp, info, source, seed, workers, skip_corrupt, rows_per_part, row_group_rows, quiet)
         verify_dataset(tmp, manifest)
         if target.exists():
             old = target.parent / f".{info.name}.old-{uuid.uuid4().hex[:8]}"
@@ -322,7 +389,21 @@ def write_dataset(
     return manifest
 
 
-def _write_into(root: Path, info: DatasetInfo, source: Source, seed: int, rows_per_part: int, row_group_rows: int) -> dict:
+def _assign_splits(info: DatasetInfo, source: Source, records: list[SourceRecord], labels: np.ndarray, seed: int) -> list[str]:
+    splits = [r.split for r in records]
+    if any(s is None for s in splits):
+        if source.test_fraction is None:
+            raise RayexpError(f"dataset {info.name!r}: records without a split need the source's test_fraction")
+        undecided = np.array([s is None for s in splits])
+        mask = iter(stratified_test_mask(labels[undecided], source.test_fraction, seed))
+        splits = [("test" if next(mask) else "train") if s is None else s for s in splits]
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise RayexpError(f"dataset {info.name!r}: unknown split names {unknown}; use {SPLITS}")
+    return splits
+
+
+def _write_into(root: Path, info: DatasetInfo, source: Source, seed: int, workers: int, skip_corrupt: bool, rows_per_part: int, row_group_rows: int, quiet: bool) -> dict:
     root.mkdir(parents=True)
     n_classes = len(source.classes)
     records = list(source.records)
@@ -333,46 +414,49 @@ def _write_into(root: Path, info: DatasetInfo, source: Source, seed: int, rows_p
     if len(bad):
         r = records[bad[0]]
         raise RayexpError(f"dataset {info.name!r}: image {r.id!r} has label {r.label}, outside 0..{n_classes - 1}")
-    splits = [r.split for r in records]
-    if any(s is None for s in splits):
-        if source.test_fraction is None:
-            raise RayexpError(f"dataset {info.name!r}: records without a split need the source's test_fraction")
-        undecided = np.array([s is None for s in splits])
-        mask = stratified_test_mask(labels[undecided], source.test_fraction, seed)
-        it = iter(mask)
-        splits = [("test" if next(it) else "train") if s is None else s for s in splits]
-    unknown = sorted(set(splits) - set(SPLITS))
-    if unknown:
-        raise RayexpError(f"dataset {info.name!r}: unknown split names {unknown}; use {SPLITS}")
+    splits = _assign_splits(info, source, records, labels, seed)
 
-    stats = _ChannelStats()
+    encoding = source.encoding or info.encoding
+    progress = _Progress(f"preparing {info.name}", len(records), quiet)
+    jobs = [(r.image, r.id, tuple(info.input_size), encoding) for r in records]
+    encoded: list[tuple | None] = []
+    skipped: list[dict] = []
+    channel_sum, channel_sq, n_pixels = np.zeros(3), np.zeros(3), 0
+    for record, split, result in zip(records, splits, _encode_all(jobs, workers, progress)):
+        if result[0] is None:
+            if not skip_corrupt:
+                raise CorruptImageError(result[1])
+            skipped.append({"id": record.id, "split": split, "error": result[1]})
+            encoded.append(None)
+            continue
+        encoded.append(result[:2])
+        if split == "train":
+            channel_sum += result[2]
+            channel_sq += result[3]
+            n_pixels += result[4]
+
     manifest_splits: dict[str, dict] = {}
-    sizes: list[tuple[int, int]] = []
-    total = len(records)
-    done = 0
+    sizes = [e[1] for e in encoded if e is not None]
     for split in [s for s in SPLITS if s in set(splits)]:
-        rows_idx = [i for i, s in enumerate(splits) if s == split]
-        ranks = class_ranks(labels[rows_idx], seed)
-        rows = []
-        for i, rank in zip(rows_idx, ranks):
-            rec = records[i]
-            data, size = encode_image(rec.image, info.input_size, info.encoding, rec.id)
-            sizes.append(size)
-            if split == "train":
-                stats.add(decode_image(data))
-            rows.append({"image": data, "label": int(rec.label), "id": rec.id, "rank": int(rank)})
-            done += 1
-            _progress(f"preparing {info.name}", done, total)
+        idx = [i for i, s in enumerate(splits) if s == split and encoded[i] is not None]
+        ranks = class_ranks(labels[idx], seed)
+        rows = [
+            {"image": encoded[i][0], "label": int(labels[i]), "id": records[i].id, "rank": int(rank)}
+            for i, rank in zip(idx, ranks)
+        ]
         rows.sort(key=lambda row: (row["rank"], row["label"]))
-        counts = np.bincount(labels[rows_idx], minlength=n_classes)
+        counts = np.bincount(labels[idx], minlength=n_classes)
         manifest_splits[split] = {
             "rows": len(rows),
             "class_counts": [int(c) for c in counts],
             "files": _write_split(root, split, rows, rows_per_part, row_group_rows),
         }
-    mean, std = stats.result()
-    heights = [s[0] for s in sizes]
-    widths = [s[1] for s in sizes]
+    if "train" not in manifest_splits or n_pixels == 0:
+        raise RayexpError(f"dataset {info.name!r}: the training split is empty")
+    mean = channel_sum / n_pixels
+    std = np.sqrt(np.maximum(channel_sq / n_pixels - mean**2, 1e-12))
+    heights, widths = [s[0] for s in sizes], [s[1] for s in sizes]
+    paper = {"train": info.train, "test": info.test} if info.train else {}
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": info.name,
@@ -382,17 +466,22 @@ def _write_into(root: Path, info: DatasetInfo, source: Source, seed: int, rows_p
         "n_classes": n_classes,
         "splits": manifest_splits,
         "image": {
-            "encoding": info.encoding,
-            "jpeg_quality": JPEG_QUALITY if info.encoding == "jpeg" else None,
+            "encoding": encoding,
+            "jpeg_quality": JPEG_QUALITY if encoding == "jpeg" else None,
             "max_size": list(info.input_size),
             "stored_min": [min(heights), min(widths)],
             "stored_max": [max(heights), max(widths)],
         },
         "input_size": list(info.input_size),
-        "normalization": {"mean": mean, "std": std},
+        "augment": info.augment,
+        "balanced_accuracy": info.balanced_accuracy,
+        "normalization": {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]},
         "split_rule": source.split_rule,
         "seed": seed,
         "source_checksums": dict(source.checksums),
+        "paper_counts": paper,
+        "notes": list(source.notes),
+        "skipped_corrupt": skipped,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "rayexp_version": __version__,
     }

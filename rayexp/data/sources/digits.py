@@ -5,12 +5,25 @@ The bundled dataset of the demo and the end-to-end tests. No official split: str
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from rayexp.data.download import RemoteFile
 from rayexp.data.shards import Source, SourceRecord
 
+DATASETS = ("digits",)
 
-def load_source() -> Source:
+
+def remote_files(name: str) -> list[RemoteFile]:
+    return []
+
+
+def local_help(name: str) -> str:
+    return "digits ship inside scikit-learn: nothing to download"
+
+
+def load_source(name: str, root: Path | None = None, work: Path | None = None, split: str = "default") -> Source:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -1,0 +1,144 @@
+"""Preparing a dataset: find its files (download, a local copy, or a user's folder), convert, write shards.
+
+The library side of ``datasets/prepare.py``: one call per dataset, atomic and idempotent.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+
+from rayexp.data.catalog import CATALOG, DatasetInfo, get_dataset_info
+from rayexp.data.download import download
+from rayexp.data.shards import dataset_dir, is_prepared, load_manifest, write_dataset
+from rayexp.errors import RayexpError
+
+SPLIT_MODES = ("default", "paper")
+
+
+def source_module(info: DatasetInfo) -> ModuleType:
+    """The module under ``rayexp/data/sources`` that reads ``info``'s source format."""
+    try:
+        return importlib.import_module(f"rayexp.data.sources.{info.source}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"rayexp.data.sources.{info.source}":
+            raise RayexpError(f"dataset {info.name!r}: no converter for source format {info.source!r} yet") from None
+        raise
+
+
+def dataset_info(name: str, source: str | None, domain: str | None) -> DatasetInfo:
+    """The catalog entry, or for a name outside the catalog with ``--source``, a user's own dataset."""
+    if name in CATALOG:
+        info = get_dataset_info(name)
+        return replace(info, domain=domain) if domain else info
+    if source is None:
+        get_dataset_info(name)  # raises: unknown dataset, with the list
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise RayexpError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
+    return DatasetInfo(
+        name=name, title=name, domain=domain or "custom", n_classes=0, train=0, test=0,
+        source="folder", split_rule="given folders, else stratified 80/20",
+    )
+
+
+def downloads_dir(data_dir: str | os.PathLike, name: str) -> Path:
+    return Path(data_dir).expanduser().resolve() / ".downloads" / name
+
+
+def _source_root(path: str | os.PathLike, work: Path) -> Path:
+    """A folder the source module can search: the folder itself, or one holding a link to the archive."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise RayexpError(f"--source {path} does not exist")
+    if path.is_dir():
+        return path
+    root = work / "source"
+    root.mkdir(parents=True)
+    (root / path.name).symlink_to(path)
+    return root
+
+
+def prepare(
+    name: str,
+    data_dir: str | os.PathLike,
+    *,
+    source: str | os.PathLike | None = None,
+    download_files: bool = False,
+    domain: str | None = None,
+    split: str = "default",
+    seed: int = 0,
+    force: bool = False,
+    workers: int | None = None,
+    skip_corrupt: bool = False,
+    quiet: bool = False,
+) -> dict:
+    """Prepare ``name`` into ``data_dir``; returns its manifest (the existing one if already prepared)."""
+    if split not in SPLIT_MODES:
+        raise RayexpError(f"--split {split!r}: use one of {', '.join(SPLIT_MODES)}")
+    info = dataset_info(name, str(source) if source else None, domain)
+    if is_prepared(data_dir, info.name) and not force:
+        return load_manifest(data_dir, info.name)
+    module = source_module(info)
+    data_dir = Path(data_dir).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    work = data_dir / f".work-{info.name}-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
+    try:
+        if source is not None:
+            root = _source_root(source, work)
+        elif download_files:
+            remote = module.remote_files(info.name)
+            if not remote:
+                raise RayexpError(f"{info.name} cannot be downloaded automatically: {module.local_help(info.name)}")
+            root = downloads_dir(data_dir, info.name)
+            for item in remote:
+                download(item, root, quiet=quiet)
+        elif downloads_dir(data_dir, info.name).is_dir():
+            root = downloads_dir(data_dir, info.name)
+        elif not module.remote_files(info.name) and info.source == "digits":
+            root = work
+        else:
+            how = "--download, or " if module.remote_files(info.name) else ""
+            raise RayexpError(f"{info.name}: no source files; pass {how}--source PATH. {module.local_help(info.name)}")
+        src = module.load_source(info.name, root, work, split)
+        if info.n_classes and len(src.classes) != info.n_classes and split == "default" and source is None:
+            src.notes.append(f"{len(src.classes)} classes where the paper has {info.n_classes}")
+        if not info.n_classes:
+            info = replace(info, n_classes=len(src.classes))
+        return write_dataset(data_dir, info, src, seed=seed, force=force, workers=workers or default_workers(), skip_corrupt=skip_corrupt, quiet=quiet)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 1))
+
+
+def summary(manifest: dict, data_dir: str | os.PathLike) -> str:
+    """A one-screen summary of a prepared dataset."""
+    lines = [f"{manifest['name']} ({manifest['title']}, {manifest['domain']}) in {dataset_dir(data_dir, manifest['name'])}"]
+    for split, meta in manifest["splits"].items():
+        counts = meta["class_counts"]
+        lines.append(f"  {split:<5} {meta['rows']:>7} images, per class {min(counts)}..{max(counts)}")
+    paper = manifest.get("paper_counts") or {}
+    if paper:
+        got = {s: manifest["splits"][s]["rows"] for s in paper if s in manifest["splits"]}
+        same = all(got.get(s) == n for s, n in paper.items())
+        lines.append(f"  paper's counts: {', '.join(f'{s} {n}' for s, n in paper.items())} ({'match' if same else 'differ'})")
+    image = manifest["image"]
+    lines.append(
+        f"  {manifest['n_classes']} classes; stored {image['encoding']} from {'x'.join(map(str, image['stored_min']))} "
+        f"to {'x'.join(map(str, image['stored_max']))}; trained at {'x'.join(map(str, manifest['input_size']))}"
+    )
+    norm = manifest["normalization"]
+    lines.append(f"  mean {norm['mean']} std {norm['std']}; split: {manifest['split_rule']} (seed {manifest['seed']})")
+    for note in manifest.get("notes", []):
+        lines.append(f"  note: {note}")
+    if manifest.get("skipped_corrupt"):
+        lines.append(f"  skipped {len(manifest['skipped_corrupt'])} corrupt image(s): " + ", ".join(s["id"] for s in manifest["skipped_corrupt"][:5]))
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""A generic folder of images: PlantCLEF's subset and a user's own data.
+
+Accepted layouts under ``--source``:
+
+* ``<root>/<class>/*`` — one folder per class; split stratified (90/10 for PlantCLEF, 80/20 otherwise);
+* ``<root>/train/<class>/*`` and ``<root>/test/<class>/*`` (``val/`` counts as the test split when there
+  is no ``test/``, as PlantCLEF's subset ships it) — the given split;
+* a CSV file of ``path,label`` rows (an optional header, an optional third column ``split``), paths
+  relative to the CSV's folder.
+
+Class names are sorted folder names (or labels). An empty class folder is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from rayexp.data.download import RemoteFile
+from rayexp.data.shards import Source, SourceRecord
+from rayexp.errors import RayexpError
+
+DATASETS = ("plantclef",)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+
+
+def remote_files(name: str) -> list[RemoteFile]:
+    return []
+
+
+def local_help(name: str) -> str:
+    if name == "plantclef":
+        return (
+            "PlantCLEF's 20-species subset used by the paper is not published: put its images in "
+            "train/<species>/ and val/<species>/ folders (or one folder per species) and pass --source that folder"
+        )
+    return "pass --source a folder of <class>/ images, a folder with train/ and test/ class folders, or a CSV of path,label"
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _encoding(paths: list[Path]) -> str:
+    """JPEG sources stay JPEG; anything else (PNG, TIFF, BMP...) is stored losslessly."""
+    jpeg = sum(p.suffix.lower() in (".jpg", ".jpeg") for p in paths)
+    return "jpeg" if jpeg * 2 > len(paths) else "png"
+
+
+def _from_csv(path: Path) -> tuple[list[str], list[SourceRecord], str]:
+    base = path.resolve().parent
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
+    if rows and rows[0][:2] == ["path", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise RayexpError(f"{path} has no rows of path,label")
+    classes = sorted({row[1] for row in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    records = []
+    for n, row in enumerate(rows, 1):
+        if len(row) < 2:
+            raise RayexpError(f"{path} line {n}: expected path,label[,split], got {row!r}")
+        image = (base / row[0]).resolve()
+        if not image.is_file():
+            raise RayexpError(f"{path} line {n}: image {image} does not exist")
+        split = row[2].strip() if len(row) > 2 and row[2].strip() else None
+        records.append(SourceRecord(image, index[row[1]], row[0], split="test" if split == "val" else split))
+    rule = "given in the CSV" if all(r.split for r in records) else "stratified"
+    return classes, records, rule
+
+
+def load_source(name: str, root: Path, work: Path, split: str = "default") -> Source:
+    test_fraction = 0.1 if name == "plantclef" else 0.2
+    csvs = [p for p in root.iterdir() if p.suffix.lower() == ".csv"] if root.is_dir() else []
+    if len(csvs) == 1 and not _class_folders(root):
+        classes, records, rule = _from_csv(csvs[0])
+        return Source(classes, records, f"{rule} ({csvs[0].name})", test_fraction=test_fraction, encoding=_encoding([r.image for r in records]))
+    folders = {p.name: p for p in _class_folders(root)}
+    test_name = "test" if "test" in folders else "val" if "val" in folders else None
+    if "train" in folders and test_name:
+        split_dirs = {"train": folders["train"], "test": folders[test_name]}
+        rule = f"given folders (train vs {test_name})"
+    else:
+        split_dirs = {None: root}
+        rule = f"one folder per class, stratified {round(100 * (1 - test_fraction))}/{round(100 * test_fraction)}"
+    classes = sorted({c.name for d in split_dirs.values() for c in _class_folders(d)})
+    if not classes:
+        raise RayexpError(f"{root} has no class folders; expected <class>/ folders of images (or train/ and test/ with class folders, or a CSV of path,label)")
+    index = {c: i for i, c in enumerate(classes)}
+    records: list[SourceRecord] = []
+    for split_name, folder in split_dirs.items():
+        for class_dir in _class_folders(folder):
+            images = _images(class_dir)
+            if not images:
+                raise RayexpError(f"class folder {class_dir} has no images: an empty class is an error; remove it or add images")
+            for image in images:
+                records.append(SourceRecord(image, index[class_dir.name], str(image.relative_to(root)), split=split_name))
+    return Source(classes, records, rule, test_fraction=test_fraction, encoding=_encoding([r.image for r in records]))

@@ -1,0 +1,101 @@
+"""The generic folder source (a user's own data, PlantCLEF) and the preparation around every source."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rayexp.data.preparation import prepare
+from rayexp.data.shards import decode_image, load_manifest, read_split
+from rayexp.errors import RayexpError
+from tests.conftest import REPO
+
+
+def _image(path, size=(40, 30), value=0, fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.full((size[1], size[0], 3), value, dtype=np.uint8)
+    Image.fromarray(array).save(path, format=fmt)
+
+
+def _class_folders(root, per_class=(6, 4), suffix=".png"):
+    for c, n in enumerate(per_class):
+        for i in range(n):
+            _image(root / f"class{c}" / f"{i}{suffix}", value=20 * c + i)
+    return root
+
+
+def test_class_folders_stratified_with_domain(tmp_path):
+    src = _class_folders(tmp_path / "src", per_class=(10, 5))
+    manifest = prepare("mydata", tmp_path / "data", source=src, domain="medical", workers=1, quiet=True)
+    assert manifest["domain"] == "medical" and manifest["classes"] == ["class0", "class1"]
+    assert manifest["splits"]["train"]["class_counts"] == [8, 4] and manifest["splits"]["test"]["class_counts"] == [2, 1]
+    assert manifest["image"]["encoding"] == "png"
+    table = read_split(tmp_path / "data", "mydata", "train")
+    assert decode_image(table["image"][0].as_py()).shape == (30, 40, 3)
+    assert sorted(table["id"].to_pylist())[0] == "class0/0.png"
+
+
+def test_train_test_folders_keep_the_given_split(tmp_path):
+    _class_folders(tmp_path / "src" / "train", per_class=(3, 2), suffix=".jpg")
+    _class_folders(tmp_path / "src" / "val", per_class=(1, 1), suffix=".jpg")
+    manifest = prepare("plantclef", tmp_path / "data", source=tmp_path / "src", workers=1, quiet=True)
+    assert manifest["splits"]["train"]["rows"] == 5 and manifest["splits"]["test"]["rows"] == 2
+    assert manifest["image"]["encoding"] == "jpeg" and "given folders" in manifest["split_rule"]
+
+
+def test_csv_of_path_label(tmp_path):
+    _class_folders(tmp_path / "imgs", per_class=(5, 5))
+    rows = ["path,label"] + [f"imgs/class{c}/{i}.png,{'cat' if c else 'dog'}" for c in range(2) for i in range(5)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    manifest = prepare("pets", tmp_path / "data", source=tmp_path / "labels.csv", workers=1, quiet=True)
+    assert manifest["classes"] == ["cat", "dog"] and manifest["splits"]["train"]["rows"] == 8
+
+
+def test_empty_class_and_missing_source_are_errors(tmp_path):
+    src = _class_folders(tmp_path / "src")
+    (src / "class2").mkdir()
+    with pytest.raises(RayexpError, match=r"class folder .*class2 has no images"):
+        prepare("mydata", tmp_path / "data", source=src, workers=1, quiet=True)
+    with pytest.raises(RayexpError, match="does not exist"):
+        prepare("mydata", tmp_path / "data", source=tmp_path / "nowhere", workers=1, quiet=True)
+    with pytest.raises(RayexpError, match="unknown dataset 'mydata'"):
+        prepare("mydata", tmp_path / "data", workers=1, quiet=True)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == []  # nothing half-written, no scratch left
+
+
+def test_corrupt_image_stops_or_is_skipped_and_listed(tmp_path):
+    src = _class_folders(tmp_path / "src", per_class=(6, 6))
+    (src / "class1" / "broken.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(RayexpError, match=r"class1/broken.png.*--skip-corrupt"):
+        prepare("mydata", tmp_path / "data", source=src, workers=1, quiet=True)
+    assert not (tmp_path / "data" / "mydata").exists()
+    manifest = prepare("mydata", tmp_path / "data", source=src, workers=1, skip_corrupt=True, quiet=True)
+    assert [s["id"] for s in manifest["skipped_corrupt"]] == ["class1/broken.png"]
+    assert manifest["splits"]["train"]["rows"] + manifest["splits"]["test"]["rows"] == 12
+
+
+def test_parallel_preparation_writes_the_same_shards(tmp_path):
+    src = _class_folders(tmp_path / "src", per_class=(40, 40))
+    one = prepare("mydata", tmp_path / "one", source=src, workers=1, quiet=True)
+    two = prepare("mydata", tmp_path / "two", source=src, workers=2, quiet=True)
+    assert one["splits"] == two["splits"] and one["normalization"] == two["normalization"]
+    assert read_split(tmp_path / "one", "mydata", "train").equals(read_split(tmp_path / "two", "mydata", "train"))
+
+
+def test_prepare_cli_is_idempotent_and_lists(tmp_path):
+    src = _class_folders(tmp_path / "src")
+    cmd = [sys.executable, "datasets/prepare.py", "mydata", "--source", str(src), "--data-dir", str(tmp_path / "data"), "--workers", "1"]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "mydata" in first.stdout and "train" in first.stdout and "mean" in first.stdout
+    created = json.loads((tmp_path / "data" / "mydata" / "manifest.json").read_text())["created"]
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already prepared" in again.stdout
+    assert load_manifest(tmp_path / "data", "mydata")["created"] == created
+    listing = subprocess.run([sys.executable, "datasets/prepare.py", "--list", "--data-dir", str(tmp_path / "data")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and "digits" in listing.stdout and "cifar10" in listing.stdout
+    bad = subprocess.run([sys.executable, "datasets/prepare.py", "imagenet", "--data-dir", str(tmp_path / "data")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown dataset 'imagenet'" in bad.stderr
