@@ -106,3 +106,36 @@ def test_find_or_extract(tmp_path):
         find_or_extract(root, work, "data.tar.gz", "data/a.txt", checksum="md5:" + "0" * 32)
     assert find_or_extract(root, work, "data.tar.gz", "data/a.txt", checksum="md5:" + hashlib.md5(data).hexdigest()) == work
     assert (work / "data" / "a.txt").read_bytes() == b"1"
+
+
+def _eurosat_zip(path, per_class=4):
+    import numpy as np
+    from PIL import Image
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for cls in ("AnnualCrop", "Forest"):
+            for i in range(per_class):
+                buffer = io.BytesIO()
+                Image.fromarray(np.full((64, 64, 3), 40 * i, np.uint8)).save(buffer, format="JPEG")
+                zf.writestr(f"2750/{cls}/{cls}_{i + 1}.jpg", buffer.getvalue())
+
+
+def test_prepare_download_end_to_end_and_checksum_mismatch(http_folder, tmp_path, monkeypatch):
+    from rayexp.data.preparation import prepare
+    from rayexp.data.shards import load_manifest
+    from rayexp.data.sources import eurosat
+
+    folder, base = http_folder
+    _eurosat_zip(folder / "EuroSAT.zip")
+    digest = hashlib.md5((folder / "EuroSAT.zip").read_bytes()).hexdigest()
+    monkeypatch.setattr(eurosat, "URL", f"{base}/EuroSAT.zip")
+    monkeypatch.setattr(eurosat, "CHECKSUMS", {"EuroSAT.zip": "md5:" + "f" * 32})
+    with pytest.raises(RayexpError, match="checksum mismatch"):
+        prepare("eurosat", tmp_path / "data", download_files=True, workers=1, quiet=True)
+    assert not (tmp_path / "data" / "eurosat").exists()
+    assert list((tmp_path / "data" / ".downloads" / "eurosat").iterdir()) == []  # the bad file is gone
+    monkeypatch.setattr(eurosat, "CHECKSUMS", {"EuroSAT.zip": "md5:" + digest})
+    manifest = prepare("eurosat", tmp_path / "data", download_files=True, workers=1, quiet=True)
+    assert manifest["source_checksums"]["EuroSAT.zip"] == "md5:" + digest
+    assert load_manifest(tmp_path / "data", "eurosat")["splits"]["train"]["rows"] + manifest["splits"]["test"]["rows"] == 8
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads", "eurosat"]  # no scratch left

@@ -94,3 +94,23 @@ def test_full_grid_refuses_to_start_without_weights(digits_dir, tmp_path, capsys
     assert "pretrained weights cannot be had, nothing was started" in err
     assert "resnet50-11ad3fa6.pth" in err and "swin_t-704ceda3.pth" in err and "--weights-dir" in err
     assert not (tmp_path / "storage").exists()
+
+
+@pytest.mark.slow
+def test_asha_stops_a_clearly_worse_trial_early(ray_local, digits_dir, tmp_path, capsys):
+    # From random init, ShuffleNetV2 learns digits within two epochs while MobileNetV3-Large's eval
+    # accuracy stays at chance (its BatchNorm statistics lag): ASHA must stop MobileNet at a rung.
+    argv = _argv(
+        tmp_path, digits_dir, "--experiment", "asha", "--backbones", "shufflenet_v2_x2_0", "mobilenet_v3_large",
+        "--fractions", "1.0", "--max-epochs", "4", "--patience", "4", "--no-dualopt",
+        "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "2",
+    )
+    assert main(DEFAULTS, argv) == 0
+    out = capsys.readouterr().out
+    assert "stopped early by the asha" in out and "mobilenet_v3_large/digits/1.0/0" in out
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rows = {r["backbone"]: r for r in tracking.fetch_trial_results(uri, "asha")}
+    assert rows["shufflenet_v2_x2_0"]["epochs_run"] == 4 and rows["shufflenet_v2_x2_0"]["stopped_by"] is None
+    assert rows["mobilenet_v3_large"]["stopped_by"] == "asha" and rows["mobilenet_v3_large"]["epochs_run"] < 4
+    assert all(r["status"] == "FINISHED" for r in rows.values())
+    assert rows["shufflenet_v2_x2_0"]["best_test_acc"] > rows["mobilenet_v3_large"]["best_test_acc"] + 0.3
