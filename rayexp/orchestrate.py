@@ -120,6 +120,7 @@ def train_worker(config: dict) -> None:
     ray_checkpoint = ray.train.get_checkpoint()
     if ray_checkpoint is not None:
         with ray_checkpoint.as_directory() as folder:
+            # Our own checkpoint (it holds NumPy RNG state, which weights_only refuses), from the trial's storage.
             checkpoint = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
 
     normalize = Normalizer(*normalization(manifest, s["normalize"]), device)
@@ -159,7 +160,7 @@ def train_worker(config: dict) -> None:
             **s["extra_tags"],
         }
         params = {
-            **{k: v for k, v in asdict(cfg).items()},
+            **asdict(cfg),
             "precision_resolved": training.resolve_precision(cfg.precision, device),
             "optimizer": "DualOpt (AdamW, then SGD)" if cfg.dualopt else "AdamW",
             "batch_size": batch_size,
@@ -220,7 +221,7 @@ def trial_driver(config: dict, settings: dict) -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     datasets, cached = build_trial_datasets(s["data_dir"], manifest, key.fraction, s["selection"], s["cache_gb"] * 1e9)
-    train_rows = split_rows(manifest, "train", key.fraction)
+    train_rows = split_rows(manifest, "train", key.fraction, part="train" if s["selection"] == "val" else "all")
     use_gpu = s["gpus_per_trial"] > 0
     worker_resources = {"CPU": s["worker_cpus"]}
     if use_gpu:

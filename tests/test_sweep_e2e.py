@@ -114,3 +114,24 @@ def test_asha_stops_a_clearly_worse_trial_early(ray_local, digits_dir, tmp_path,
     assert rows["mobilenet_v3_large"]["stopped_by"] == "asha" and rows["mobilenet_v3_large"]["epochs_run"] < 4
     assert all(r["status"] == "FINISHED" for r in rows.values())
     assert rows["shufflenet_v2_x2_0"]["best_test_acc"] > rows["mobilenet_v3_large"]["best_test_acc"] + 0.3
+
+
+@pytest.mark.slow
+def test_selection_val_holds_out_training_rows_and_logs_both(ray_local, digits_dir, tmp_path):
+    argv = _argv(
+        tmp_path, digits_dir, "--experiment", "val", "--backbones", "shufflenet_v2_x2_0",
+        "--max-epochs", "2", "--no-dualopt", "--selection", "val",
+    )
+    assert main(DEFAULTS, argv) == 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (row,) = tracking.fetch_trial_results(uri, "val")
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(uri).get_run(row["run_id"])
+    assert run.data.tags["selection"] == "val" and run.data.params["selection"] == "val"
+    val = dict(tracking.metric_history(uri, row["run_id"], "val_acc"))
+    test = dict(tracking.metric_history(uri, row["run_id"], "test_acc"))
+    assert sorted(val) == sorted(test) == [1, 2]
+    best = max(val, key=lambda e: (val[e], -e))
+    assert row["best_test_acc"] == test[best] and run.data.metrics["best_val_acc"] == val[best]
+    assert int(run.data.params["train_rows"]) < 149  # 10% of the 149 fraction rows held out for validation

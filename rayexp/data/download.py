@@ -166,3 +166,11 @@ def tree_digest(files: list[Path], base: Path) -> str:
     for path in sorted(files):
         digest.update(f"{path.relative_to(base).as_posix()}\0{file_digest(path)}\n".encode())
     return "sha256:" + digest.hexdigest()
+
+
+def source_checksums(from_archive: bool, archive: str, checksum: str | None, files: list[Path], folder: Path, label: str) -> dict[str, str]:
+    """What the manifest records about the source: the archive's published checksum when the archive was
+    read, else a fingerprint of the extracted folder's ``files``."""
+    if from_archive and checksum:
+        return {archive: checksum}
+    return {f"{label}/ ({len(files)} images)": tree_digest(files, folder)}

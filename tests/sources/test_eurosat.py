@@ -93,7 +93,7 @@ def test_missing_archive_and_empty_class_are_named(tmp_path):
         prepare("eurosat", tmp_path / "data", source=tmp_path / "empty", workers=1, quiet=True)
     _write_tree(tmp_path / "src")
     (tmp_path / "src" / "2750" / "Highway").mkdir()
-    with pytest.raises(RayexpError, match="Highway has no .jpg images"):
+    with pytest.raises(RayexpError, match="Highway has no .jpg/.jpeg images: an empty class is an error"):
         prepare("eurosat", tmp_path / "data", source=tmp_path / "src", workers=1, quiet=True)
 
 

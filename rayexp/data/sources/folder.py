@@ -45,6 +45,24 @@ def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def class_folder_records(images: Path, suffixes: tuple[str, ...], id_prefix: str, what: str) -> tuple[list[str], list[SourceRecord]]:
+    """Sorted class folders under ``images`` and one record per image file with one of ``suffixes``.
+
+    Shared by the sources whose archive is just a folder of class folders (EuroSAT, UC Merced,
+    PlantVillage). Ids are ``<id_prefix><class>/<file>``; an empty class folder is an error.
+    """
+    class_dirs = _class_folders(images)
+    if not class_dirs:
+        raise RayexpError(f"{images} has no class folders; expected {what}")
+    records: list[SourceRecord] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
+        if not files:
+            raise RayexpError(f"class folder {class_dir} has no {'/'.join(suffixes)} images: an empty class is an error")
+        records += [SourceRecord(p, label, f"{id_prefix}{class_dir.name}/{p.name}") for p in files]
+    return [p.name for p in class_dirs], records
+
+
 def _encoding(paths: list[Path]) -> str:
     """JPEG sources stay JPEG; anything else (PNG, TIFF, BMP...) is stored losslessly."""
     jpeg = sum(p.suffix.lower() in (".jpg", ".jpeg") for p in paths)

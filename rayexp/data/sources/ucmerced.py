@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rayexp.data.download import RemoteFile, find_or_extract, tree_digest
-from rayexp.data.shards import Source, SourceRecord
-from rayexp.errors import RayexpError
+from rayexp.data.download import RemoteFile, find_or_extract, source_checksums
+from rayexp.data.shards import Source
+from rayexp.data.sources.folder import class_folder_records
 
 DATASETS = ("ucmerced",)
 ARCHIVE = "UCMerced_LandUse.zip"
@@ -46,21 +46,10 @@ def _images_folder(root: Path, work: Path) -> tuple[Path, bool]:
 
 def load_source(name: str, root: Path, work: Path, split: str = "default") -> Source:
     images, from_archive = _images_folder(Path(root), Path(work))
-    class_dirs = sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise RayexpError(f"{images} has no class folders; expected {IMAGES}/<class>/<class>NN.tif")
-    records = []
-    for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES and not p.name.startswith("."))
-        if not files:
-            raise RayexpError(f"UC Merced class folder {class_dir} has no .tif images")
-        records += [SourceRecord(p, label, f"Images/{class_dir.name}/{p.name}") for p in files]
-    if from_archive:
-        checksums = {ARCHIVE: CHECKSUMS[ARCHIVE]}
-    else:
-        checksums = {f"{IMAGES}/ ({len(records)} images)": tree_digest([r.image for r in records], images)}
+    classes, records = class_folder_records(images, SUFFIXES, "Images/", f"{IMAGES}/<class>/<class>NN.tif")
+    checksums = source_checksums(from_archive, ARCHIVE, CHECKSUMS[ARCHIVE], [r.image for r in records], images, IMAGES)
     return Source(
-        classes=[p.name for p in class_dirs],
+        classes=classes,
         records=records,
         split_rule="stratified 80/20 over the images in sorted order, fixed seed",
         test_fraction=TEST_FRACTION,
