@@ -66,6 +66,7 @@ def build_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=1.0, help="GPUs per trial when the cluster has GPUs")
     p.add_argument("--cache-gb", type=float, default=4.0, help="decode a trial's images once into memory when they fit in this many GB (0: decode every epoch)")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
+    p.add_argument("--log-models", action="store_true", help="log each trial's best weights to MLflow (large)")
     p.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
     p.add_argument("--dry-run", action="store_true", help="print the trial count and keys, start nothing")
     return p
@@ -146,17 +147,18 @@ def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
         gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent,
         cache_gb=args.cache_gb,
+        log_models=args.log_models,
         code_version=code_version(),
         extra_tags=dict(defaults.extra_tags),
     )
     outcome = run_sweep(cfg)
 
+    out_dir = Path(args.out or Path("reports") / args.experiment).resolve()
+    paths = report.build_report(tracking_uri, args.experiment, out_dir, expected=keys)
     summaries = report.summarize(tracking.fetch_trial_results(tracking_uri, args.experiment), expected=keys)
     summaries = [s for s in summaries if (s.backbone, s.dataset, s.fraction) in {k.cell for k in keys}]
-    out_dir = Path(args.out or Path("reports") / args.experiment).resolve()
-    paths = report.write_report(summaries, out_dir, title=f"rayexp: {args.experiment}")
     print("\n" + report.markdown_table(summaries))
-    print(f"Report: {paths['markdown']} and {paths['csv']}")
+    print(f"Report: {paths['html']} (also report.md, summary.csv, figures) in {out_dir}")
     print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri}   (experiment {args.experiment!r})")
     if outcome.get("stopped"):
         print(f"\n{len(outcome['stopped'])} trial(s) stopped early by the {args.scheduler if args.scheduler != 'fifo' else 'budget'} (their best so far is reported):")

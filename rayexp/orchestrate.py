@@ -14,6 +14,7 @@ reserve, trial actors can hold every CPU and Ray Data waits forever without an e
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import tempfile
@@ -58,6 +59,8 @@ class SweepConfig:
     max_concurrent: int | None = None
     cache_gb: float = 4.0
     max_failures: int = 2
+    log_models: bool = False
+    cell_runs: dict[str, str] = field(default_factory=dict)  # cell name -> parent MLflow run id
     num_cpus: int | None = None  # for a local Ray instance; None: all cores
     code_version: str = ""
     extra_tags: dict[str, str] = field(default_factory=dict)
@@ -84,6 +87,8 @@ class SweepConfig:
             "data_cpus": self.data_cpus,
             "cache_gb": self.cache_gb,
             "max_failures": self.max_failures,
+            "log_models": self.log_models,
+            "cell_runs": self.cell_runs,
             "code_version": self.code_version,
             "extra_tags": self.extra_tags,
         }
@@ -156,6 +161,8 @@ def train_worker(config: dict) -> None:
             "selection": cfg.selection,
             "code_version": s["code_version"],
             "node": socket.gethostname(),
+            "node_ip": ray.util.get_node_ip_address(),
+            "ray_trial_id": config["trial_id"],
             "accelerator": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             **s["extra_tags"],
         }
@@ -175,7 +182,8 @@ def train_worker(config: dict) -> None:
             "test_rows": manifest["splits"]["test"]["rows"],
             "num_classes": manifest["n_classes"],
         }
-        run = tracking.TrialRun.open(s["tracking_uri"], s["experiment"], str(key), tags, params)
+        parent = s["cell_runs"].get(tracking.cell_name(key.backbone, key.dataset, key.fraction))
+        run = tracking.TrialRun.open(s["tracking_uri"], s["experiment"], str(key), tags, params, parent_run_id=parent)
 
     def on_epoch(metrics: dict, make_checkpoint) -> None:
         if run is not None:
@@ -193,10 +201,33 @@ def train_worker(config: dict) -> None:
         if run is not None:
             run.fail()
         raise
+    confusion, history = final.pop("confusion"), final.pop("history")
     if run is not None:
+        log_trial_artifacts(run, config, params, history, confusion, manifest["classes"])
+        if s["log_models"]:
+            buffer = io.BytesIO()
+            torch.save(model.state_dict(), buffer)  # fit() left the best weights in the model
+            run.log_bytes(buffer.getvalue(), "model/best_weights.pt")
         run.finish(final)
     # best_acc and epoch again, so that a scheduler sees the trial's last word.
     ray.train.report({**final, "best_acc": final.get("best_val_acc", final["best_test_acc"]), "epoch": final["epochs_run"]})
+
+
+def log_trial_artifacts(run, config: dict, params: dict, history: list[dict], confusion: list, classes: list[str]) -> None:
+    """The resolved config, the per-epoch history as CSV and the best epoch's confusion matrix as PNG."""
+    import csv
+
+    from rayexp.report import confusion_png
+
+    run.log_dict({"key": config["key"], "params": params, "settings": config["settings"], "manifest": config["manifest"]}, "config.json")
+    if history:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
+        writer.writeheader()
+        writer.writerows(history)
+        run.log_text(buffer.getvalue(), "history.csv")
+    if confusion:
+        run.log_bytes(confusion_png(confusion, classes, title=config["key"]), "confusion_matrix.png")
 
 
 def trial_driver(config: dict, settings: dict) -> None:
@@ -232,7 +263,10 @@ def trial_driver(config: dict, settings: dict) -> None:
     )
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"key": str(key), "settings": s, "manifest": manifest, "train_rows": train_rows, "data_cache": cached},
+        train_loop_config={
+            "key": str(key), "settings": s, "manifest": manifest, "train_rows": train_rows, "data_cache": cached,
+            "trial_id": ray.tune.get_context().get_trial_id(),
+        },
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=worker_resources),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(execution_options=execution),
@@ -337,6 +371,31 @@ def make_scheduler(cfg: SweepConfig):
     return GroupedASHA()
 
 
+def _cell_summary_callback_class():
+    import ray.tune
+
+    class CellSummaryCallback(ray.tune.Callback):
+        """Updates a cell's parent run (best of three, mean, std) as soon as one of its seeds finishes."""
+
+        def __init__(self, uri: str, experiment: str) -> None:
+            self.uri, self.experiment = uri, experiment
+
+        def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+            from rayexp import tracking
+
+            key = TrialKey.parse(trial.config["key"])
+            try:
+                tracking.update_cell_summary(self.uri, self.experiment, *key.cell)
+            except Exception as exc:  # a summary is rebuilt at the end anyway; never stop the sweep for it
+                print(f"[rayexp] could not update the summary of {key.cell}: {exc}")
+
+    return CellSummaryCallback
+
+
+def CellSummaryCallback(uri: str, experiment: str):  # noqa: N802 - a factory that keeps ray out of import time
+    return _cell_summary_callback_class()(uri, experiment)
+
+
 def make_stop(cfg: SweepConfig) -> dict | None:
     """Tune's stopping criteria for a per-trial budget: wall-clock seconds and/or epochs."""
     stop = {}
@@ -361,6 +420,10 @@ def run_sweep(cfg: SweepConfig) -> dict:
         print(f"[rayexp] {skipped} of {len(cfg.keys)} trials already finished in MLflow experiment {cfg.experiment!r}; not training them again")
     if not todo:
         return {"ran": [], "errored": [], "stopped": [], "skipped": skipped}
+    from rayexp.data.shards import load_manifest
+
+    domains = {d: load_manifest(cfg.data_dir, d)["domain"] for d in sorted({k.dataset for k in todo})}
+    cfg.cell_runs = tracking.ensure_cell_runs(cfg.tracking_uri, cfg.experiment, sorted({k.cell for k in todo}), domains)
     _init_ray(cfg)
     concurrency, use_gpu = plan_concurrency(cfg)
     print(f"[rayexp] {len(todo)} trials, up to {concurrency} at a time, on {'GPU' if use_gpu else 'CPU'}")
@@ -374,7 +437,10 @@ def run_sweep(cfg: SweepConfig) -> dict:
             trial_name_creator=lambda trial: trial.config["key"],
             trial_dirname_creator=lambda trial: TrialKey.parse(trial.config["key"]).dirname,
         ),
-        run_config=ray.tune.RunConfig(name=cfg.experiment, storage_path=cfg.storage, stop=make_stop(cfg)),
+        run_config=ray.tune.RunConfig(
+            name=cfg.experiment, storage_path=cfg.storage, stop=make_stop(cfg),
+            callbacks=[CellSummaryCallback(cfg.tracking_uri, cfg.experiment)],
+        ),
     )
     grid = tuner.fit()
     errored, stopped = [], []
@@ -384,4 +450,6 @@ def run_sweep(cfg: SweepConfig) -> dict:
             errored.append((key, str(result.error).splitlines()[0] if str(result.error) else type(result.error).__name__, result.path))
         elif tracking.close_stopped_run(cfg.tracking_uri, cfg.experiment, key, cfg.selection, reason=cfg.scheduler if cfg.scheduler != "fifo" else "budget"):
             stopped.append((key, (result.metrics or {}).get("epoch"), (result.metrics or {}).get("best_acc")))
+    for cell in sorted({k.cell for k in todo}):  # stopped trials were closed only now
+        tracking.update_cell_summary(cfg.tracking_uri, cfg.experiment, *cell)
     return {"ran": [str(k) for k in todo], "errored": errored, "stopped": stopped, "skipped": skipped}

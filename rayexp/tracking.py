@@ -12,10 +12,16 @@ import math
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterable
 
 from rayexp.errors import RayexpError
 
-KIND_TAG = "rayexp.kind"
+KIND_TAG = "rayexp.kind"  # "trial", "cell" (the parent of a cell's seeds) or "summary" (the sweep's report)
+PARENT_TAG = "mlflow.parentRunId"  # what nests a run under another in MLflow's UI
+
+
+def cell_name(backbone: str, dataset: str, fraction: float) -> str:
+    return f"{backbone}/{dataset}/{fraction!r}"
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -80,10 +86,8 @@ def ensure_experiment(uri: str, name: str) -> str:
         raise RayexpError(f"the MLflow tracking store {uri} cannot be used ({type(exc).__name__}: {exc})") from None
 
 
-def _trial_runs(client, experiment_id: str, key: str | None = None) -> list:
-    query = f"tags.`{KIND_TAG}` = 'trial'"
-    if key is not None:
-        query += f" and tags.key = '{key}'"
+def _runs(client, experiment_id: str, kind: str, **tags: str) -> list:
+    query = f"tags.`{KIND_TAG}` = '{kind}'" + "".join(f" and tags.{k} = '{v}'" for k, v in tags.items())
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=query, max_results=5000, page_token=token)
@@ -91,6 +95,68 @@ def _trial_runs(client, experiment_id: str, key: str | None = None) -> list:
         token = page.token
         if not token:
             return runs
+
+
+def _trial_runs(client, experiment_id: str, key: str | None = None) -> list:
+    return _runs(client, experiment_id, "trial", **({"key": key} if key is not None else {}))
+
+
+def ensure_cell_runs(uri: str, experiment: str, cells: Iterable[tuple[str, str, float]], domains: dict[str, str]) -> dict[str, str]:
+    """The parent run of each (backbone, dataset, fraction) cell, created if missing: ``{cell name: run id}``.
+
+    Made by the driver before any trial starts, so that seeds running at once never race to create
+    their parent; each trial nests its own run under it.
+    """
+    client = _client(uri)
+    experiment_id = ensure_experiment(uri, experiment)
+    existing = {r.data.tags["cell"]: r.info.run_id for r in _runs(client, experiment_id, "cell")}
+    out = {}
+    for backbone, dataset, fraction in cells:
+        name = cell_name(backbone, dataset, fraction)
+        if name not in existing:
+            tags = {KIND_TAG: "cell", "cell": name, "backbone": backbone, "dataset": dataset,
+                    "fraction": repr(fraction), "domain": domains.get(dataset, "")}
+            run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+            client.set_terminated(run_id, status="FINISHED")
+            existing[name] = run_id
+        out[name] = existing[name]
+    return out
+
+
+def update_cell_summary(uri: str, experiment: str, backbone: str, dataset: str, fraction: float) -> dict | None:
+    """Log ``best_of_3``, ``mean``, ``std`` and ``n_seeds`` of a cell's finished seeds on its parent run."""
+    from rayexp.report import summarize
+
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    name = cell_name(backbone, dataset, fraction)
+    parents = _runs(client, exp.experiment_id, "cell", cell=name) if exp else []
+    if not parents:
+        return None
+    rows = [r for r in fetch_trial_results(uri, experiment) if (r["backbone"], r["dataset"], r["fraction"]) == (backbone, dataset, fraction)]
+    (summary,) = summarize(rows) or [None]
+    if summary is None or summary.n_seeds == 0:
+        return None
+    metrics = {"best_of_3": summary.best_of_3, "mean": summary.mean, "n_seeds": summary.n_seeds}
+    if summary.std is not None:
+        metrics["std"] = summary.std
+    TrialRun(uri, parents[0].info.run_id).log_metrics(metrics)
+    return metrics
+
+
+def fetch_cells(uri: str, experiment: str) -> list[tuple[str, str, float, str]]:
+    """Every cell the sweep set out to run, from its parent runs: (backbone, dataset, fraction, domain).
+
+    A report compares these with the finished trials, so a partial sweep shows its missing cells.
+    """
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return sorted(
+        (r.data.tags["backbone"], r.data.tags["dataset"], float(r.data.tags["fraction"]), r.data.tags.get("domain", ""))
+        for r in _runs(client, exp.experiment_id, "cell")
+    )
 
 
 def finished_keys(uri: str, experiment: str) -> set[str]:
@@ -114,7 +180,7 @@ class TrialRun:
         self.run_id = run_id
 
     @classmethod
-    def open(cls, uri: str, experiment: str, key: str, tags: dict[str, str], params: dict[str, object]) -> "TrialRun":
+    def open(cls, uri: str, experiment: str, key: str, tags: dict[str, str], params: dict[str, object], parent_run_id: str | None = None) -> "TrialRun":
         client = _client(uri)
         exp = client.get_experiment_by_name(experiment)
         experiment_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
@@ -122,9 +188,12 @@ class TrialRun:
         if existing:
             run_id = existing[0].info.run_id
             client.update_run(run_id, status="RUNNING")
+            client.set_tag(run_id, "attempts", str(int(existing[0].data.tags.get("attempts", "1")) + 1))
         else:
-            run_id = client.create_run(experiment_id, run_name=key, tags={KIND_TAG: "trial", "key": key, **tags}).info.run_id
+            nesting = {PARENT_TAG: parent_run_id} if parent_run_id else {}
+            run_id = client.create_run(experiment_id, run_name=key, tags={KIND_TAG: "trial", "key": key, "attempts": "1", **nesting, **tags}).info.run_id
         run = cls(uri, run_id)
+        run.set_tags(tags)  # a continued run gets this attempt's node and trial id
         run.log_params(params)
         return run
 
@@ -156,6 +225,22 @@ class TrialRun:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """Upload ``data`` as ``artifact_file`` (through the server when the store is HTTP)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / Path(artifact_file).name
+            path.write_bytes(data)
+            parent = str(Path(artifact_file).parent)
+            self.client.log_artifact(self.run_id, str(path), artifact_path=None if parent == "." else parent)
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 
     def finish(self, final: dict[str, float]) -> None:
         self.log_metrics(final)
@@ -213,10 +298,31 @@ def fetch_trial_results(uri: str, experiment: str) -> list[dict]:
                 "epochs_run": _clean(metrics.get("epochs_run")),
                 "weights": params.get("weights"),
                 "stopped_by": tags.get("stopped_by"),
+                "parent_run_id": tags.get(PARENT_TAG),
+                "accelerator": tags.get("accelerator"),
+                "train_seconds": _clean(metrics.get("train_seconds")),
+                "train_images_per_s": _clean(metrics.get("train_images_per_s")),
+                "best_test_balanced_acc": _clean(metrics.get("best_test_balanced_acc")),
                 "run_id": run.info.run_id,
             }
         )
     return rows
+
+
+def summary_run(uri: str, experiment: str) -> "TrialRun":
+    """The sweep's one summary run (created on first use), which holds the report as artifacts."""
+    client = _client(uri)
+    experiment_id = ensure_experiment(uri, experiment)
+    runs = _runs(client, experiment_id, "summary")
+    if runs:
+        return TrialRun(uri, runs[0].info.run_id)
+    run_id = client.create_run(experiment_id, run_name="report", tags={KIND_TAG: "summary"}).info.run_id
+    return TrialRun(uri, run_id)
+
+
+def finish_summary_run(run: "TrialRun", metrics: dict[str, float]) -> None:
+    run.log_metrics(metrics)
+    run.client.set_terminated(run.run_id, status="FINISHED")
 
 
 def metric_history(uri: str, run_id: str, metric: str) -> list[tuple[int, float]]:

@@ -190,6 +190,7 @@ class Progress:
     best_epoch: int = 0
     best_test_acc: float = -1.0  # test accuracy at the best epoch (the best test accuracy when selection=test)
     best_test_balanced_acc: float = -1.0
+    best_test_confusion: list = field(default_factory=list)  # rows: true class, columns: predicted
     epochs_without_improvement: int = 0
     switch_epoch: int = 0  # epoch after which SGD took over; 0 if it never did
     done: bool = False
@@ -202,6 +203,7 @@ class Progress:
         if monitored > self.best_acc:
             self.best_acc, self.best_epoch, self.epochs_without_improvement = monitored, self.epoch, 0
             self.best_test_acc, self.best_test_balanced_acc = test["acc"], test["balanced_acc"]
+            self.best_test_confusion = test.get("confusion", [])
             return True
         self.epochs_without_improvement += 1
         return False
@@ -328,4 +330,6 @@ def fit(
         "switch_epoch": progress.switch_epoch,
         "train_seconds": sum(h["epoch_seconds"] for h in progress.history),
         **({"best_val_acc": progress.best_acc} if cfg.selection == "val" else {}),
+        "confusion": progress.best_test_confusion,
+        "history": progress.history,
     }

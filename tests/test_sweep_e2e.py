@@ -58,8 +58,16 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_d
     assert rows["shufflenet_v2_x2_0/digits/0.1/0"]["weights"] == "random"
     from mlflow.tracking import MlflowClient
 
-    run = MlflowClient(uri).get_run(rows["mobilenet_v3_large/digits/0.1/0"]["run_id"])
+    client = MlflowClient(uri)
+    run = client.get_run(rows["mobilenet_v3_large/digits/0.1/0"]["run_id"])
     assert run.data.tags["dataset"] == "digits" and run.data.tags["seed"] == "0" and run.data.params["batch_size"] == "64"
+    assert run.data.tags["ray_trial_id"] and run.data.tags["node_ip"] and run.data.tags["accelerator"] == "cpu"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.json", "history.csv", "confusion_matrix.png"}
+    # Nested under its cell's parent, which holds the best of its seeds.
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["cell"] == "mobilenet_v3_large/digits/0.1"
+    assert parent.data.metrics["best_of_3"] == rows["mobilenet_v3_large/digits/0.1/0"]["best_test_acc"] and parent.data.metrics["n_seeds"] == 1
+    assert (tmp_path / "report" / "report.html").is_file()
     assert (tmp_path / "report" / "summary.csv").read_text().count("\n") == 3
     # weights=IMAGENET1K_V2 means the worker loaded the planted file: with RAYEXP_OFFLINE=1 it cannot download.
     assert planted
@@ -135,3 +143,105 @@ def test_selection_val_holds_out_training_rows_and_logs_both(ray_local, digits_d
     best = max(val, key=lambda e: (val[e], -e))
     assert row["best_test_acc"] == test[best] and run.data.metrics["best_val_acc"] == val[best]
     assert int(run.data.params["train_rows"]) < 149  # 10% of the 149 fraction rows held out for validation
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sweep_logs_to_a_real_mlflow_server_over_http(ray_local, digits_dir, tmp_path):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import REPO
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        argv = _argv(tmp_path, digits_dir, "--experiment", "http", "--backbones", "shufflenet_v2_x2_0", "--max-epochs", "1", "--no-dualopt")
+        argv[argv.index("--tracking-uri") + 1] = uri
+        assert main(DEFAULTS, argv) == 0
+        (row,) = tracking.fetch_trial_results(uri, "http")
+        assert row["status"] == "FINISHED" and row["parent_run_id"]
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(uri)
+        assert client.get_run(row["run_id"]).info.artifact_uri.startswith("mlflow-artifacts:")  # served by the server
+        assert {a.path for a in client.list_artifacts(row["run_id"])} >= {"history.csv", "confusion_matrix.png", "config.json"}
+        history = Path(client.download_artifacts(row["run_id"], "history.csv", str(tmp_path)))
+        assert history.read_text().splitlines()[0].startswith("epoch,phase,")
+        # the report is rebuilt from the server alone
+        out = subprocess.run(
+            [sys.executable, "sweeps/report.py", "--experiment", "http", "--tracking-uri", uri, "--out", str(tmp_path / "rebuilt")],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "shufflenet_v2_x2_0" in (tmp_path / "rebuilt" / "summary.csv").read_text()
+        assert (tmp_path / "rebuilt" / "report.html").is_file()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_resumes_into_the_same_run(ray_local, digits_dir, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    address = ray_local.get_runtime_context().gcs_address  # this session's instance, even beside others
+    killed, errors = {}, []
+
+    def kill_after_first_epoch() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            try:
+                rows = tracking.fetch_trial_results(uri, "retry")
+                if rows and tracking.metric_history(uri, rows[0]["run_id"], "test_acc"):
+                    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                    if workers:
+                        os.kill(workers[0].pid, signal.SIGKILL)
+                        killed["pid"] = workers[0].pid
+                        return
+            except Exception as exc:  # the store or the state API not ready yet
+                errors.append(repr(exc))
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=kill_after_first_epoch, daemon=True)
+    thread.start()
+    argv = _argv(tmp_path, digits_dir, "--experiment", "retry", "--backbones", "shufflenet_v2_x2_0", "--max-epochs", "4", "--patience", "4", "--no-dualopt")
+    assert main(DEFAULTS, argv) == 0
+    thread.join(timeout=5)
+    assert "pid" in killed, f"the worker was never killed: {errors[-3:]}"
+    rows = tracking.fetch_trial_results(uri, "retry")
+    assert len(rows) == 1  # the retried trial continued its own run
+    (row,) = rows
+    assert row["status"] == "FINISHED" and row["epochs_run"] == 4
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(uri).get_run(row["run_id"])
+    assert run.data.tags["attempts"] == "2"
+    history = (Path(MlflowClient(uri).download_artifacts(row["run_id"], "history.csv", str(tmp_path)))).read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4"]  # each epoch once: resumed, not redone
