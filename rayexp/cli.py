@@ -61,13 +61,17 @@ def build_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
     p.add_argument("--trial-time-budget", type=float, default=None, help="stop each trial after this many seconds")
     p.add_argument("--trial-epoch-budget", type=int, default=None, help="stop each trial after this many epochs (both phases)")
     p.add_argument("--weights-dir", default=None, help="folder of pretrained weight files (air-gapped clusters); else $RAYEXP_WEIGHTS_DIR, then torch's cache")
-    p.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs held by each trial's training worker")
-    p.add_argument("--data-cpus", type=float, default=1.0, help="CPUs kept free per trial for its Ray Data decode tasks")
-    p.add_argument("--gpus-per-trial", type=float, default=1.0, help="GPUs per trial when the cluster has GPUs")
+    p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"], help="auto: GPUs when the cluster has some now; gpu: always (an autoscaling cluster adds GPU nodes on demand)")
+    p.add_argument("--worker-cpus", type=float, default=None, help="CPUs held by each trial's training worker (default 2 with a GPU, 1 without)")
+    p.add_argument("--data-cpus", type=float, default=None, help="CPUs per trial for its Ray Data decode tasks (default 10 with a GPU: 12 vCPU per A100; 1 without)")
+    p.add_argument("--gpus-per-trial", "--gpu-per-trial", type=float, default=1.0, help="GPUs per trial; a fraction lets small (1%%) trials share a GPU")
+    p.add_argument("--accelerator-type", default=None, help="run trials only on this accelerator (e.g. A100-80G)")
     p.add_argument("--cache-gb", type=float, default=4.0, help="decode a trial's images once into memory when they fit in this many GB (0: decode every epoch)")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
     p.add_argument("--log-models", action="store_true", help="log each trial's best weights to MLflow (large)")
     p.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep: unfinished trials resume from their checkpoints (finished keys are always skipped)")
+    p.add_argument("--retry-errored", action="store_true", help="rerun only the trials that errored")
     p.add_argument("--dry-run", action="store_true", help="print the trial count and keys, start nothing")
     return p
 
@@ -96,6 +100,8 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None) -> int:
 
 
 def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
+    if args.resume and args.retry_errored:
+        raise RayexpError("--resume and --retry-errored are separate passes: continue the interrupted trials first, then retry the errored ones")
     for name in args.backbones:
         get_spec(name)
     for name in args.datasets:
@@ -109,7 +115,7 @@ def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
 
     from rayexp import preflight, report, tracking
 
-    data_dir = str(Path(args.data_dir).expanduser().resolve())
+    data_dir = args.data_dir if "://" in args.data_dir else str(Path(args.data_dir).expanduser().resolve())
     manifests = preflight.check_datasets(args.datasets, data_dir)
     preflight.check_input_sizes(args.backbones, manifests)
     preflight.check_selection(keys, manifests, args.selection)
@@ -142,12 +148,16 @@ def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
         reduction_factor=args.reduction_factor,
         trial_time_budget_s=args.trial_time_budget,
         trial_epoch_budget=args.trial_epoch_budget,
+        device=args.device,
+        accelerator_type=args.accelerator_type,
         worker_cpus=args.worker_cpus,
         data_cpus=args.data_cpus,
         gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent,
         cache_gb=args.cache_gb,
         log_models=args.log_models,
+        resume=args.resume,
+        retry_errored=args.retry_errored,
         code_version=code_version(),
         extra_tags=dict(defaults.extra_tags),
     )

@@ -53,19 +53,30 @@ class SweepConfig:
     reduction_factor: int = 2
     trial_time_budget_s: float | None = None
     trial_epoch_budget: int | None = None
-    worker_cpus: float = 1.0
-    data_cpus: float = 1.0
+    device: str = "auto"  # auto: GPUs when the cluster has some now; gpu: always (autoscaling clusters); cpu
+    worker_cpus: float | None = None  # None: 2 with a GPU, 1 without
+    data_cpus: float | None = None  # None: 10 with a GPU (12 vCPU per A100), 1 without
     gpus_per_trial: float = 1.0
+    accelerator_type: str | None = None
     max_concurrent: int | None = None
     cache_gb: float = 4.0
     max_failures: int = 2
+    resume: bool = False
+    retry_errored: bool = False
     log_models: bool = False
     cell_runs: dict[str, str] = field(default_factory=dict)  # cell name -> parent MLflow run id
     num_cpus: int | None = None  # for a local Ray instance; None: all cores
     code_version: str = ""
     extra_tags: dict[str, str] = field(default_factory=dict)
 
+    def cpus(self, use_gpu: bool) -> tuple[float, float]:
+        """(training worker CPUs, Ray Data CPUs) per trial."""
+        worker = self.worker_cpus if self.worker_cpus is not None else (2.0 if use_gpu else 1.0)
+        data = self.data_cpus if self.data_cpus is not None else (10.0 if use_gpu else 1.0)
+        return worker, data
+
     def trial_settings(self, use_gpu: bool) -> dict:
+        worker_cpus, data_cpus = self.cpus(use_gpu)
         return {
             "experiment": self.experiment,
             "data_dir": str(self.data_dir),
@@ -82,9 +93,10 @@ class SweepConfig:
             "normalize": self.normalize,
             "augment": self.augment,
             "scheduler": self.scheduler,
-            "worker_cpus": self.worker_cpus,
+            "worker_cpus": worker_cpus,
             "gpus_per_trial": self.gpus_per_trial if use_gpu else 0,
-            "data_cpus": self.data_cpus,
+            "accelerator_type": self.accelerator_type,
+            "data_cpus": data_cpus,
             "cache_gb": self.cache_gb,
             "max_failures": self.max_failures,
             "log_models": self.log_models,
@@ -108,7 +120,8 @@ def train_worker(config: dict) -> None:
     s = config["settings"]
     manifest = config["manifest"]
     spec = get_spec(key.backbone)
-    device = ray.train.torch.get_device()
+    # A GPU assigned by Ray but not visible to this PyTorch (a logical GPU, a CPU build) trains on the CPU.
+    device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     batch_size = int(s["batch_size"] or spec.batch_size)
     cfg = training.TrainConfig(
         max_epochs=s["max_epochs"], patience=s["patience"], precision=s["precision"],
@@ -162,6 +175,7 @@ def train_worker(config: dict) -> None:
             "code_version": s["code_version"],
             "node": socket.gethostname(),
             "node_ip": ray.util.get_node_ip_address(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "ray_trial_id": config["trial_id"],
             "accelerator": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             **s["extra_tags"],
@@ -239,7 +253,7 @@ def trial_driver(config: dict, settings: dict) -> None:
     import ray.data
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from rayexp.data.pipeline import build_trial_datasets, split_rows
@@ -267,7 +281,11 @@ def trial_driver(config: dict, settings: dict) -> None:
             "key": str(key), "settings": s, "manifest": manifest, "train_rows": train_rows, "data_cache": cached,
             "trial_id": ray.tune.get_context().get_trial_id(),
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=use_gpu, resources_per_worker=worker_resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=1, use_gpu=use_gpu, resources_per_worker=worker_resources, accelerator_type=s["accelerator_type"] or None,
+        ),
+        # One worker needs no collectives; gloo also runs where a "GPU" is only a logical resource.
+        torch_config=TorchConfig(backend="gloo"),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(execution_options=execution),
         run_config=ray.train.RunConfig(
@@ -294,8 +312,7 @@ def _init_ray(cfg: SweepConfig) -> None:
         ray.init(address=cfg.address, log_to_driver=True)
     else:
         total = cfg.num_cpus or os.cpu_count() or 1
-        per_trial = cfg.worker_cpus + cfg.data_cpus
-        slots = max(1, int(total // per_trial))
+        slots = max(1, int(total // sum(cfg.cpus(use_gpu=False))))
         # The dashboard stays on: Train V2 frees a finished trial's worker resources through it.
         ray.init(num_cpus=total, resources={DRIVER_RESOURCE: slots}, include_dashboard=True)
 
@@ -313,11 +330,16 @@ def plan_concurrency(cfg: SweepConfig) -> tuple[int, bool]:
             "(cluster.yaml does this)"
         )
     gpus = resources.get("GPU", 0)
-    use_gpu = gpus >= cfg.gpus_per_trial > 0
-    by_cpu = int(resources.get("CPU", 0) // (cfg.worker_cpus + cfg.data_cpus))
-    limit = min(int(drivers), max(1, by_cpu))
-    if use_gpu:
-        limit = min(limit, max(1, int(gpus // cfg.gpus_per_trial)))
+    if cfg.device == "gpu":
+        # GPU nodes may not exist yet: trials ask for them and the autoscaler adds nodes.
+        limit = int(drivers) if gpus == 0 else min(int(drivers), max(1, int(gpus // cfg.gpus_per_trial)))
+        use_gpu = True
+    else:
+        use_gpu = cfg.device == "auto" and gpus >= cfg.gpus_per_trial > 0
+        by_cpu = int(resources.get("CPU", 0) // sum(cfg.cpus(use_gpu)))
+        limit = min(int(drivers), max(1, by_cpu))
+        if use_gpu:
+            limit = min(limit, max(1, int(gpus // cfg.gpus_per_trial)))
     if cfg.max_concurrent:
         limit = min(limit, cfg.max_concurrent)
     return max(1, limit), use_gpu
@@ -406,6 +428,62 @@ def make_stop(cfg: SweepConfig) -> dict | None:
     return stop or None
 
 
+def preflight_cluster(cfg: SweepConfig, datasets: list[str]) -> None:
+    """On a cluster, before any trial: every alive node must read the datasets, find the weights and reach MLflow."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from rayexp.backbones.weights import OFFLINE_ENV
+    from rayexp.preflight import node_problems
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    check = ray.remote(num_cpus=0)(node_problems)
+    pretrained = sorted(b for b, w in cfg.weights.items() if w == "pretrained")
+    args = (cfg.data_dir, datasets, pretrained, cfg.weights_dir, cfg.tracking_uri, os.environ.get(OFFLINE_ENV) == "1")
+    refs = {
+        f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": check.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(*args)
+        for n in nodes
+    }
+    problems = [f"  - node {node}: {p}" for node, ref in refs.items() for p in ray.get(ref, timeout=300)]
+    if problems:
+        raise RayexpError("nodes of the cluster cannot run the sweep, nothing was started:\n" + "\n".join(problems))
+    print(f"[rayexp] preflight passed on {len(nodes)} nodes")
+
+
+def select_trials(cfg: SweepConfig) -> tuple[list[TrialKey], int]:
+    """The keys to train now, from their MLflow runs: finished keys never again; errored keys only with
+    ``retry_errored``; interrupted keys (a run that never ended: the driver was killed) only with ``resume``,
+    so that a new sweep never silently mixes with an old one."""
+    from rayexp import tracking
+
+    status = tracking.trial_statuses(cfg.tracking_uri, cfg.experiment)
+    keys = [str(k) for k in cfg.keys]
+    finished = [k for k in keys if status.get(k) == "FINISHED"]
+    errored = [k for k in keys if status.get(k) == "FAILED"]
+    interrupted = [k for k in keys if k in status and status[k] not in ("FINISHED", "FAILED")]
+    if finished:
+        print(f"[rayexp] {len(finished)} of {len(keys)} trials already finished in MLflow experiment {cfg.experiment!r}; not training them again")
+    if cfg.retry_errored:
+        todo = errored
+        print(f"[rayexp] retrying {len(errored)} errored trial(s)")
+    else:
+        if interrupted and not cfg.resume:
+            raise RayexpError(
+                f"{len(interrupted)} trial(s) of experiment {cfg.experiment!r} were interrupted (their runs never ended, "
+                f"e.g. {interrupted[0]}): pass --resume to continue them from their checkpoints, or choose a new --experiment"
+            )
+        if errored:
+            print(f"[rayexp] {len(errored)} trial(s) errored in an earlier run and are left out (e.g. {errored[0]}); rerun them with --retry-errored")
+        todo = [k for k in keys if k not in finished and k not in errored]
+        if interrupted:
+            print(f"[rayexp] resuming {len(interrupted)} interrupted trial(s) from their checkpoints")
+    return [TrialKey.parse(k) for k in todo], len(keys) - len(todo)
+
+
 def run_sweep(cfg: SweepConfig) -> dict:
     """Run every key of ``cfg`` that has no finished MLflow run; returns what ran and what errored."""
     import ray.tune
@@ -413,11 +491,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     from rayexp import tracking
 
     tracking.ensure_experiment(cfg.tracking_uri, cfg.experiment)
-    done = tracking.finished_keys(cfg.tracking_uri, cfg.experiment)
-    todo = [k for k in cfg.keys if str(k) not in done]
-    skipped = len(cfg.keys) - len(todo)
-    if skipped:
-        print(f"[rayexp] {skipped} of {len(cfg.keys)} trials already finished in MLflow experiment {cfg.experiment!r}; not training them again")
+    todo, skipped = select_trials(cfg)
     if not todo:
         return {"ran": [], "errored": [], "stopped": [], "skipped": skipped}
     from rayexp.data.shards import load_manifest
@@ -425,6 +499,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
     domains = {d: load_manifest(cfg.data_dir, d)["domain"] for d in sorted({k.dataset for k in todo})}
     cfg.cell_runs = tracking.ensure_cell_runs(cfg.tracking_uri, cfg.experiment, sorted({k.cell for k in todo}), domains)
     _init_ray(cfg)
+    if cfg.address:
+        preflight_cluster(cfg, sorted(domains))
     concurrency, use_gpu = plan_concurrency(cfg)
     print(f"[rayexp] {len(todo)} trials, up to {concurrency} at a time, on {'GPU' if use_gpu else 'CPU'}")
     settings = cfg.trial_settings(use_gpu)

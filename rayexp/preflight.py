@@ -82,3 +82,40 @@ def check_selection(keys, manifests: dict[str, dict], selection: str) -> None:
     })
     if problems:
         raise RayexpError("selection=val needs validation rows:\n" + "\n".join(problems) + "\n  use a larger fraction or --selection test")
+
+
+def node_problems(data_dir: str, datasets: list[str], pretrained: list[str], weights_dir: str | None, tracking_uri: str, offline: bool) -> list[str]:
+    """What this node cannot do for a sweep: read the datasets, find the weights, reach MLflow.
+
+    Runs on every node of a cluster (as a Ray task) before any trial starts; returns problems, not raises,
+    so that the driver can list all nodes' problems at once.
+    """
+    import os
+    from pathlib import Path
+
+    from rayexp import tracking
+    from rayexp.backbones.weights import OFFLINE_ENV, weights_status
+
+    problems = []
+    for name in datasets:
+        try:
+            load_manifest(data_dir, name)
+        except RayexpError as exc:
+            problems.append(f"dataset {name}: {exc}")
+    if offline:
+        os.environ[OFFLINE_ENV] = "1"
+    for backbone in pretrained:
+        status = weights_status(get_spec(backbone), weights_dir)
+        if not status.available:
+            problems.append(f"weights of {backbone}: {status.where}; fix: {status.fix}")
+    if tracking_uri.startswith(("http://", "https://")):
+        try:
+            tracking.check_server(tracking_uri)
+        except RayexpError as exc:
+            problems.append(str(exc))
+    elif tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
+        problems.append(
+            f"the MLflow store {tracking_uri} is a file this node cannot see; on a multi-node cluster run an MLflow "
+            "server (cluster.yaml starts one on the head) and pass --tracking-uri http://<head>:5000"
+        )
+    return problems

@@ -159,6 +159,15 @@ def fetch_cells(uri: str, experiment: str) -> list[tuple[str, str, float, str]]:
     )
 
 
+def trial_statuses(uri: str, experiment: str) -> dict[str, str]:
+    """Each trial key's run status: FINISHED, FAILED (errored), RUNNING or KILLED (interrupted)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    return {r.data.tags["key"]: r.info.status for r in _trial_runs(client, exp.experiment_id)}
+
+
 def finished_keys(uri: str, experiment: str) -> set[str]:
     """Keys whose trial run finished: the unit of resume, never trained again."""
     client = _client(uri)

@@ -40,14 +40,27 @@ def plant_weights(torch_home: Path, name: str) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
-    """One real local Ray instance for the session (2 CPUs, dashboard on, the trial-driver resource)."""
+@pytest.fixture()
+def ray_local():
+    """A real local Ray instance (2 CPUs, dashboard on, the trial-driver resource), started once and reused.
+
+    Function-scoped so that a test which ran its own multi-node cluster (and shut it down) leaves the
+    next test a fresh local instance rather than a dead connection.
+    """
     import ray
 
     from rayexp.orchestrate import DRIVER_RESOURCE
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 1}, include_dashboard=True, log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 1}, include_dashboard=True, log_to_driver=False)
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shutdown_ray_at_exit():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

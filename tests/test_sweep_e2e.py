@@ -245,3 +245,55 @@ def test_a_worker_killed_mid_trial_resumes_into_the_same_run(ray_local, digits_d
     assert run.data.tags["attempts"] == "2"
     history = (Path(MlflowClient(uri).download_artifacts(row["run_id"], "history.csv", str(tmp_path)))).read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4"]  # each epoch once: resumed, not redone
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_only_unfinished_keys(ray_local, digits_dir, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    extra = ["--experiment", "resume", "--backbones", "shufflenet_v2_x2_0", "--seeds", "0", "1",
+             "--max-epochs", "3", "--patience", "3", "--no-dualopt"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # The sweep's driver in a process of its own (with its own local Ray), killed mid-sweep like a Ctrl-C'd
+    # or rebooted head: the whole process group goes, Ray's processes included.
+    driver = subprocess.Popen(
+        [sys.executable, "sweeps/demo.py", *_argv(tmp_path, digits_dir, *extra)], cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            try:
+                status = tracking.trial_statuses(uri, "resume")
+                second = [r for r in tracking.fetch_trial_results(uri, "resume") if r["seed"] == 1]
+                if status.get("shufflenet_v2_x2_0/digits/0.1/0") == "FINISHED" and second and tracking.metric_history(uri, second[0]["run_id"], "test_acc"):
+                    break
+            except Exception:  # the store is created by the driver a moment after it starts
+                pass
+            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.5)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=60)
+    assert tracking.trial_statuses(uri, "resume") == {"shufflenet_v2_x2_0/digits/0.1/0": "FINISHED", "shufflenet_v2_x2_0/digits/0.1/1": "RUNNING"}
+
+    assert main(DEFAULTS, _argv(tmp_path, digits_dir, *extra)) == 2  # no silent mixing with the old sweep
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(DEFAULTS, _argv(tmp_path, digits_dir, *extra, "--resume")) == 0
+    out = capsys.readouterr().out
+    assert "1 of 2 trials already finished" in out and "resuming 1 interrupted trial" in out
+    rows = {r["seed"]: r for r in tracking.fetch_trial_results(uri, "resume")}
+    assert len(rows) == 2 and all(r["status"] == "FINISHED" for r in rows.values())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    assert client.get_run(rows[0]["run_id"]).data.tags["attempts"] == "1"  # the finished key was not rerun
+    assert client.get_run(rows[1]["run_id"]).data.tags["attempts"] == "2"
+    history = Path(client.download_artifacts(rows[1]["run_id"], "history.csv", str(tmp_path))).read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]  # continued from its checkpoint

@@ -42,3 +42,23 @@ def test_one_run_per_key_continued_not_duplicated(tmp_path):
     (row,) = tracking.fetch_trial_results(uri, "exp")
     assert row["best_test_acc"] == 0.6 and row["fraction"] == 0.1 and row["status"] == "FINISHED"
     assert tracking.metric_history(uri, row["run_id"], "test_acc") == [(1, 0.5), (2, 0.6)]
+
+
+def test_trial_selection_finished_errored_interrupted(tmp_path):
+    from rayexp.grid import expand_grid
+    from rayexp.orchestrate import SweepConfig, select_trials
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    keys = expand_grid(["resnet50"], ["dtd"], [1.0], [0, 1, 2, 3])
+    runs = [tracking.TrialRun.open(uri, "exp", str(k), {"seed": str(k.seed)}, {}) for k in keys[:3]]
+    runs[0].finish({"best_test_acc": 0.5})
+    runs[1].fail()  # errored; runs[2] stays RUNNING: its driver was killed
+    cfg = SweepConfig(keys=keys, experiment="exp", data_dir="", storage="", tracking_uri=uri, weights={})
+    with pytest.raises(RayexpError, match=r"1 trial\(s\) of experiment 'exp' were interrupted .* pass --resume"):
+        select_trials(cfg)
+    cfg.resume = True
+    todo, skipped = select_trials(cfg)
+    assert [k.seed for k in todo] == [2, 3] and skipped == 2  # errored left for --retry-errored
+    cfg.retry_errored = True
+    todo, _ = select_trials(cfg)
+    assert [k.seed for k in todo] == [1]

@@ -181,37 +181,64 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(pil.convert("RGB"))
 
 
+def is_uri(location: str | os.PathLike) -> bool:
+    """A bucket or file URI (``gs://``, ``s3://``, ``file://``) rather than a local path."""
+    return "://" in str(location)
+
+
 def dataset_dir(data_dir: str | os.PathLike, name: str) -> Path:
+    """A local dataset folder (preparation writes locally; copy the folder to a bucket to share it)."""
     return Path(data_dir).expanduser().resolve() / name
 
 
+def dataset_location(data_dir: str | os.PathLike, name: str) -> str:
+    """Where a prepared dataset is read from: a local folder or, for a bucket ``--data-dir``, a URI."""
+    return f"{str(data_dir).rstrip('/')}/{name}" if is_uri(data_dir) else str(dataset_dir(data_dir, name))
+
+
+def _read_text(location: str) -> str | None:
+    """The text of a local file or a bucket object, None if it does not exist."""
+    if not is_uri(location):
+        path = Path(location)
+        return path.read_text() if path.is_file() else None
+    from pyarrow import fs as pafs
+
+    filesystem, path = pafs.FileSystem.from_uri(location)
+    if filesystem.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
 def is_prepared(data_dir: str | os.PathLike, name: str) -> bool:
-    return (dataset_dir(data_dir, name) / MANIFEST).is_file()
+    return _read_text(f"{dataset_location(data_dir, name)}/{MANIFEST}") is not None
 
 
 def load_manifest(data_dir: str | os.PathLike, name: str) -> dict:
     """The manifest of a prepared dataset, or an error that says how to prepare it."""
-    path = dataset_dir(data_dir, name) / MANIFEST
-    if not path.is_file():
+    location = f"{dataset_location(data_dir, name)}/{MANIFEST}"
+    text = _read_text(location)
+    if text is None:
         raise RayexpError(
-            f"dataset {name!r} is not prepared in {Path(data_dir).expanduser().resolve()} "
-            f"(no {path}); run: python datasets/prepare.py {name} --data-dir {data_dir}"
+            f"dataset {name!r} is not prepared in {data_dir} (no {location}); "
+            f"run: python datasets/prepare.py {name} --data-dir {data_dir}"
+            + (" locally, then copy the folder to the bucket" if is_uri(data_dir) else "")
         )
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(text)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise RayexpError(
-            f"dataset {name!r} in {path.parent} has shard format {manifest.get('format_version')}, "
+            f"dataset {name!r} in {dataset_location(data_dir, name)} has shard format {manifest.get('format_version')}, "
             f"this rayexp reads {FORMAT_VERSION}; run: python datasets/prepare.py {name} --force"
         )
     return manifest
 
 
 def split_paths(data_dir: str | os.PathLike, manifest: dict, split: str) -> list[str]:
-    """Absolute paths of a split's Parquet parts."""
+    """Paths (or URIs) of a split's Parquet parts."""
     if split not in manifest["splits"]:
         raise RayexpError(f"dataset {manifest['name']!r} has no {split!r} split (it has {', '.join(manifest['splits'])})")
-    root = dataset_dir(data_dir, manifest["name"])
-    return [str(root / f) for f in manifest["splits"][split]["files"]]
+    root = dataset_location(data_dir, manifest["name"])
+    return [f"{root}/{f}" for f in manifest["splits"][split]["files"]]
 
 
 def fraction_thresholds(manifest: dict, fraction: float) -> list[int]:
