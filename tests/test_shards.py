@@ -160,3 +160,16 @@ def test_idempotent_unless_forced(tmp_path):
 def test_unprepared_dataset_error_says_how_to_prepare(tmp_path):
     with pytest.raises(RayexpError, match=r"not prepared.*python datasets/prepare.py cifar10"):
         load_manifest(tmp_path, "cifar10")
+
+
+def test_a_uri_data_dir_reads_like_a_path(digits_dir):
+    """A bucket URI works wherever a local data dir does when reading shards; file:// exercises the same code."""
+    from rayexp.data.shards import is_prepared, split_paths
+
+    uri = digits_dir.as_uri()
+    assert is_prepared(uri, "digits") and not is_prepared(uri, "cifar10")
+    manifest = load_manifest(uri, "digits")
+    assert all(p.startswith("file://") for p in split_paths(uri, manifest, "train"))
+    assert read_split(uri, "digits", "train", 0.1).num_rows == read_split(digits_dir, "digits", "train", 0.1).num_rows
+    with pytest.raises(RayexpError, match="not prepared .* then copy the folder to the bucket"):
+        load_manifest(uri, "cifar10")

@@ -241,6 +241,16 @@ def split_paths(data_dir: str | os.PathLike, manifest: dict, split: str) -> list
     return [f"{root}/{f}" for f in manifest["splits"][split]["files"]]
 
 
+def _parquet_dataset(paths: list[str]) -> "pads.Dataset":
+    """A PyArrow dataset over local paths or URIs (one filesystem for all of a split's parts)."""
+    if paths and is_uri(paths[0]):
+        from pyarrow import fs as pafs
+
+        filesystem, _ = pafs.FileSystem.from_uri(paths[0])
+        return pads.dataset([pafs.FileSystem.from_uri(p)[1] for p in paths], format="parquet", filesystem=filesystem)
+    return pads.dataset(paths, format="parquet")
+
+
 def fraction_thresholds(manifest: dict, fraction: float) -> list[int]:
     """Per class, the rank below which a training row belongs to ``fraction``."""
     counts = manifest["splits"]["train"]["class_counts"]
@@ -294,7 +304,7 @@ def fraction_filter(manifest: dict, fraction: float, part: str = "all") -> "pc.E
 def read_split(data_dir: str | os.PathLike, name: str, split: str, fraction: float = 1.0, columns: Sequence[str] | None = None, part: str = "all") -> pa.Table:
     """A split (or a fraction of the training split, or its train/val part) as an Arrow table, filter pushed into the scan."""
     manifest = load_manifest(data_dir, name)
-    dataset = pads.dataset(split_paths(data_dir, manifest, split), format="parquet")
+    dataset = _parquet_dataset(split_paths(data_dir, manifest, split))
     filt = fraction_filter(manifest, fraction, part) if split == "train" else None
     return dataset.to_table(columns=list(columns) if columns else None, filter=filt)
 
@@ -306,7 +316,7 @@ def row_groups_scanned(data_dir: str | os.PathLike, name: str, fraction: float) 
     never read.
     """
     manifest = load_manifest(data_dir, name)
-    dataset = pads.dataset(split_paths(data_dir, manifest, "train"), format="parquet")
+    dataset = _parquet_dataset(split_paths(data_dir, manifest, "train"))
     filt = fraction_filter(manifest, fraction)
     total = kept = 0
     for fragment in dataset.get_fragments():
