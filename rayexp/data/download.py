@@ -174,3 +174,15 @@ def source_checksums(from_archive: bool, archive: str, checksum: str | None, fil
     if from_archive and checksum:
         return {archive: checksum}
     return {f"{label}/ ({len(files)} images)": tree_digest(files, folder)}
+
+
+def locate_dataset_folder(root: Path, work: Path, archive: str, folder: str, marker: str, url: str | None = None, checksum: str | None = None) -> tuple[Path, bool]:
+    """A source's extracted ``folder`` and whether it came from the (verified) archive.
+
+    ``--source`` may be that folder itself (``marker``, a path inside it, exists in ``root``), a folder
+    holding it, or a folder holding ``archive``, which is then verified and extracted into ``work``.
+    """
+    if (root / marker).exists():
+        return root, False
+    base = find_or_extract(root, work, archive, f"{folder}/{marker}", url, checksum)
+    return base / folder, base == work

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rayexp.data.download import RemoteFile, file_digest, find_or_extract
+from rayexp.data.download import RemoteFile, file_digest, locate_dataset_folder
 from rayexp.data.shards import Source, SourceRecord
 from rayexp.errors import RayexpError
 
@@ -31,14 +31,6 @@ def local_help(name: str) -> str:
     return f"download {URL} and pass --source the archive, the folder holding it, or the extracted {FOLDER} folder"
 
 
-def _dataset_folder(root: Path, work: Path, checksum: str | None) -> tuple[Path, bool]:
-    """The extracted ``CUB_200_2011`` folder, and whether it came from the (verified) archive."""
-    if (root / "images.txt").is_file():  # --source is the extracted folder itself
-        return root, False
-    base = find_or_extract(root, work, ARCHIVE, f"{FOLDER}/images.txt", URL, checksum)
-    return base / FOLDER, base == work
-
-
 def _table(path: Path) -> dict[int, str]:
     """``{id: rest of the line}`` of a space-separated list file keyed by an integer id."""
     if not path.is_file():
@@ -56,7 +48,7 @@ def _table(path: Path) -> dict[int, str]:
 
 def load_source(name: str, root: Path, work: Path, split: str = "default") -> Source:
     checksum = CHECKSUMS[name]
-    folder, from_archive = _dataset_folder(root, work, checksum)
+    folder, from_archive = locate_dataset_folder(root, work, ARCHIVE, FOLDER, "images.txt", URL, checksum)
     images, labels, is_train, class_names = (_table(folder / f) for f in LIST_FILES)
     if sorted(class_names) != list(range(1, len(class_names) + 1)):
         raise RayexpError(f"{folder / 'classes.txt'}: class ids should be 1..{len(class_names)}")

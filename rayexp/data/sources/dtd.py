@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rayexp.data.download import RemoteFile, file_digest, find_or_extract
+from rayexp.data.download import RemoteFile, file_digest, locate_dataset_folder
 from rayexp.data.shards import Source, SourceRecord
 from rayexp.errors import RayexpError
 
@@ -33,14 +33,6 @@ def local_help(name: str) -> str:
     )
 
 
-def _dataset_folder(root: Path, work: Path) -> tuple[Path, bool]:
-    """The ``dtd/`` folder (images/ and labels/), and whether it came from the verified archive."""
-    if (root / "labels" / LISTS["train"]).is_file():
-        return root, False
-    folder = find_or_extract(root, work, ARCHIVE, f"dtd/labels/{LISTS['train']}", URL, CHECKSUMS[ARCHIVE])
-    return folder / "dtd", folder == work
-
-
 def _read_list(path: Path) -> list[tuple[str, str]]:
     """(class, relative image path) per line of a partition list."""
     if not path.is_file():
@@ -58,7 +50,7 @@ def _read_list(path: Path) -> list[tuple[str, str]]:
 
 
 def load_source(name: str, root: Path, work: Path, split: str = "default") -> Source:
-    base, from_archive = _dataset_folder(Path(root), Path(work))
+    base, from_archive = locate_dataset_folder(Path(root), Path(work), ARCHIVE, "dtd", f"labels/{LISTS['train']}", URL, CHECKSUMS[ARCHIVE])
     lists = {s: _read_list(base / "labels" / f) for s, f in LISTS.items()}
     classes = sorted({cls for entries in lists.values() for cls, _ in entries})
     index = {c: i for i, c in enumerate(classes)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rayexp.data.download import RemoteFile, file_digest, find_or_extract
+from rayexp.data.download import RemoteFile, file_digest, locate_dataset_folder
 from rayexp.data.shards import Source, SourceRecord
 from rayexp.errors import RayexpError
 
@@ -30,14 +30,6 @@ def local_help(name: str) -> str:
     return f"download {URL} and pass --source the archive, the folder holding it, or the extracted {FOLDER} folder"
 
 
-def _dataset_folder(root: Path, work: Path, checksum: str | None) -> tuple[Path, bool]:
-    """The extracted ``food-101`` folder, and whether it came from the (verified) archive."""
-    if (root / "meta" / "classes.txt").is_file():  # --source is the extracted folder itself
-        return root, False
-    base = find_or_extract(root, work, ARCHIVE, f"{FOLDER}/meta/classes.txt", URL, checksum)
-    return base / FOLDER, base == work
-
-
 def _lines(path: Path, folder: Path) -> list[str]:
     if not path.is_file():
         raise RayexpError(f"expected {path.name} at {path}; is {folder} a complete {FOLDER} folder?")
@@ -46,7 +38,7 @@ def _lines(path: Path, folder: Path) -> list[str]:
 
 def load_source(name: str, root: Path, work: Path, split: str = "default") -> Source:
     checksum = CHECKSUMS[name]
-    folder, from_archive = _dataset_folder(root, work, checksum)
+    folder, from_archive = locate_dataset_folder(root, work, ARCHIVE, FOLDER, "meta/classes.txt", URL, checksum)
     classes = _lines(folder / "meta" / "classes.txt", folder)
     index = {c: i for i, c in enumerate(classes)}
 
