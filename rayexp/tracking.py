@@ -133,7 +133,8 @@ def update_cell_summary(uri: str, experiment: str, backbone: str, dataset: str, 
     parents = _runs(client, exp.experiment_id, "cell", cell=name) if exp else []
     if not parents:
         return None
-    rows = [r for r in fetch_trial_results(uri, experiment) if (r["backbone"], r["dataset"], r["fraction"]) == (backbone, dataset, fraction)]
+    # Only this cell's runs: called after every trial, it must not read the whole sweep each time.
+    rows = fetch_trial_results(uri, experiment, backbone=backbone, dataset=dataset, fraction=repr(fraction))
     (summary,) = summarize(rows) or [None]
     if summary is None or summary.n_seeds == 0:
         return None
@@ -284,14 +285,15 @@ def close_stopped_run(uri: str, experiment: str, key: str, selection: str, reaso
     return True
 
 
-def fetch_trial_results(uri: str, experiment: str) -> list[dict]:
-    """Every trial run of ``experiment``: key, cell, status, final metrics and weights, from MLflow alone."""
+def fetch_trial_results(uri: str, experiment: str, **tags: str) -> list[dict]:
+    """Every trial run of ``experiment`` (with ``tags``, if given): key, cell, status, final metrics and
+    weights, from MLflow alone."""
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise RayexpError(f"MLflow experiment {experiment!r} does not exist at {uri}")
     rows = []
-    for run in _trial_runs(client, exp.experiment_id):
+    for run in _runs(client, exp.experiment_id, "trial", **tags):
         tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
         rows.append(
             {
