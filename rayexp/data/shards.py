@@ -130,33 +130,51 @@ def stored_size(native: tuple[int, int], train_size: tuple[int, int]) -> tuple[i
     return (max(train_size[0], round(h * scale)), max(train_size[1], round(w * scale)))
 
 
+DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)  # what PIL raises for a bad or truncated file
+
+
+def load_image(image: object) -> tuple["Image.Image", bytes | None]:
+    """A record's image as a fully decoded PIL image, plus the file's bytes when it came as a file.
+
+    Accepts everything :class:`SourceRecord` allows. The pixels are loaded here, not lazily, so that a
+    truncated file fails now with one of :data:`DECODE_ERRORS`.
+    """
+    if callable(image) and not isinstance(image, Image.Image):
+        image = image()
+    if isinstance(image, (str, os.PathLike)):
+        image = Path(image).read_bytes()
+    if isinstance(image, (bytes, bytearray)):
+        data = bytes(image)
+        pil = Image.open(io.BytesIO(data))
+        pil.load()
+        return pil, data
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image), None
+    return image, None
+
+
+def to_rgb(pil: "Image.Image") -> "Image.Image":
+    """The image in RGB; 16- and 32-bit integer images are stretched to 8 bits first (a plain convert clips them)."""
+    if pil.mode == "RGB":
+        return pil
+    if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(pil, dtype=np.float64)
+        span = max(array.max() - array.min(), 1.0)
+        pil = Image.fromarray(((array - array.min()) * (255.0 / span)).astype(np.uint8))
+    return pil.convert("RGB")
+
+
 def encode_image(image: "Image.Image | np.ndarray | bytes", train_size: tuple[int, int], encoding: str, record_id: str) -> tuple[bytes, tuple[int, int]]:
     """RGB, at most the training size, encoded as ``encoding``; returns the bytes and the stored (H, W).
 
     A JPEG that is already RGB and small enough is stored byte for byte, not re-encoded.
     """
     try:
-        if callable(image) and not isinstance(image, Image.Image):
-            image = image()
-        if isinstance(image, (str, os.PathLike)):
-            image = Path(image).read_bytes()
-        if isinstance(image, (bytes, bytearray)):
-            image = bytes(image)
-            pil = Image.open(io.BytesIO(image))
-            pil.load()
-            if encoding == "jpeg" and pil.format == "JPEG" and pil.mode == "RGB" and stored_size((pil.height, pil.width), train_size) == (pil.height, pil.width):
-                return image, (pil.height, pil.width)
-        elif isinstance(image, np.ndarray):
-            pil = Image.fromarray(image)
-        else:
-            pil = image
-        if pil.mode != "RGB":
-            if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(pil, dtype=np.float64)
-                span = max(array.max() - array.min(), 1.0)
-                pil = Image.fromarray(((array - array.min()) * (255.0 / span)).astype(np.uint8))
-            pil = pil.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        pil, data = load_image(image)
+        if data is not None and encoding == "jpeg" and pil.format == "JPEG" and pil.mode == "RGB" and stored_size((pil.height, pil.width), train_size) == (pil.height, pil.width):
+            return data, (pil.height, pil.width)
+        pil = to_rgb(pil)
+    except DECODE_ERRORS as exc:
         raise CorruptImageError(f"image {record_id!r} cannot be decoded ({exc}); fix or remove that file, or pass --skip-corrupt") from None
     size = stored_size((pil.height, pil.width), train_size)
     if size != (pil.height, pil.width):
@@ -368,11 +386,12 @@ def _encode_job(job: tuple) -> tuple:
     return data, size, pixels.sum(0), (pixels**2).sum(0), len(pixels)
 
 
-def _encode_all(jobs: list[tuple], workers: int, progress: _Progress):
-    """Results of :func:`_encode_job` in job order, across ``workers`` processes."""
+def parallel_map(fn, jobs: list[tuple], workers: int, progress: _Progress):
+    """``fn(job)`` for each job, in job order, across ``workers`` processes (in this one for few jobs);
+    ``fn`` must be a module-level function so that the worker processes can import it."""
     if workers <= 1 or len(jobs) < 64:
         for job in jobs:
-            yield _encode_job(job)
+            yield fn(job)
             progress.step()
         return
     import multiprocessing
@@ -380,7 +399,7 @@ def _encode_all(jobs: list[tuple], workers: int, progress: _Progress):
 
     # spawn, not fork: the caller may hold threads (Ray, PyArrow) that fork would copy half-way.
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for result in pool.map(_encode_job, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8)))):
+        for result in pool.map(fn, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8)))):
             yield result
             progress.step()
 
@@ -426,17 +445,22 @@ def write_dataset(
     return manifest
 
 
-def _assign_splits(info: DatasetInfo, source: Source, records: list[SourceRecord], labels: np.ndarray, seed: int) -> list[str]:
+def assign_splits(name: str, source: Source, records: list[SourceRecord], labels: np.ndarray, seed: int) -> list[str]:
+    """Each record's split: its own, or for ``split=None`` the seeded stratified test/train draw.
+
+    Public so that anything judging a dataset before it is written (the data check) sees exactly the
+    split that preparation will write.
+    """
     splits = [r.split for r in records]
     if any(s is None for s in splits):
         if source.test_fraction is None:
-            raise RayexpError(f"dataset {info.name!r}: records without a split need the source's test_fraction")
+            raise RayexpError(f"dataset {name!r}: records without a split need the source's test_fraction")
         undecided = np.array([s is None for s in splits])
         mask = iter(stratified_test_mask(labels[undecided], source.test_fraction, seed))
         splits = [("test" if next(mask) else "train") if s is None else s for s in splits]
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
-        raise RayexpError(f"dataset {info.name!r}: unknown split names {unknown}; use {SPLITS}")
+        raise RayexpError(f"dataset {name!r}: unknown split names {unknown}; use {SPLITS}")
     return splits
 
 
@@ -451,7 +475,7 @@ def _write_into(root: Path, info: DatasetInfo, source: Source, seed: int, worker
     if len(bad):
         r = records[bad[0]]
         raise RayexpError(f"dataset {info.name!r}: image {r.id!r} has label {r.label}, outside 0..{n_classes - 1}")
-    splits = _assign_splits(info, source, records, labels, seed)
+    splits = assign_splits(info.name, source, records, labels, seed)
 
     encoding = source.encoding or info.encoding
     progress = _Progress(f"preparing {info.name}", len(records), quiet)
@@ -459,7 +483,7 @@ def _write_into(root: Path, info: DatasetInfo, source: Source, seed: int, worker
     encoded: list[tuple | None] = []
     skipped: list[dict] = []
     channel_sum, channel_sq, n_pixels = np.zeros(3), np.zeros(3), 0
-    for record, split, result in zip(records, splits, _encode_all(jobs, workers, progress)):
+    for record, split, result in zip(records, splits, parallel_map(_encode_job, jobs, workers, progress)):
         if result[0] is None:
             if not skip_corrupt:
                 raise CorruptImageError(result[1])
