@@ -11,10 +11,11 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rayexp.backbones import get_spec
 from rayexp.data.catalog import default_data_dir, get_dataset_info
+from rayexp.data.shards import is_prepared
 from rayexp.errors import RayexpError
 from rayexp.grid import expand_grid
 
@@ -32,14 +33,20 @@ class SweepDefaults:
     max_epochs: int
     patience: int
     batch_size: int | None = None
+    selection: str = "test"
     fallback_to_random_weights: bool = False
     extra_tags: dict[str, str] = field(default_factory=dict)
 
 
-def build_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=defaults.description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and the sweep's docstring as written."""
+
+
+def build_parser(defaults: SweepDefaults, with_datasets: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=defaults.description, formatter_class=_HelpFormatter)
     p.add_argument("--backbones", nargs="+", default=list(defaults.backbones), help="backbone names (see README)")
-    p.add_argument("--datasets", nargs="+", default=list(defaults.datasets), help="dataset names (python datasets/prepare.py --list)")
+    if with_datasets:
+        p.add_argument("--datasets", nargs="+", default=list(defaults.datasets), help="dataset names (python datasets/prepare.py --list)")
     p.add_argument("--fractions", nargs="+", type=float, default=list(defaults.fractions), help="fractions of the training split, in (0, 1]")
     p.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
     p.add_argument("--data-dir", default=str(default_data_dir()), help="folder of prepared datasets")
@@ -51,7 +58,7 @@ def build_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=defaults.patience, help="epochs without improvement before stopping")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch (default: the backbone's registry value)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16/fp16 on GPU, fp32 on CPU")
-    p.add_argument("--selection", default="test", choices=["test", "val"], help="monitor test accuracy (the paper) or a held-out 10%% of the training rows")
+    p.add_argument("--selection", default=defaults.selection, choices=["test", "val"], help="monitor test accuracy (the paper) or a held-out 10%% of the training rows")
     p.add_argument("--no-dualopt", dest="dualopt", action="store_false", help="AdamW only: skip DualOpt's SGD phase")
     p.add_argument("--normalize", default="dataset", choices=["dataset", "imagenet"], help="per-dataset mean/std from the manifest, or ImageNet's")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no TrivialAugmentWide even where the protocol has it")
@@ -66,7 +73,8 @@ def build_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
     p.add_argument("--data-cpus", type=float, default=None, help="CPUs per trial for its Ray Data decode tasks (default 10 with a GPU: 12 vCPU per A100; 1 without)")
     p.add_argument("--gpus-per-trial", "--gpu-per-trial", type=float, default=1.0, help="GPUs per trial; a fraction lets small (1%%) trials share a GPU")
     p.add_argument("--accelerator-type", default=None, help="run trials only on this accelerator (e.g. A100-80G)")
-    p.add_argument("--cache-gb", type=float, default=4.0, help="decode a trial's images once into memory when they fit in this many GB (0: decode every epoch)")
+    p.add_argument("--cache-gb", type=float, default=None, help="decode a trial's images once into its worker's memory when they fit in this many GB (default 4, or 32 on GPUs; 0: decode every epoch)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each trial's model (GPU; the first epoch pays the compilation)")
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
     p.add_argument("--log-models", action="store_true", help="log each trial's best weights to MLflow (large)")
     p.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
@@ -91,39 +99,59 @@ def code_version() -> str:
 
 def main(defaults: SweepDefaults, argv: Sequence[str] | None = None) -> int:
     """Parse, validate, preflight, sweep, report. Returns the process exit code."""
-    args = build_parser(defaults).parse_args(argv)
+    return guarded(_run, defaults, build_parser(defaults).parse_args(argv))
+
+
+def guarded(run: Callable[[SweepDefaults, argparse.Namespace], int], defaults: SweepDefaults, args: argparse.Namespace) -> int:
+    """``run(defaults, args)``, with a :class:`RayexpError` printed as one clear line and exit code 2."""
     try:
-        return _run(defaults, args)
+        return run(defaults, args)
     except RayexpError as exc:
         print(f"rayexp: error: {exc}", file=sys.stderr)
         return 2
 
 
-def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
+def check_common(args: argparse.Namespace) -> None:
+    """What every sweep checks before anything else: the passes asked for and the backbone names."""
     if args.resume and args.retry_errored:
         raise RayexpError("--resume and --retry-errored are separate passes: continue the interrupted trials first, then retry the errored ones")
     for name in args.backbones:
         get_spec(name)
+
+
+def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
+    check_common(args)
+    data_dir = args.data_dir if "://" in args.data_dir else str(Path(args.data_dir).expanduser().resolve())
     for name in args.datasets:
-        get_dataset_info(name)
+        if "://" in data_dir or not is_prepared(data_dir, name):
+            get_dataset_info(name)  # a prepared dataset of one's own needs no catalog entry
     keys = expand_grid(args.backbones, args.datasets, args.fractions, args.seeds)
     if args.dry_run:
         print(f"{len(keys)} trials ({len(args.backbones)} backbones x {len(args.datasets)} datasets x {len(set(args.fractions))} fractions x {len(set(args.seeds))} seeds)")
         for key in keys:
             print(key)
         return 0
+    cfg, tracking_uri = sweep_config(defaults, args, keys, args.datasets, data_dir)
+    from rayexp.orchestrate import run_sweep
 
-    from rayexp import preflight, report, tracking
+    outcome = run_sweep(cfg)
+    return print_outcome(defaults, args, keys, tracking_uri, outcome, Path(args.out or Path("reports") / args.experiment))
 
-    data_dir = args.data_dir if "://" in args.data_dir else str(Path(args.data_dir).expanduser().resolve())
-    manifests = preflight.check_datasets(args.datasets, data_dir)
+
+def sweep_config(defaults: SweepDefaults, args: argparse.Namespace, keys: list, datasets: Sequence[str], data_dir: str, fallback_to_random: bool | None = None):
+    """Preflight (datasets, input sizes, validation rows, weights, the MLflow store), then the sweep's
+    :class:`~rayexp.orchestrate.SweepConfig` and the resolved tracking URI. Nothing starts on failure."""
+    from rayexp import preflight, tracking
+
+    manifests = preflight.check_datasets(datasets, data_dir)
     preflight.check_input_sizes(args.backbones, manifests)
     preflight.check_selection(keys, manifests, args.selection)
-    weights = preflight.resolve_weights(args.backbones, args.weights_dir, defaults.fallback_to_random_weights)
+    fallback = defaults.fallback_to_random_weights if fallback_to_random is None else fallback_to_random
+    weights = preflight.resolve_weights(args.backbones, args.weights_dir, fallback)
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.ensure_experiment(tracking_uri, args.experiment)
 
-    from rayexp.orchestrate import SweepConfig, run_sweep
+    from rayexp.orchestrate import SweepConfig
 
     storage = args.storage if "://" in args.storage else str(Path(args.storage).expanduser().resolve())
     cfg = SweepConfig(
@@ -155,15 +183,21 @@ def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
         gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent,
         cache_gb=args.cache_gb,
+        compile=args.compile,
         log_models=args.log_models,
         resume=args.resume,
         retry_errored=args.retry_errored,
         code_version=code_version(),
         extra_tags=dict(defaults.extra_tags),
     )
-    outcome = run_sweep(cfg)
+    return cfg, tracking_uri
 
-    out_dir = Path(args.out or Path("reports") / args.experiment).resolve()
+
+def print_outcome(defaults: SweepDefaults, args: argparse.Namespace, keys: list, tracking_uri: str, outcome: dict, out_dir: Path) -> int:
+    """Build the sweep's report, print its table, what stopped early and what errored; the exit code."""
+    from rayexp import report, tracking
+
+    out_dir = Path(out_dir).expanduser().resolve()
     paths = report.build_report(tracking_uri, args.experiment, out_dir, expected=keys)
     summaries = report.summarize(tracking.fetch_trial_results(tracking_uri, args.experiment), expected=keys)
     summaries = [s for s in summaries if (s.backbone, s.dataset, s.fraction) in {k.cell for k in keys}]
@@ -171,9 +205,11 @@ def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     print(f"Report: {paths['html']} (also report.md, summary.csv, figures) in {out_dir}")
     print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri}   (experiment {args.experiment!r})")
     if outcome.get("stopped"):
-        print(f"\n{len(outcome['stopped'])} trial(s) stopped early by the {args.scheduler if args.scheduler != 'fifo' else 'budget'} (their best so far is reported):")
-        for key, epoch, acc in outcome["stopped"]:
-            print(f"  {key}: after epoch {epoch}, best monitored accuracy {acc}")
+        print(f"\n{len(outcome['stopped'])} trial(s) stopped early (their best so far is reported):")
+        for key, epoch, acc, reason in outcome["stopped"]:
+            print(f"  {key}: stopped early by the {reason} after epoch {epoch}, best monitored accuracy {acc}")
+    if outcome.get("not_started"):
+        print(f"\n{len(outcome['not_started'])} trial(s) never started: the sweep's budget was spent first")
     if outcome["errored"]:
         print(f"\n{len(outcome['errored'])} trial(s) errored:", file=sys.stderr)
         for key, message, path in outcome["errored"]:

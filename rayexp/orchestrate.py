@@ -53,13 +53,16 @@ class SweepConfig:
     reduction_factor: int = 2
     trial_time_budget_s: float | None = None
     trial_epoch_budget: int | None = None
+    budget_device_hours: float | None = None  # the whole sweep: device-hours (GPU-hours; CPU-hours without GPUs)
+    budget_epochs: int | None = None  # the whole sweep: epochs summed over trials
     device: str = "auto"  # auto: GPUs when the cluster has some now; gpu: always (autoscaling clusters); cpu
     worker_cpus: float | None = None  # None: 2 with a GPU, 1 without
     data_cpus: float | None = None  # None: 10 with a GPU (12 vCPU per A100), 1 without
     gpus_per_trial: float = 1.0
     accelerator_type: str | None = None
     max_concurrent: int | None = None
-    cache_gb: float = 4.0
+    cache_gb: float | None = None  # None: 4 GB per trial on CPU, 32 GB on a GPU node (most of the 20 datasets at 100%)
+    compile: bool = False  # torch.compile each trial's model
     max_failures: int = 2
     resume: bool = False
     retry_errored: bool = False
@@ -79,6 +82,7 @@ class SweepConfig:
         worker_cpus, data_cpus = self.cpus(use_gpu)
         return {
             "experiment": self.experiment,
+            "local": not self.address,
             "data_dir": str(self.data_dir),
             "storage": self.storage,
             "tracking_uri": self.tracking_uri,
@@ -97,13 +101,20 @@ class SweepConfig:
             "gpus_per_trial": self.gpus_per_trial if use_gpu else 0,
             "accelerator_type": self.accelerator_type,
             "data_cpus": data_cpus,
-            "cache_gb": self.cache_gb,
+            "cache_gb": self.cache_gb if self.cache_gb is not None else (32.0 if use_gpu else 4.0),
+            "compile": self.compile,
             "max_failures": self.max_failures,
             "log_models": self.log_models,
             "cell_runs": self.cell_runs,
             "code_version": self.code_version,
             "extra_tags": self.extra_tags,
         }
+
+
+def batch_threads(worker_cpus: float, data_cpus: float, cached: bool) -> int:
+    """Threads that augment and normalise a trial's batches: the worker's CPUs, plus the trial's data CPUs
+    once its images are cached (Ray Data has nothing left to decode then)."""
+    return max(1, int(worker_cpus + (data_cpus if cached else 0)))
 
 
 def train_worker(config: dict) -> None:
@@ -114,7 +125,7 @@ def train_worker(config: dict) -> None:
 
     from rayexp import tracking, training
     from rayexp.backbones import create_backbone, get_spec
-    from rayexp.data.pipeline import Normalizer, augments, normalization, trivial_augment
+    from rayexp.data.pipeline import Normalizer, TrialBatches, augments, normalization
 
     key = TrialKey.parse(config["key"])
     s = config["settings"]
@@ -133,6 +144,8 @@ def train_worker(config: dict) -> None:
     training.seed_everything(key.seed)  # seeds the new head's init
     model = create_backbone(key.backbone, manifest["n_classes"], pretrained=pretrained, weights_dir=s["weights_dir"])
     model = model.to(device, memory_format=torch.channels_last)
+    if s["compile"]:
+        model.compile()  # in place: the state dict keeps its keys, so checkpoints stay interchangeable
 
     checkpoint = None
     ray_checkpoint = ray.train.get_checkpoint()
@@ -141,24 +154,14 @@ def train_worker(config: dict) -> None:
             # Our own checkpoint (it holds NumPy RNG state, which weights_only refuses), from the trial's storage.
             checkpoint = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
 
-    normalize = Normalizer(*normalization(manifest, s["normalize"]), device)
-    train_shard = ray.train.get_dataset_shard("train")
-    shuffle_buffer = min(config["train_rows"], 1024)
-
-    def train_batches(epoch: int):
-        for index, batch in enumerate(train_shard.iter_torch_batches(
-            batch_size=batch_size,
-            local_shuffle_buffer_size=shuffle_buffer,
-            local_shuffle_seed=key.seed * 100_003 + epoch,
-            device="cpu",
-        )):
-            if augment:
-                batch["image"] = trivial_augment(batch["image"], seed=(key.seed * 100_003 + epoch) * 100_019 + index)
-            yield normalize(batch)
-
-    def eval_batches(split: str):
-        shard = ray.train.get_dataset_shard(split)
-        return lambda: (normalize(batch) for batch in shard.iter_torch_batches(batch_size=batch_size, device="cpu"))
+    splits = ["train", "test"] + (["val"] if cfg.selection == "val" else [])
+    batches = TrialBatches(
+        {name: ray.train.get_dataset_shard(name) for name in (["cache"] if config["data_cache"] else splits)},
+        cached=config["data_cache"], batch_size=batch_size, seed=key.seed,
+        normalize=Normalizer(*normalization(manifest, s["normalize"]), device),
+        augment=augment, threads=batch_threads(s["worker_cpus"], s["data_cpus"], config["data_cache"]),
+        shuffle_buffer=min(config["train_rows"], 1024),
+    )
 
     rank0 = ray.train.get_context().get_world_rank() == 0
     run = None
@@ -193,6 +196,8 @@ def train_worker(config: dict) -> None:
             "scheduler": s["scheduler"],
             "train_rows": config["train_rows"],
             "data_cache": config["data_cache"],
+            "channels_last": True,
+            "compile": s["compile"],
             "test_rows": manifest["splits"]["test"]["rows"],
             "num_classes": manifest["n_classes"],
         }
@@ -208,8 +213,8 @@ def train_worker(config: dict) -> None:
 
     try:
         final = training.fit(
-            model, train_batches, eval_batches("test"), cfg, device, manifest["n_classes"], on_epoch, checkpoint,
-            val_batches=eval_batches("val") if cfg.selection == "val" else None,
+            model, batches.train, batches.evaluation("test"), cfg, device, manifest["n_classes"], on_epoch, checkpoint,
+            val_batches=batches.evaluation("val") if cfg.selection == "val" else None,
         )
     except BaseException:
         if run is not None:
@@ -261,10 +266,18 @@ def trial_driver(config: dict, settings: dict) -> None:
 
     key = TrialKey.parse(config["key"])
     s = settings
+    # Train V2's controller polls its workers this often; the default 2 s adds up to ~4 s per trial at
+    # start and finish. A local instance has no spot nodes, so no preemption-watcher actor either.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    if s["local"]:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     manifest = load_manifest(s["data_dir"], key.dataset)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # The V1 Parquet reader plans a read in this process; V2 starts a footer-reader actor (a new Python
+    # process) for every execution, which cost ~1 s per split per trial on a 2-core machine.
+    context.use_datasource_v2 = False
     datasets, cached = build_trial_datasets(s["data_dir"], manifest, key.fraction, s["selection"], s["cache_gb"] * 1e9)
     train_rows = split_rows(manifest, "train", key.fraction, part="train" if s["selection"] == "val" else "all")
     use_gpu = s["gpus_per_trial"] > 0
@@ -287,7 +300,9 @@ def trial_driver(config: dict, settings: dict) -> None:
         # One worker needs no collectives; gloo also runs where a "GPU" is only a logical resource.
         torch_config=TorchConfig(backend="gloo"),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(execution_options=execution),
+        # One worker: its datasets are not split, so no per-dataset split-coordinator actor starts;
+        # each pipeline runs in the worker's own process.
+        dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=execution),
         run_config=ray.train.RunConfig(
             # Named after the trial, so a restored trial finds its Train run and checkpoints again.
             name=key.dirname,
@@ -302,6 +317,12 @@ def trial_driver(config: dict, settings: dict) -> None:
     trainer.fit()
 
 
+# Every trial starts a Train controller, a worker and a few helper actors, so a small machine runs more
+# Python processes than it has cores, and Ray would kill idle task workers after 1 s above that count;
+# the next trial's Ray Data tasks then pay for a fresh process and its imports again. Keep them.
+LOCAL_RAY_CONFIG = {"num_workers_soft_limit": 16, "idle_worker_killing_time_threshold_ms": 300_000}
+
+
 def _init_ray(cfg: SweepConfig) -> None:
     import ray
 
@@ -314,7 +335,21 @@ def _init_ray(cfg: SweepConfig) -> None:
         total = cfg.num_cpus or os.cpu_count() or 1
         slots = max(1, int(total // sum(cfg.cpus(use_gpu=False))))
         # The dashboard stays on: Train V2 frees a finished trial's worker resources through it.
-        ray.init(num_cpus=total, resources={DRIVER_RESOURCE: slots}, include_dashboard=True)
+        ray.init(num_cpus=total, resources={DRIVER_RESOURCE: slots}, include_dashboard=True, _system_config=LOCAL_RAY_CONFIG)
+
+
+def _keep_ray_data_stats_actor() -> None:
+    """Create Ray Data's stats actor from this (the sweep's) process, so it lives as long as the sweep.
+
+    Otherwise each trial's training worker creates it, owns it, and it dies with the worker: one more
+    Python process started per trial. An optimisation only; a Ray without this private hook still works.
+    """
+    try:
+        from ray.data._internal.stats import get_or_create_stats_actor
+
+        get_or_create_stats_actor()
+    except Exception:  # noqa: BLE001 - private API, best effort
+        pass
 
 
 def plan_concurrency(cfg: SweepConfig) -> tuple[int, bool]:
@@ -418,14 +453,50 @@ def CellSummaryCallback(uri: str, experiment: str):  # noqa: N802 - a factory th
     return _cell_summary_callback_class()(uri, experiment)
 
 
-def make_stop(cfg: SweepConfig) -> dict | None:
-    """Tune's stopping criteria for a per-trial budget: wall-clock seconds and/or epochs."""
-    stop = {}
-    if cfg.trial_time_budget_s:
-        stop["time_total_s"] = cfg.trial_time_budget_s
-    if cfg.trial_epoch_budget:
-        stop["epoch"] = cfg.trial_epoch_budget
-    return stop or None
+def _sweep_stopper_class():
+    import ray.tune
+
+    class SweepStopper(ray.tune.Stopper):
+        """Per-trial budgets (seconds, epochs) and the sweep's own: device-hours and epochs summed over all
+        trials. When the sweep's budget is spent Tune stops the running trials and starts no more."""
+
+        def __init__(self, trial_seconds=None, trial_epochs=None, device_hours=None, epochs=None, devices_per_trial=1.0) -> None:
+            self.trial_seconds, self.trial_epochs = trial_seconds, trial_epochs
+            self.device_seconds = device_hours * 3600 if device_hours else None
+            self.epochs, self.devices_per_trial = epochs, devices_per_trial
+            self.used_seconds, self.used_epochs = 0.0, 0
+            self.spent_at: float | None = None  # the timestamp of the result that spent the budget
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            if "train_loss" in result:  # an epoch's report, not the trial's closing one
+                self.used_epochs += 1
+                self.used_seconds += result.get("time_this_iter_s", 0.0) * self.devices_per_trial
+                if self.spent_at is None and self.stop_all():
+                    self.spent_at = result.get("timestamp")
+                    print(f"[rayexp] the sweep's budget is spent ({self.used_epochs} epochs, {self.used_seconds / 3600:.3f} device-hours): stopping")
+            return bool(
+                (self.trial_seconds and result.get("time_total_s", 0.0) >= self.trial_seconds)
+                or (self.trial_epochs and result.get("epoch", 0) >= self.trial_epochs)
+            )
+
+        def stop_all(self) -> bool:
+            return bool(
+                (self.device_seconds is not None and self.used_seconds >= self.device_seconds)
+                or (self.epochs is not None and self.used_epochs >= self.epochs)
+            )
+
+    return SweepStopper
+
+
+def make_stop(cfg: SweepConfig, use_gpu: bool = False):
+    """Tune's stopping criteria: per-trial budgets (seconds, epochs) and the sweep's budget (device-hours,
+    epochs summed over trials); None when there is none."""
+    if not any((cfg.trial_time_budget_s, cfg.trial_epoch_budget, cfg.budget_device_hours, cfg.budget_epochs)):
+        return None
+    return _sweep_stopper_class()(
+        trial_seconds=cfg.trial_time_budget_s, trial_epochs=cfg.trial_epoch_budget, device_hours=cfg.budget_device_hours,
+        epochs=cfg.budget_epochs, devices_per_trial=cfg.gpus_per_trial if use_gpu else 1.0,
+    )
 
 
 def preflight_cluster(cfg: SweepConfig, datasets: list[str]) -> None:
@@ -501,31 +572,47 @@ def run_sweep(cfg: SweepConfig) -> dict:
     _init_ray(cfg)
     if cfg.address:
         preflight_cluster(cfg, sorted(domains))
+    _keep_ray_data_stats_actor()
     concurrency, use_gpu = plan_concurrency(cfg)
     print(f"[rayexp] {len(todo)} trials, up to {concurrency} at a time, on {'GPU' if use_gpu else 'CPU'}")
     settings = cfg.trial_settings(use_gpu)
+    stopper = make_stop(cfg, use_gpu)
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(ray.tune.with_parameters(trial_driver, settings=settings), {"cpu": 0, DRIVER_RESOURCE: 1}),
         param_space={"key": ray.tune.grid_search([str(k) for k in todo])},
         tune_config=ray.tune.TuneConfig(
             max_concurrent_trials=concurrency,
+            reuse_actors=True,
             scheduler=make_scheduler(cfg),
             trial_name_creator=lambda trial: trial.config["key"],
             trial_dirname_creator=lambda trial: TrialKey.parse(trial.config["key"]).dirname,
         ),
         run_config=ray.tune.RunConfig(
-            name=cfg.experiment, storage_path=cfg.storage, stop=make_stop(cfg),
+            name=cfg.experiment, storage_path=cfg.storage, stop=stopper,
             callbacks=[CellSummaryCallback(cfg.tracking_uri, cfg.experiment)],
         ),
     )
     grid = tuner.fit()
-    errored, stopped = [], []
+    errored, stopped, not_started = [], [], []
     for result in grid:
-        key = result.config["key"]
+        key, metrics = result.config["key"], result.metrics or {}
         if result.error is not None:
             errored.append((key, str(result.error).splitlines()[0] if str(result.error) else type(result.error).__name__, result.path))
-        elif tracking.close_stopped_run(cfg.tracking_uri, cfg.experiment, key, cfg.selection, reason=cfg.scheduler if cfg.scheduler != "fifo" else "budget"):
-            stopped.append((key, (result.metrics or {}).get("epoch"), (result.metrics or {}).get("best_acc")))
+        elif not metrics:
+            not_started.append(key)  # the sweep's budget was spent before it began
+        else:
+            reason = stop_reason(cfg, stopper, metrics)
+            if tracking.close_stopped_run(cfg.tracking_uri, cfg.experiment, key, cfg.selection, reason=reason):
+                stopped.append((key, metrics.get("epoch"), metrics.get("best_acc"), reason))
     for cell in sorted({k.cell for k in todo}):  # stopped trials were closed only now
         tracking.update_cell_summary(cfg.tracking_uri, cfg.experiment, *cell)
-    return {"ran": [str(k) for k in todo], "errored": errored, "stopped": stopped, "skipped": skipped}
+    return {"ran": [str(k) for k in todo], "errored": errored, "stopped": stopped, "not_started": not_started, "skipped": skipped}
+
+
+def stop_reason(cfg: SweepConfig, stopper, metrics: dict) -> str:
+    """Who stopped a trial that did not finish its protocol: the sweep's budget when the trial was still
+    reporting when it was spent, else the scheduler (ASHA), else a per-trial budget."""
+    spent_at = getattr(stopper, "spent_at", None)
+    if spent_at is not None and metrics.get("timestamp", 0) >= spent_at - 1:
+        return "budget"
+    return cfg.scheduler if cfg.scheduler != "fifo" else "budget"

@@ -19,8 +19,8 @@ def check_datasets(datasets: Sequence[str], data_dir: str) -> dict[str, dict]:
     """The manifests of ``datasets``; every unprepared one is listed with the command that prepares it."""
     manifests, missing = {}, []
     for name in datasets:
-        get_dataset_info(name)
         if not is_prepared(data_dir, name):
+            get_dataset_info(name)  # an unknown name is an error of its own
             missing.append(f"  - {name}: not prepared in {data_dir}; run: python datasets/prepare.py {name} --data-dir {data_dir}")
             continue
         manifests[name] = load_manifest(data_dir, name)

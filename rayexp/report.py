@@ -265,7 +265,7 @@ def _md_domain_table(table: dict) -> str:
     return head + body
 
 
-def _figure_accuracy_vs_fraction(summaries: Sequence[CellSummary], dataset: str, path: Path, top: int = 3) -> bool:
+def figure_accuracy_vs_fraction(summaries: Sequence[CellSummary], dataset: str, path: Path, top: int = 3) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -429,7 +429,7 @@ def build_report(uri: str, experiment: str, out_dir: str | Path, expected: Seque
     figures = []
     for dataset in sorted({s.dataset for s in summaries}):
         path = out / f"fig_fraction_{dataset}.png"
-        if _figure_accuracy_vs_fraction(summaries, dataset, path):
+        if figure_accuracy_vs_fraction(summaries, dataset, path):
             figures.append(path)
     if _figure_imagenet_rank(correlation, out / "fig_imagenet_rank.png"):
         figures.append(out / "fig_imagenet_rank.png")

@@ -281,7 +281,8 @@ def close_stopped_run(uri: str, experiment: str, key: str, selection: str, reaso
     best_epoch = max(monitored, key=lambda epoch: (monitored[epoch], -epoch))
     run = TrialRun(uri, run_id)
     run.set_tags({"stopped_by": reason})
-    run.finish({"best_test_acc": test[best_epoch], "best_epoch": best_epoch, "epochs_run": max(monitored)})
+    seconds = sum(v for _, v in metric_history(uri, run_id, "epoch_seconds"))
+    run.finish({"best_test_acc": test[best_epoch], "best_epoch": best_epoch, "epochs_run": max(monitored), "train_seconds": seconds})
     return True
 
 
@@ -313,6 +314,7 @@ def fetch_trial_results(uri: str, experiment: str, **tags: str) -> list[dict]:
                 "accelerator": tags.get("accelerator"),
                 "train_seconds": _clean(metrics.get("train_seconds")),
                 "train_images_per_s": _clean(metrics.get("train_images_per_s")),
+                "inference_images_per_s": _clean(metrics.get("test_images_per_s")),
                 "best_test_balanced_acc": _clean(metrics.get("best_test_balanced_acc")),
                 "run_id": run.info.run_id,
             }

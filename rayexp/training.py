@@ -153,8 +153,10 @@ def evaluate(
     precision: str,
     num_classes: int,
 ) -> dict[str, float]:
-    """Global top-1 (correct / total, not a mean of per-batch accuracies), balanced accuracy and loss."""
+    """Global top-1 (correct / total, not a mean of per-batch accuracies), balanced accuracy, loss, and
+    the images/second of the pass (the backbone's inference throughput, batches included)."""
     model.eval()
+    start = time.perf_counter()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
@@ -164,7 +166,8 @@ def evaluate(
             loss_sum += criterion(logits.float(), labels)
         predictions = logits.argmax(1)
         confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
-    confusion = confusion.cpu()
+    confusion = confusion.cpu()  # waits for the device
+    seconds = time.perf_counter() - start
     total = int(confusion.sum())
     if total == 0:
         raise RayexpError("the evaluation split yielded no batches")
@@ -175,6 +178,7 @@ def evaluate(
         "balanced_acc": float(per_class[present].mean()),
         "loss": float(loss_sum) / total,
         "n": total,
+        "images_per_s": total / max(seconds, 1e-9),
         "confusion": confusion.tolist(),
     }
 
@@ -313,6 +317,7 @@ def fit(
             "epoch_seconds": time.perf_counter() - epoch_start,
             "train_images_per_s": train["train_images_per_s"],
             "data_wait_fraction": train["data_wait_fraction"],
+            "test_images_per_s": test["images_per_s"],
         }
         if progress.advance(cfg) == "switch":
             model.load_state_dict(best_state)

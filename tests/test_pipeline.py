@@ -63,19 +63,76 @@ def test_normalization_uses_the_manifest_or_imagenet(digits_dir):
 
 
 @pytest.mark.slow
-def test_trial_datasets_resolution_val_holdout_and_cache(ray_local, digits_dir):
-    from rayexp.data.pipeline import build_trial_datasets, split_rows
+def test_trial_datasets_cache_holds_every_split_once_and_streams_when_too_big(ray_local, digits_dir):
+    from rayexp.data.pipeline import build_trial_datasets, load_splits, split_rows
+    from rayexp.data.shards import fraction_thresholds, holdout_count
 
     manifest = load_manifest(digits_dir, "digits")
     datasets, cached = build_trial_datasets(digits_dir, manifest, 0.1, "val", cache_bytes=1e9)
-    assert cached and set(datasets) == {"train", "val", "test"}
-    counts = {name: ds.count() for name, ds in datasets.items()}
-    assert counts["train"] + counts["val"] == split_rows(manifest, "train", 0.1)
-    from rayexp.data.shards import fraction_thresholds, holdout_count
-
+    assert cached and set(datasets) == {"cache"}
+    memory = load_splits(datasets["cache"].iterator())
+    counts = {name: len(labels) for name, (_, labels) in memory.items()}
     expected_val = sum(holdout_count(k) for k in fraction_thresholds(manifest, 0.1))  # 10% of ~15 per class
-    assert counts["val"] == split_rows(manifest, "train", 0.1, part="val") == expected_val > 10
-    first = next(iter(datasets["train"].iter_batches(batch_size=4, batch_format="numpy")))
-    assert first["image"].shape[1:] == (32, 32, 3)
-    _, cached = build_trial_datasets(digits_dir, manifest, 1.0, "test", cache_bytes=0)
-    assert not cached
+    assert counts == {
+        "train": split_rows(manifest, "train", 0.1, part="train"),
+        "val": expected_val,
+        "test": manifest["splits"]["test"]["rows"],
+    }
+    assert split_rows(manifest, "train", 0.1, part="val") == expected_val > 10
+    assert memory["train"][0].shape[1:] == (32, 32, 3) and memory["train"][0].dtype == torch.uint8
+    # The test split arrives in shard order, as a streamed pass gives it.
+    assert memory["test"][1].tolist() == read_split(digits_dir, "digits", "test", columns=["label"])["label"].to_pylist()
+
+    streamed, cached = build_trial_datasets(digits_dir, manifest, 1.0, "test", cache_bytes=0)
+    assert not cached and set(streamed) == {"train", "test"}
+    assert streamed["train"].count() == manifest["splits"]["train"]["rows"]
+
+
+@pytest.mark.slow
+def test_trial_batches_are_the_same_cached_or_streamed_in_what_they_hold(ray_local, digits_dir):
+    from rayexp.data.pipeline import TrialBatches, build_trial_datasets
+
+    manifest = load_manifest(digits_dir, "digits")
+    normalize = Normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"], torch.device("cpu"))
+    seen = {}
+    for cache_bytes in (1e9, 0):
+        datasets, cached = build_trial_datasets(digits_dir, manifest, 0.1, "test", cache_bytes=cache_bytes)
+        batches = TrialBatches({k: d.iterator() for k, d in datasets.items()}, cached, batch_size=32, seed=3, normalize=normalize, threads=2)
+        epoch0 = [y for _, y in batches.train(0)]
+        assert [len(y) for y in epoch0[:-1]] == [32] * (len(epoch0) - 1)
+        again = [y for _, y in batches.train(0)]
+        assert all(torch.equal(a, b) for a, b in zip(epoch0, again)), "an epoch's order must be reproducible"
+        test = torch.cat([y for _, y in batches.evaluation("test")()])
+        seen[cached] = (sorted(torch.cat(epoch0).tolist()), test.tolist())
+    assert seen[True] == seen[False]
+
+
+def test_augmented_is_seeded_per_batch_and_independent_of_threads():
+    from rayexp.data.pipeline import augmented, memory_batches
+
+    images = torch.randint(0, 256, (40, 16, 16, 3), dtype=torch.uint8)
+    labels = torch.arange(40)
+    one = list(augmented(memory_batches(images, labels, 8, shuffle_seed=5), seed=7, threads=1))
+    three = list(augmented(memory_batches(images, labels, 8, shuffle_seed=5), seed=7, threads=3))
+    assert len(one) == 5
+    for a, b in zip(one, three):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    other = list(augmented(memory_batches(images, labels, 8, shuffle_seed=5), seed=8, threads=1))
+    assert not all(torch.equal(a["image"], b["image"]) for a, b in zip(one, other))
+    ordered = torch.cat([b["label"] for b in memory_batches(images, labels, 8)])
+    assert torch.equal(ordered, labels)
+
+
+def test_trivial_augment_draws_as_torchvision_does():
+    """Our generator-driven TrivialAugmentWide picks the same op and magnitude as torchvision's own, given the same seed."""
+    from torchvision.transforms import v2
+
+    from rayexp.data.pipeline import trivial_augment
+
+    from PIL import Image
+
+    image = torch.randint(0, 256, (1, 40, 36, 3), dtype=torch.uint8)
+    for seed in range(12):
+        torch.manual_seed(seed)
+        reference = torch.from_numpy(np.asarray(v2.TrivialAugmentWide()(Image.fromarray(image[0].numpy()))))
+        assert torch.equal(trivial_augment(image, seed)[0], reference), seed

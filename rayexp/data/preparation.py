@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from types import ModuleType
 
 from rayexp.data.catalog import CATALOG, DatasetInfo, get_dataset_info
 from rayexp.data.download import download
-from rayexp.data.shards import dataset_dir, is_prepared, load_manifest, write_dataset
+from rayexp.data.shards import Source, dataset_dir, is_prepared, load_manifest, write_dataset
 from rayexp.errors import RayexpError
 
 SPLIT_MODES = ("default", "paper")
@@ -113,6 +114,38 @@ def prepare(
         return write_dataset(data_dir, info, src, seed=seed, force=force, workers=workers or default_workers(), skip_corrupt=skip_corrupt, quiet=quiet)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def load_user_source(name: str, source: str | os.PathLike, domain: str | None, input_size: tuple[int, int]) -> tuple[DatasetInfo, Source]:
+    """A user's folder or CSV read by the generic folder source, and the entry preparation will write it with.
+
+    Loaded once here so that the data check and the preparation see the same records and split.
+    """
+    if name in CATALOG:
+        raise RayexpError(f"--name {name!r} is one of the paper's datasets; give your data another name")
+    info = replace(dataset_info(name, str(source), domain), input_size=tuple(input_size))
+    with tempfile.TemporaryDirectory(prefix="rayexp-source-") as work:
+        src = source_module(info).load_source(info.name, _source_root(source, Path(work)), Path(work), "default")
+    return replace(info, n_classes=len(src.classes)), src
+
+
+def prepare_user_source(info: DatasetInfo, source: Source, data_dir: str | os.PathLike, *, skip_corrupt: bool = False, workers: int | None = None, quiet: bool = False) -> dict:
+    """Write a loaded user source as ``info.name``, unless the prepared copy came from the same files
+    (the source's listing checksum) at the same settings; a changed folder is prepared again."""
+    if is_prepared(data_dir, info.name):
+        manifest = load_manifest(data_dir, info.name)
+        same = (
+            manifest.get("source_checksums") == dict(source.checksums) and source.checksums
+            and manifest["input_size"] == list(info.input_size) and manifest["domain"] == info.domain
+            and (skip_corrupt or not manifest.get("skipped_corrupt"))
+        )
+        if same:
+            if not quiet:
+                print(f"[rayexp] {info.name}: the prepared copy in {dataset_dir(data_dir, info.name)} is of the same files; not preparing again")
+            return manifest
+        if not quiet:
+            print(f"[rayexp] {info.name}: the images or settings changed since it was prepared; preparing again")
+    return write_dataset(data_dir, info, source, seed=0, force=True, workers=workers or default_workers(), skip_corrupt=skip_corrupt, quiet=quiet)
 
 
 def default_workers() -> int:

@@ -14,6 +14,7 @@ Class names are sorted folder names (or labels). An empty class folder is an err
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 
 from rayexp.data.download import RemoteFile
@@ -92,12 +93,23 @@ def _from_csv(path: Path) -> tuple[list[str], list[SourceRecord], str]:
     return classes, records, rule
 
 
+def listing_checksum(records: list[SourceRecord]) -> dict[str, str]:
+    """A checksum of what a folder holds (each file's id, label, split, size and modification time), so a
+    prepared copy can tell it still matches the folder without reading every image again."""
+    digest = hashlib.sha256()
+    for r in records:
+        stat = Path(r.image).stat()
+        digest.update(f"{r.id}\0{r.label}\0{r.split}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"listing": digest.hexdigest()}
+
+
 def load_source(name: str, root: Path, work: Path, split: str = "default") -> Source:
     test_fraction = 0.1 if name == "plantclef" else 0.2
     csvs = [p for p in root.iterdir() if p.suffix.lower() == ".csv"] if root.is_dir() else []
     if len(csvs) == 1 and not _class_folders(root):
         classes, records, rule = _from_csv(csvs[0])
-        return Source(classes, records, f"{rule} ({csvs[0].name})", test_fraction=test_fraction, encoding=_encoding([r.image for r in records]))
+        return Source(classes, records, f"{rule} ({csvs[0].name})", test_fraction=test_fraction, encoding=_encoding([r.image for r in records]),
+                      checksums=listing_checksum(records))
     folders = {p.name: p for p in _class_folders(root)}
     test_name = "test" if "test" in folders else "val" if "val" in folders else None
     if "train" in folders and test_name:
@@ -118,4 +130,4 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
                 raise RayexpError(f"class folder {class_dir} has no images: an empty class is an error; remove it or add images")
             for image in images:
                 records.append(SourceRecord(image, index[class_dir.name], str(image.relative_to(root)), split=split_name))
-    return Source(classes, records, rule, test_fraction=test_fraction, encoding=_encoding([r.image for r in records]))
+    return Source(classes, records, rule, test_fraction=test_fraction, encoding=_encoding([r.image for r in records]), checksums=listing_checksum(records))

@@ -1,0 +1,119 @@
+"""Per-trial overhead: N short trials run as a rayexp sweep vs the same trainings in one plain PyTorch process.
+
+Each training is one epoch (AdamW only) of ``--backbone`` on ``--fraction`` of the bundled digits
+dataset (a few hundred images) plus one pass over its test split, batch 16, with the same augmentation
+and normalisation in both arms. The plain arm reads and decodes the shards, builds the model and calls
+:func:`rayexp.training.fit` in this process, once per seed. The sweep arm runs the same keys through
+:func:`rayexp.orchestrate.run_sweep` on a local Ray instance (started before the clock starts, as a
+sweep starts it once), logging to a fresh MLflow store. The difference, divided by N, is what Ray Tune,
+Ray Train, Ray Data and MLflow add per trial.
+
+Prints a table, then ``seconds_per_trial <overhead>`` and, last, ``ratio sweep_vs_plain <value>``.
+
+    python benchmarks/trial_overhead.py --trials 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rayexp.backbones import create_backbone
+from rayexp.data.catalog import get_dataset_info
+from rayexp.data.pipeline import Normalizer, augmented, memory_batches, normalization
+from rayexp.data.shards import decode_image, load_manifest, read_split, write_dataset
+from rayexp.data.sources import digits
+from rayexp.grid import TrialKey
+from rayexp.training import TrainConfig, fit, seed_everything
+
+
+def plain_training(data_dir: Path, key: TrialKey, batch_size: int) -> float:
+    """One trial's work in plain PyTorch: read, decode, build, train one epoch, evaluate. Returns its test accuracy."""
+    manifest = load_manifest(data_dir, key.dataset)
+    size = tuple(manifest["input_size"])
+
+    def tensors(split: str, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+        table = read_split(data_dir, key.dataset, split, fraction, columns=["image", "label"])
+        from PIL import Image
+
+        images = np.stack([np.asarray(Image.fromarray(decode_image(b)).resize(size[::-1], Image.Resampling.BILINEAR)) for b in table["image"].to_pylist()])
+        return torch.from_numpy(images), torch.tensor(table["label"].to_pylist())
+
+    train_images, train_labels = tensors("train", key.fraction)
+    test_images, test_labels = tensors("test", 1.0)
+    device = torch.device("cpu")
+    normalize = Normalizer(*normalization(manifest, "dataset"), device)
+    seed_everything(key.seed)
+    model = create_backbone(key.backbone, manifest["n_classes"], pretrained=False).to(memory_format=torch.channels_last)
+
+    def train_batches(epoch: int):
+        seed = key.seed * 100_003 + epoch
+        return map(normalize, augmented(memory_batches(train_images, train_labels, batch_size, shuffle_seed=seed), seed))
+
+    def test_batches():
+        return map(normalize, memory_batches(test_images, test_labels, batch_size))
+
+    cfg = TrainConfig(max_epochs=1, patience=1, dualopt=False, precision="fp32", seed=key.seed)
+    return fit(model, train_batches, test_batches, cfg, device, manifest["n_classes"])["best_test_acc"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trials", type=int, default=6)
+    p.add_argument("--backbone", default="mobilenet_v3_large")
+    p.add_argument("--fraction", type=float, default=0.2, help="of digits' 1,438 training images")
+    p.add_argument("--batch-size", type=int, default=16)
+    args = p.parse_args()
+
+    os.environ.setdefault("RAYEXP_OFFLINE", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    work = Path(tempfile.mkdtemp(prefix="rayexp-overhead-"))
+    data_dir = work / "data"
+    write_dataset(data_dir, get_dataset_info("digits"), digits.load_source("digits"), quiet=True)
+    keys = [TrialKey(args.backbone, "digits", args.fraction, seed) for seed in range(args.trials)]
+    torch.set_num_threads(1)  # the sweep's training worker holds one CPU; so does the plain arm
+
+    start = time.perf_counter()
+    plain_acc = [plain_training(data_dir, key, args.batch_size) for key in keys]
+    plain = time.perf_counter() - start
+
+    from rayexp import tracking
+    from rayexp.orchestrate import SweepConfig, _init_ray, run_sweep
+
+    cfg = SweepConfig(
+        keys=keys, experiment="overhead", data_dir=str(data_dir), storage=str(work / "ray_results"),
+        tracking_uri=tracking.resolve_tracking_uri(f"sqlite:///{work / 'mlflow.db'}"), weights={args.backbone: "random"},
+        max_epochs=1, patience=1, batch_size=args.batch_size, precision="fp32", dualopt=False, device="cpu",
+    )
+    start = time.perf_counter()
+    _init_ray(cfg)
+    ray_start = time.perf_counter() - start
+    start = time.perf_counter()
+    outcome = run_sweep(cfg)
+    sweep = time.perf_counter() - start
+    if outcome["errored"]:
+        raise SystemExit(f"trials errored: {outcome['errored']}")
+    results = tracking.fetch_trial_results(cfg.tracking_uri, cfg.experiment)
+    sweep_acc = sorted(r["best_test_acc"] for r in results)
+
+    n = len(keys)
+    overhead = (sweep - plain) / n
+    print(f"\n# {n} trials of {args.backbone} on digits x {args.fraction} ({len(read_split(data_dir, 'digits', 'train', args.fraction, columns=['label']))} training images), "
+          f"1 epoch, batch {args.batch_size}, CPU ({os.cpu_count()} cores)")
+    print(f"{'arm':<28}{'total s':>10}{'s/trial':>10}")
+    print(f"{'plain PyTorch, sequential':<28}{plain:>10.1f}{plain / n:>10.1f}")
+    print(f"{'rayexp sweep (Tune+Train)':<28}{sweep:>10.1f}{sweep / n:>10.1f}")
+    print(f"{'ray.init (once per sweep)':<28}{ray_start:>10.1f}")
+    print(f"test accuracy plain {sorted(round(a, 3) for a in plain_acc)}, sweep {[round(a, 3) for a in sweep_acc]}")
+    print(f"seconds_per_trial {overhead:.2f}")
+    print(f"ratio sweep_vs_plain {sweep / plain:.3f}")
+
+
+if __name__ == "__main__":
+    main()

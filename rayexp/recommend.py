@@ -1,0 +1,287 @@
+"""The recommendation for one user's dataset: backbones ranked, with cost, a verdict and the paper's prior.
+
+Built from MLflow alone, like :mod:`rayexp.report`, so it can be rebuilt after an interrupted or a
+budget-limited sweep. Ranking is by mean test accuracy over seeds (best of the seeds beside it), at the
+largest fraction trained; the verdict says in plain words whether the leader's margin over the runner-up
+is larger than the seeds' spread. Backbones a scheduler or a budget stopped early are listed with the
+accuracy they had reached, and keys that never ran are named: a partial answer never looks complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from rayexp.grid import TrialKey, format_fraction
+from rayexp.priors import LIGHTWEIGHT, prior_for
+from rayexp.report import MISSING, figure_accuracy_vs_fraction, summarize
+
+RANKING_COLUMNS = (
+    "rank", "backbone", "mean", "std", "best_of_seeds", "n_seeds", "params_m", "train_device_hours",
+    "train_images_per_s", "inference_images_per_s", "stopped_early", "weights",
+)
+
+
+@dataclass
+class Ranked:
+    """One backbone's standing on the user's dataset at one fraction."""
+
+    backbone: str
+    mean: float | None
+    std: float | None
+    best: float | None
+    n_seeds: int
+    params_m: float | None
+    device_hours: float
+    train_images_per_s: float | None
+    inference_images_per_s: float | None
+    stopped: list[dict] = field(default_factory=list)  # seed, epochs_run, best_test_acc, stopped_by
+    weights: str = ""
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def rank_backbones(results: Sequence[dict], dataset: str, fraction: float, backbones: Sequence[str] = ()) -> list[Ranked]:
+    """Every backbone with a run (or listed in ``backbones``) on ``dataset`` at ``fraction``, best first.
+
+    Order: mean test accuracy over finished seeds, then best of the seeds; backbones with no finished
+    seed come last.
+    """
+    from rayexp.backbones import REGISTRY
+
+    rows = [r for r in results if r["dataset"] == dataset and float(r["fraction"]) == fraction]
+    ranked = []
+    for cell in summarize(rows, expected=[TrialKey(b, dataset, fraction, 0) for b in backbones]):
+        runs = [r for r in rows if r["backbone"] == cell.backbone and r.get("status") == "FINISHED"]
+        spec = REGISTRY.get(cell.backbone)
+        ranked.append(Ranked(
+            backbone=cell.backbone, mean=cell.mean, std=cell.std, best=cell.best_of_3, n_seeds=cell.n_seeds,
+            params_m=spec.params_m if spec else None,
+            device_hours=sum(r.get("train_seconds") or 0.0 for r in runs) / 3600,
+            train_images_per_s=_mean([r.get("train_images_per_s") for r in runs]),
+            inference_images_per_s=_mean([r.get("inference_images_per_s") for r in runs]),
+            stopped=[{"seed": r["seed"], "epochs_run": r.get("epochs_run"), "best_test_acc": r.get("best_test_acc"), "stopped_by": r["stopped_by"]}
+                     for r in sorted(runs, key=lambda r: r["seed"]) if r.get("stopped_by")],
+            weights=cell.weights,
+        ))
+    return sorted(ranked, key=lambda r: (r.mean is None, -(r.mean or 0.0), -(r.best or 0.0), r.backbone))
+
+
+def _pct(value: float | None) -> str:
+    return MISSING if value is None else f"{100 * value:.2f}"
+
+
+def _spread(r: Ranked) -> str:
+    if r.mean is None:
+        return MISSING
+    return f"{100 * r.mean:.2f}" + (f" ± {100 * r.std:.2f}" if r.std is not None else "")
+
+
+def verdict(ranked: Sequence[Ranked], dataset: str) -> str:
+    """The answer in plain words: the leader, and whether the runner-up is within seed noise."""
+    done = [r for r in ranked if r.mean is not None]
+    if not done:
+        return f"No backbone has a finished seed on {dataset} yet: nothing to recommend."
+    first = done[0]
+    text = (f"Use **{first.backbone}** for {dataset}: {_spread(first)}% mean test accuracy over {first.n_seeds} seed(s), "
+            f"best {_pct(first.best)}%.")
+    if len(done) == 1:
+        return text + " It is the only backbone with a finished seed."
+    second = done[1]
+    margin = first.mean - second.mean
+    noise = max(first.std or 0.0, second.std or 0.0)
+    if first.n_seeds < 2 or second.n_seeds < 2:
+        text += (f" {second.backbone} is {100 * margin:.2f} points behind, but with fewer than two seeds each the seed "
+                 "noise is unknown: run more seeds before trusting the order.")
+    elif margin <= noise:
+        text += (f" {second.backbone} is {100 * margin:.2f} points behind, within the seeds' spread ({100 * noise:.2f}): "
+                 "treat them as tied and choose on cost")
+        cheaper = min((first, second), key=lambda r: r.params_m or float("inf"))
+        text += f" ({cheaper.backbone} has fewer parameters: {cheaper.params_m} M)." if cheaper.params_m else "."
+    else:
+        text += f" The runner-up, {second.backbone}, is {100 * margin:.2f} points behind, more than the seeds' spread ({100 * noise:.2f})."
+    if first.stopped or second.stopped:
+        text += " Some of their seeds were stopped early, so their final accuracy may be higher."
+    if "random" in (first.weights or ""):
+        text += " These backbones trained from random initialisation (no pretrained weights), so this is not a fine-tuning result."
+    return text
+
+
+def prior_text(domain: str, ranked: Sequence[Ranked]) -> list[str]:
+    """The paper's prior for ``domain`` and how the measured ranking compares with it."""
+    prior, specific = prior_for(domain)
+    lines = [f"The paper's prior for {'the ' + domain + ' domain' if specific else 'a domain it did not study (' + domain + '), its general advice'} "
+             f"(from its text; its tables were lost): favoured {', '.join(prior.favoured)}"
+             + (f"; cautioned against {', '.join(prior.cautioned)}" if prior.cautioned else "") + ".",
+             f"“{prior.evidence}”", LIGHTWEIGHT]
+    done = [r.backbone for r in ranked if r.mean is not None]
+    if done:
+        top = done[: min(3, len(done))]
+        agree = [b for b in top if b in prior.favoured]
+        warned = [b for b in top if b in prior.cautioned]
+        measured = f"Measured top {len(top)}: {', '.join(top)}"
+        if agree:
+            measured += f"; the paper also favours {', '.join(agree)}"
+        if warned:
+            measured += f"; the paper cautioned against {', '.join(warned)}, yet it did well on this data"
+        if not agree and not warned:
+            measured += "; none of them is among the paper's favourites for this domain"
+        lines.append(measured + ".")
+    return lines
+
+
+def write_ranking_csv(ranked: Sequence[Ranked], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(RANKING_COLUMNS)
+        for i, r in enumerate(ranked, 1):
+            writer.writerow([
+                i if r.mean is not None else "", r.backbone, r.mean, r.std, r.best, r.n_seeds, r.params_m,
+                round(r.device_hours, 5), r.train_images_per_s, r.inference_images_per_s, len(r.stopped), r.weights,
+            ])
+
+
+def _table(ranked: Sequence[Ranked]) -> tuple[list[str], list[list[str]]]:
+    head = ["#", "backbone", "test acc % (mean ± std)", "best of seeds %", "seeds", "params (M)",
+            "train device-hours", "train img/s", "inference img/s", "stopped early"]
+    rows = []
+    for i, r in enumerate(ranked, 1):
+        rows.append([
+            str(i) if r.mean is not None else "-", r.backbone, _spread(r), _pct(r.best), str(r.n_seeds),
+            "" if r.params_m is None else f"{r.params_m:g}", f"{r.device_hours:.4f}",
+            "" if r.train_images_per_s is None else f"{r.train_images_per_s:.0f}",
+            "" if r.inference_images_per_s is None else f"{r.inference_images_per_s:.0f}",
+            ", ".join(f"seed {s['seed']} after {s['epochs_run']:.0f} epochs at {_pct(s['best_test_acc'])}%" for s in r.stopped if s["epochs_run"] is not None),
+        ])
+    return head, rows
+
+
+@dataclass
+class Recommendation:
+    dataset: str
+    domain: str
+    fraction: float
+    ranked: list[Ranked]
+    verdict: str
+    prior: list[str]
+    not_run: list[str]
+    curves: list[Ranked]  # per fraction, flattened (for the CSV of learning curves)
+    check: dict | None = None
+
+
+def recommend(results: Sequence[dict], dataset: str, domain: str, expected: Sequence[TrialKey] = (), check: dict | None = None) -> Recommendation:
+    """The recommendation's content from trial results (``tracking.fetch_trial_results``)."""
+    fractions = sorted({float(r["fraction"]) for r in results if r["dataset"] == dataset} | {k.fraction for k in expected})
+    top = fractions[-1] if fractions else 1.0
+    backbones = sorted({k.backbone for k in expected})
+    ranked = rank_backbones(results, dataset, top, backbones)
+    ran = {r["key"] for r in results}
+    not_run = [str(k) for k in expected if str(k) not in ran]
+    curves = [r for f in fractions for r in rank_backbones(results, dataset, f, backbones)] if len(fractions) > 1 else []
+    return Recommendation(dataset, domain, top, ranked, verdict(ranked, dataset), prior_text(domain, ranked), not_run, curves, check)
+
+
+def render_markdown(rec: Recommendation, figure: Path | None) -> str:
+    head, rows = _table(rec.ranked)
+    parts = [f"# Which backbone for {rec.dataset}?\n", f"## Verdict\n\n{rec.verdict}\n",
+             f"## Ranking at fraction {format_fraction(rec.fraction)}\n",
+             "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "".join("| " + " | ".join(row) + " |\n" for row in rows),
+             "## The paper's prior\n\n" + "\n\n".join(rec.prior) + "\n"]
+    stopped = [r for r in rec.ranked if r.stopped]
+    if stopped or rec.not_run:
+        lines = [f"- {r.backbone}: " + "; ".join(f"seed {s['seed']} stopped by {s['stopped_by']} after {s['epochs_run']:.0f} epochs at {_pct(s['best_test_acc'])}%"
+                                                 for s in r.stopped if s["epochs_run"] is not None) for r in stopped]
+        if rec.not_run:
+            lines.append(f"- never started (the budget was spent first): {', '.join(rec.not_run)}")
+        parts.append("## Stopped early\n\n" + "\n".join(lines) + "\n")
+    if figure is not None:
+        parts.append(f"## Accuracy vs training-set size\n\n![accuracy vs fraction]({figure.name})\n")
+    if rec.check is not None:
+        parts.append("## Data check\n\n```\n" + "\n".join(rec.check.get("lines", [])) + "\n```\n")
+    return "\n".join(parts)
+
+
+def render_html(rec: Recommendation, figure: Path | None) -> str:
+    import base64
+    import re
+
+    def bold(text: str) -> str:
+        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
+
+    head, rows = _table(rec.ranked)
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Which backbone for {html.escape(rec.dataset)}?</title><style>"
+           "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
+           "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(2),th:nth-child(2){text-align:left}"
+           "tr.first td{background:#c6efce;font-weight:bold}.verdict{font-size:1.15em}pre{background:#f6f6f6;padding:1em}</style></head><body>",
+           f"<h1>Which backbone for {html.escape(rec.dataset)}?</h1>", f"<p class='verdict'>{bold(rec.verdict)}</p>",
+           f"<h2>Ranking at fraction {format_fraction(rec.fraction)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    out += [f"<tr class='{'first' if i == 0 and row[0] != '-' else ''}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for i, row in enumerate(rows)]
+    out.append("</table><h2>The paper's prior</h2>" + "".join(f"<p>{html.escape(line)}</p>" for line in rec.prior))
+    if rec.not_run or any(r.stopped for r in rec.ranked):
+        out.append("<h2>Stopped early</h2><ul>" + "".join(
+            f"<li>{html.escape(r.backbone)}: " + "; ".join(html.escape(f"seed {s['seed']} stopped by {s['stopped_by']} after {s['epochs_run']:.0f} epochs at {_pct(s['best_test_acc'])}%")
+                                                       for s in r.stopped if s["epochs_run"] is not None) + "</li>"
+            for r in rec.ranked if r.stopped) + (f"<li>never started (the budget was spent first): {html.escape(', '.join(rec.not_run))}</li>" if rec.not_run else "") + "</ul>")
+    if figure is not None:
+        data = base64.b64encode(figure.read_bytes()).decode()
+        out.append(f"<h2>Accuracy vs training-set size</h2><img alt='accuracy vs fraction' src='data:image/png;base64,{data}'>")
+    if rec.check is not None:
+        out.append("<h2>Data check</h2><pre>" + html.escape("\n".join(rec.check.get("lines", []))) + "</pre>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def build_recommendation(
+    uri: str, experiment: str, dataset: str, domain: str, out_dir: str | Path, expected: Sequence[TrialKey] = (),
+    check: dict | None = None, log_to_mlflow: bool = True,
+) -> dict[str, Path]:
+    """Write ``recommendation.html``, ``recommendation.md``, ``ranking.csv`` (and with several fractions
+    ``learning_curves.csv`` and ``accuracy_vs_fraction.png``) to ``out_dir``; log them to the sweep's
+    summary run under ``recommendation/``."""
+    from rayexp import tracking
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = tracking.fetch_trial_results(uri, experiment)
+    rec = recommend(results, dataset, domain, expected, check)
+    write_ranking_csv(rec.ranked, out / "ranking.csv")
+    paths = {"ranking": out / "ranking.csv", "markdown": out / "recommendation.md", "html": out / "recommendation.html"}
+    figure = None
+    if rec.curves:
+        with open(out / "learning_curves.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["backbone", "fraction", "mean", "std", "best_of_seeds", "n_seeds"])
+            fractions = sorted({float(r["fraction"]) for r in results if r["dataset"] == dataset})
+            for fraction in fractions:
+                for r in rank_backbones(results, dataset, fraction, [c.backbone for c in rec.ranked]):
+                    writer.writerow([r.backbone, fraction, r.mean, r.std, r.best, r.n_seeds])
+        paths["learning_curves"] = out / "learning_curves.csv"
+        summaries = summarize([r for r in results if r["dataset"] == dataset])
+        if figure_accuracy_vs_fraction(summaries, dataset, out / "accuracy_vs_fraction.png", top=len(rec.ranked)):
+            figure = paths["figure"] = out / "accuracy_vs_fraction.png"
+    if check is not None:
+        (out / "data_check.json").write_text(json.dumps(check, indent=1))
+        paths["data_check"] = out / "data_check.json"
+    (out / "recommendation.md").write_text(render_markdown(rec, figure))
+    (out / "recommendation.html").write_text(render_html(rec, figure))
+    (out / "recommendation.json").write_text(json.dumps({
+        "dataset": rec.dataset, "domain": rec.domain, "fraction": rec.fraction, "verdict": rec.verdict,
+        "ranking": [asdict(r) for r in rec.ranked], "not_run": rec.not_run, "prior": rec.prior,
+    }, indent=1, default=str))
+    paths["json"] = out / "recommendation.json"
+    if log_to_mlflow:
+        run = tracking.summary_run(uri, experiment)
+        for path in paths.values():
+            run.log_bytes(path.read_bytes(), f"recommendation/{path.name}")
+        best = next((r for r in rec.ranked if r.mean is not None), None)
+        tracking.finish_summary_run(run, {"backbones_ranked": sum(r.mean is not None for r in rec.ranked),
+                                          **({"best_mean_test_acc": best.mean} if best else {})})
+    return paths

@@ -1,0 +1,34 @@
+"""Which backbone for *my* data: one command from an image folder to a recommendation.
+
+    python sweeps/my_data.py --source path/to/images --domain medical
+    python sweeps/my_data.py --source path/to/images --budget-gpu-hours 4 --scheduler asha
+
+``--source`` is a folder of ``<class>/`` images, a folder with ``train/`` and ``test/`` (or ``val/``)
+class folders, or a CSV of ``path,label[,split]``. The command checks the data (class counts, sizes,
+modes, unreadable files, duplicates across train and test) and stops on serious problems unless
+``--accept-warnings``; prepares it (again only when the images changed); runs the backbones x seeds
+(x ``--fractions``) on local Ray or ``--address``, selecting each trial's best epoch on a held-out
+validation split; and writes the recommendation to ``--out`` (default: a folder named after the
+dataset), logged to MLflow like every sweep.
+"""
+
+import sys
+
+from rayexp.backbones import list_backbones
+from rayexp.cli import SweepDefaults
+from rayexp.my_data import main
+
+MY_DATA = SweepDefaults(
+    description=__doc__,
+    experiment="",  # my-data-<name>
+    backbones=[spec.name for spec in list_backbones()],
+    datasets=[],
+    fractions=[1.0],
+    seeds=[0, 1, 2],
+    max_epochs=100,
+    patience=10,
+    selection="val",
+)
+
+if __name__ == "__main__":
+    sys.exit(main(MY_DATA))

@@ -1,0 +1,168 @@
+"""``sweeps/my_data.py`` end to end: a user's image folder -> data check -> shards -> sweep -> recommendation.
+
+Real files in the layouts users have (class folders; train/ and test/ folders), a real local Ray
+instance, a real MLflow store, random-init weights (offline), recorded as such.
+"""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from rayexp import tracking
+from rayexp.cli import SweepDefaults
+from rayexp.my_data import dataset_name, main, ordered_keys
+
+DEFAULTS = SweepDefaults(
+    description="my data test", experiment="", backbones=["shufflenet_v2_x2_0", "mobilenet_v3_large"], datasets=[],
+    fractions=[1.0], seeds=[0, 1], max_epochs=2, patience=2, batch_size=32, selection="val",
+)
+COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
+
+
+def separable_folder(root: Path, per_class: int = 40, size: int = 32, seed: int = 0) -> Path:
+    """``<class>/`` folders of visually separable images: a class colour, noise and a random bright bar."""
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = np.clip(np.array(colour) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            r = rng.integers(0, size - 8)
+            image[r:r + 4, :, :] = 255
+            Image.fromarray(image).save(root / name / f"{name}_{i:03d}.png")
+    return root
+
+
+def digits_folder(root: Path, n_train: int = 600, n_test: int = 200) -> Path:
+    """scikit-learn's bundled digits as train/<digit>/ and test/<digit>/ PNG folders."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255 / 16)).astype(np.uint8)
+    for split, rows in (("train", range(n_train)), ("test", range(n_train, n_train + n_test))):
+        for i in rows:
+            folder = root / split / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i]).save(folder / f"{i:04d}.png")
+    return root
+
+
+def plant_problems(root: Path) -> dict[str, str]:
+    """A training image copied into test/, an unreadable file, a class with one training image."""
+    original = sorted((root / "train" / "3").glob("*.png"))[0]
+    shutil.copy(original, root / "test" / "3" / "copy_of_train.png")
+    (root / "train" / "5" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    for split in ("train", "test"):
+        (root / split / "x").mkdir()
+        shutil.copy(sorted((root / split / "7").glob("*.png"))[0], root / split / "x" / f"only_{split}.png")
+    return {"original": f"train/3/{original.name}", "copy": "test/3/copy_of_train.png", "broken": "train/5/broken.png", "tiny": "x"}
+
+
+def _argv(tmp_path: Path, source: Path, *extra: str) -> list[str]:
+    return [
+        "--source", str(source), "--data-dir", str(tmp_path / "data"), "--storage", str(tmp_path / "storage"),
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "out"),
+        "--input-size", "32", "32", "--allow-random-init", "--no-dualopt", *extra,
+    ]
+
+
+def test_names_and_seed_major_order():
+    assert dataset_name("/data/Skin Lesions (v2)/") == "skin_lesions_v2"
+    assert dataset_name("/data/melanoma/labels.csv") == "melanoma"
+    keys = ordered_keys(["a_net", "b_net"], "d", [0.1, 1.0], [0, 1])
+    assert [str(k) for k in keys[:4]] == ["a_net/d/1.0/0", "b_net/d/1.0/0", "a_net/d/0.1/0", "b_net/d/0.1/0"]
+
+
+def test_planted_problems_stop_the_run_before_anything_trains(tmp_path, capsys):
+    planted = plant_problems(digits_folder(tmp_path / "digits_folder"))
+    assert main(DEFAULTS, _argv(tmp_path, tmp_path / "digits_folder")) == 2
+    captured = capsys.readouterr()
+    assert "serious problem(s)" in captured.err and "--accept-warnings" in captured.err
+    report = (tmp_path / "out" / "data_check.txt").read_text()
+    for kind in ("unreadable", "duplicate_across_splits", "class_too_small", "small_images"):
+        assert f"[{kind}]" in report, kind
+    assert planted["copy"] in report and planted["original"] in report and planted["broken"] in report
+    assert "class 'x' has 1 training and 1 test images" in report
+    check = json.loads((tmp_path / "out" / "data_check.json").read_text())
+    assert check["classes"] == [str(d) for d in range(10)] + ["x"]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "storage").exists()  # nothing prepared, nothing started
+
+
+def test_unknown_backbone_and_catalog_name_fail_fast(tmp_path, capsys):
+    separable_folder(tmp_path / "colours")
+    assert main(DEFAULTS, _argv(tmp_path, tmp_path / "colours", "--backbones", "resnet51")) == 2
+    assert "unknown backbone 'resnet51'" in capsys.readouterr().err
+    assert main(DEFAULTS, _argv(tmp_path, tmp_path / "colours", "--name", "cifar10")) == 2
+    assert "one of the paper's datasets" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, capsys):
+    source = separable_folder(tmp_path / "colours")
+    assert main(DEFAULTS, _argv(tmp_path, source, "--domain", "natural")) == 0
+    out = capsys.readouterr().out
+    assert "no problems found" in out and "# Which backbone for colours?" in out
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = tracking.fetch_trial_results(uri, "my-data-colours")
+    assert sorted(r["key"] for r in runs) == sorted(f"{b}/colours/1.0/{s}" for b in DEFAULTS.backbones for s in (0, 1))
+    assert all(r["status"] == "FINISHED" and r["weights"] == "random" and r["inference_images_per_s"] > 0 for r in runs)
+
+    with open(tmp_path / "out" / "ranking.csv") as handle:
+        ranking = list(csv.DictReader(handle))
+    assert [row["rank"] for row in ranking] == ["1", "2"] and {row["backbone"] for row in ranking} == set(DEFAULTS.backbones)
+    means = [float(row["mean"]) for row in ranking]
+    assert means == sorted(means, reverse=True) and all(row["n_seeds"] == "2" for row in ranking)
+    for row in ranking:
+        accs = [r["best_test_acc"] for r in runs if r["backbone"] == row["backbone"]]
+        assert float(row["mean"]) == pytest.approx(np.mean(accs)) and float(row["best_of_seeds"]) == max(accs)
+        assert float(row["train_device_hours"]) > 0 and float(row["params_m"]) > 1
+    rec = json.loads((tmp_path / "out" / "recommendation.json").read_text())
+    assert rec["verdict"].startswith(f"Use **{ranking[0]['backbone']}** for colours")
+    assert "random initialisation" in rec["verdict"]
+    assert any("natural domain" in line and "convnext_tiny" in line for line in rec["prior"])
+    html = (tmp_path / "out" / "recommendation.html").read_text()
+    assert "Which backbone for colours?" in html and ranking[0]["backbone"] in html
+    assert (tmp_path / "out" / "report" / "report.html").is_file()
+    # Logged to MLflow beside the sweep's report.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    summary = [r for r in client.search_runs([client.get_experiment_by_name("my-data-colours").experiment_id]) if r.info.run_name == "report"][0]
+    assert {a.path for a in client.list_artifacts(summary.info.run_id, "recommendation")} >= {
+        "recommendation/recommendation.html", "recommendation/ranking.csv", "recommendation/recommendation.md"}
+
+    # Again: the folder is unchanged, so nothing is prepared or trained a second time.
+    assert main(DEFAULTS, _argv(tmp_path, source, "--domain", "natural")) == 0
+    out = capsys.readouterr().out
+    assert "the prepared copy" in out and "4 of 4 trials already finished" in out
+
+
+@pytest.mark.slow
+def test_budget_mode_on_digits_folder_stops_and_reports_what_it_stopped(ray_local, tmp_path, capsys):
+    planted = plant_problems(digits_folder(tmp_path / "digits_folder"))
+    argv = _argv(tmp_path, tmp_path / "digits_folder", "--accept-warnings", "--max-epochs", "3", "--scheduler", "asha",
+                 "--grace-period", "1", "--budget-epochs", "5")
+    assert main(DEFAULTS, argv) == 0
+    out = capsys.readouterr().out
+    assert "going on despite 3 serious problem(s)" in out and "the sweep's budget is spent" in out
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runs = tracking.fetch_trial_results(uri, "my-data-digits_folder")
+    assert 5 <= sum(r["epochs_run"] for r in runs) < 5 + 3  # the budget, plus at most the epoch in flight
+    stopped = [r for r in runs if r["stopped_by"]]
+    assert stopped and all(r["stopped_by"] in ("budget", "asha") for r in stopped)
+    rec = json.loads((tmp_path / "out" / "recommendation.json").read_text())
+    listed = {(s["seed"], r["backbone"]) for r in rec["ranking"] for s in r["stopped"]}
+    assert listed == {(r["seed"], r["backbone"]) for r in stopped}
+    ran = {r["key"] for r in runs}
+    assert set(rec["not_run"]) == {str(k) for k in ordered_keys(DEFAULTS.backbones, "digits_folder", [1.0], [0, 1])} - ran
+    markdown = (tmp_path / "out" / "recommendation.md").read_text()
+    assert "## Stopped early" in markdown and "## Data check" in markdown and planted["broken"] in markdown
+    # The unreadable file was skipped, not trained on; the duplicate was kept, as accepted.
+    manifest = json.loads((tmp_path / "data" / "digits_folder" / "manifest.json").read_text())
+    assert [s["id"] for s in manifest["skipped_corrupt"]] == [planted["broken"]]
