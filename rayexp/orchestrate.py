@@ -15,6 +15,7 @@ reserve, trial actors can hold every CPU and Ray Data waits forever without an e
 from __future__ import annotations
 
 import io
+import logging
 import os
 import socket
 import tempfile
@@ -278,6 +279,8 @@ def trial_driver(config: dict, settings: dict) -> None:
     # The V1 Parquet reader plans a read in this process; V2 starts a footer-reader actor (a new Python
     # process) for every execution, which cost ~1 s per split per trial on a 2-core machine.
     context.use_datasource_v2 = False
+    # Its read planning logs two INFO lines per split per trial, which drown Tune's progress table.
+    logging.getLogger("ray.data._internal.datasource.parquet_datasource").setLevel(logging.WARNING)
     datasets, cached = build_trial_datasets(s["data_dir"], manifest, key.fraction, s["selection"], s["cache_gb"] * 1e9)
     train_rows = split_rows(manifest, "train", key.fraction, part="train" if s["selection"] == "val" else "all")
     use_gpu = s["gpus_per_trial"] > 0
