@@ -29,7 +29,7 @@ import torch
 from prepare import generate  # benchmarks/prepare.py: the same generated JPEGs
 from rayexp.backbones import create_backbone, list_backbones
 from rayexp.data.catalog import DatasetInfo
-from rayexp.data.pipeline import Normalizer, TrialBatches, build_trial_datasets
+from rayexp.data.pipeline import Normalizer, TrialBatches, build_trial_datasets, configure_data_context
 from rayexp.data.shards import load_manifest, write_dataset
 from rayexp.data.sources import folder
 from rayexp.orchestrate import batch_threads
@@ -75,7 +75,7 @@ def main() -> None:
     torch.set_num_threads(max(1, int(args.worker_cpus)))
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
-    import ray
+    import ray.data
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -86,15 +86,10 @@ def main() -> None:
         write_dataset(tmp / "data", info, folder.load_source("bench", tmp / "src", tmp, "default"), quiet=True)
         manifest = load_manifest(tmp / "data", "bench")
         ray.init(num_cpus=max(2, int(args.worker_cpus + args.data_cpus)), include_dashboard=False, log_to_driver=False)
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        context.use_datasource_v2 = False  # as trial_driver sets it
-        context.execution_options.resource_limits = ray.data.ExecutionResources(cpu=args.data_cpus)
-        context.execution_options.preserve_order = True
+        ray.data.DataContext.get_current().execution_options = configure_data_context(args.data_cpus)  # as trial_driver does
         datasets, cached = build_trial_datasets(tmp / "data", manifest, 1.0, "test", 64e9)
         batches = TrialBatches(
-            {k: d.iterator() for k, d in datasets.items()}, cached, batch_size=args.batch, seed=0,
+            {k: d.iterator() for k, d in datasets.items()}, batch_size=args.batch, seed=0,
             normalize=Normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"], device),
             threads=batch_threads(args.worker_cpus, args.data_cpus, cached),
         )

@@ -26,7 +26,7 @@ import torch
 
 from rayexp.backbones import create_backbone
 from rayexp.data.catalog import get_dataset_info
-from rayexp.data.pipeline import Normalizer, augmented, memory_batches, normalization
+from rayexp.data.pipeline import Normalizer, augmented, epoch_seed, memory_batches, normalization
 from rayexp.data.shards import decode_image, load_manifest, read_split, write_dataset
 from rayexp.data.sources import digits
 from rayexp.grid import TrialKey
@@ -53,7 +53,7 @@ def plain_training(data_dir: Path, key: TrialKey, batch_size: int) -> float:
     model = create_backbone(key.backbone, manifest["n_classes"], pretrained=False).to(memory_format=torch.channels_last)
 
     def train_batches(epoch: int):
-        seed = key.seed * 100_003 + epoch
+        seed = epoch_seed(key.seed, epoch)
         return map(normalize, augmented(memory_batches(train_images, train_labels, batch_size, shuffle_seed=seed), seed))
 
     def test_batches():

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from rayexp.backbones import get_spec
 from rayexp.data.catalog import default_data_dir, get_dataset_info
-from rayexp.data.shards import is_prepared
+from rayexp.data.shards import is_prepared, is_uri
 from rayexp.errors import RayexpError
 from rayexp.grid import expand_grid
 
@@ -111,6 +111,11 @@ def guarded(run: Callable[[SweepDefaults, argparse.Namespace], int], defaults: S
         return 2
 
 
+def resolve_location(location: str) -> str:
+    """A bucket URI as given; a local path made absolute, so Ray's workers on any node read the same place."""
+    return location if is_uri(location) else str(Path(location).expanduser().resolve())
+
+
 def check_common(args: argparse.Namespace) -> None:
     """What every sweep checks before anything else: the passes asked for and the backbone names."""
     if args.resume and args.retry_errored:
@@ -121,9 +126,9 @@ def check_common(args: argparse.Namespace) -> None:
 
 def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     check_common(args)
-    data_dir = args.data_dir if "://" in args.data_dir else str(Path(args.data_dir).expanduser().resolve())
+    data_dir = resolve_location(args.data_dir)
     for name in args.datasets:
-        if "://" in data_dir or not is_prepared(data_dir, name):
+        if is_uri(data_dir) or not is_prepared(data_dir, name):
             get_dataset_info(name)  # a prepared dataset of one's own needs no catalog entry
     keys = expand_grid(args.backbones, args.datasets, args.fractions, args.seeds)
     if args.dry_run:
@@ -153,7 +158,7 @@ def sweep_config(defaults: SweepDefaults, args: argparse.Namespace, keys: list, 
 
     from rayexp.orchestrate import SweepConfig
 
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).expanduser().resolve())
+    storage = resolve_location(args.storage)
     cfg = SweepConfig(
         keys=keys,
         experiment=args.experiment,

@@ -14,10 +14,11 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from rayexp.cli import SweepDefaults, build_parser, check_common, guarded, print_outcome, sweep_config
+from rayexp.cli import SweepDefaults, build_parser, check_common, guarded, print_outcome, resolve_location, sweep_config
 from rayexp.errors import RayexpError
 from rayexp.grid import TrialKey, expand_grid
 
+SPLIT_SEED = 0  # the stratified split of a folder without train/ and test/: checked and written alike
 KNOWN_DOMAINS = ("natural", "medical", "astronomy", "remote sensing", "plant", "texture", "surface defect", "handwriting")
 
 
@@ -75,7 +76,7 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
 
     info, source = preparation.load_user_source(name, args.source, args.domain, tuple(args.input_size))
     print(f"[rayexp] checking {len(source.records)} images of {name} in {args.source} ...", flush=True)
-    check = check_source(source, name=name, seed=0, input_size=info.input_size, fractions=args.fractions,
+    check = check_source(source, name=name, seed=SPLIT_SEED, input_size=info.input_size, fractions=args.fractions,
                          selection=args.selection, workers=args.workers)
     lines = check.lines()
     print("\n".join(lines))
@@ -91,8 +92,8 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     if serious:
         print(f"[rayexp] --accept-warnings: going on despite {len(serious)} serious problem(s)", flush=True)
 
-    data_dir = args.data_dir if "://" in args.data_dir else str(Path(args.data_dir).expanduser().resolve())
-    manifest = preparation.prepare_user_source(info, source, data_dir, skip_corrupt=args.accept_warnings, workers=args.workers)
+    data_dir = resolve_location(args.data_dir)
+    manifest = preparation.prepare_user_source(info, source, data_dir, seed=SPLIT_SEED, skip_corrupt=args.accept_warnings, workers=args.workers)
     print(preparation.summary(manifest, data_dir), flush=True)
 
     cfg, tracking_uri = sweep_config(defaults, args, keys, [name], data_dir, fallback_to_random=args.allow_random_init)

@@ -15,7 +15,6 @@ reserve, trial actors can hold every CPU and Ray Data waits forever without an e
 from __future__ import annotations
 
 import io
-import logging
 import os
 import socket
 import tempfile
@@ -155,12 +154,11 @@ def train_worker(config: dict) -> None:
             # Our own checkpoint (it holds NumPy RNG state, which weights_only refuses), from the trial's storage.
             checkpoint = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
 
-    splits = ["train", "test"] + (["val"] if cfg.selection == "val" else [])
+    cached = "cache" in config["datasets"]
     batches = TrialBatches(
-        {name: ray.train.get_dataset_shard(name) for name in (["cache"] if config["data_cache"] else splits)},
-        cached=config["data_cache"], batch_size=batch_size, seed=key.seed,
+        {name: ray.train.get_dataset_shard(name) for name in config["datasets"]}, batch_size=batch_size, seed=key.seed,
         normalize=Normalizer(*normalization(manifest, s["normalize"]), device),
-        augment=augment, threads=batch_threads(s["worker_cpus"], s["data_cpus"], config["data_cache"]),
+        augment=augment, threads=batch_threads(s["worker_cpus"], s["data_cpus"], cached),
         shuffle_buffer=min(config["train_rows"], 1024),
     )
 
@@ -196,7 +194,7 @@ def train_worker(config: dict) -> None:
             "augmentation": "TrivialAugmentWide" if augment else "none",
             "scheduler": s["scheduler"],
             "train_rows": config["train_rows"],
-            "data_cache": config["data_cache"],
+            "data_cache": cached,
             "channels_last": True,
             "compile": s["compile"],
             "test_rows": manifest["splits"]["test"]["rows"],
@@ -262,7 +260,7 @@ def trial_driver(config: dict, settings: dict) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from rayexp.data.pipeline import build_trial_datasets, split_rows
+    from rayexp.data.pipeline import build_trial_datasets, configure_data_context, split_rows
     from rayexp.data.shards import load_manifest
 
     key = TrialKey.parse(config["key"])
@@ -273,28 +271,17 @@ def trial_driver(config: dict, settings: dict) -> None:
     if s["local"]:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     manifest = load_manifest(s["data_dir"], key.dataset)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    # The V1 Parquet reader plans a read in this process; V2 starts a footer-reader actor (a new Python
-    # process) for every execution, which cost ~1 s per split per trial on a 2-core machine.
-    context.use_datasource_v2 = False
-    # Its read planning logs two INFO lines per split per trial, which drown Tune's progress table.
-    logging.getLogger("ray.data._internal.datasource.parquet_datasource").setLevel(logging.WARNING)
+    execution = configure_data_context(s["data_cpus"])
     datasets, cached = build_trial_datasets(s["data_dir"], manifest, key.fraction, s["selection"], s["cache_gb"] * 1e9)
     train_rows = split_rows(manifest, "train", key.fraction, part="train" if s["selection"] == "val" else "all")
     use_gpu = s["gpus_per_trial"] > 0
     worker_resources = {"CPU": s["worker_cpus"]}
     if use_gpu:
         worker_resources["GPU"] = s["gpus_per_trial"]
-    execution = ray.data.ExecutionOptions(
-        preserve_order=True,  # same seed, same batches
-        resource_limits=ray.data.ExecutionResources(cpu=s["data_cpus"]),
-    )
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
-            "key": str(key), "settings": s, "manifest": manifest, "train_rows": train_rows, "data_cache": cached,
+            "key": str(key), "settings": s, "manifest": manifest, "train_rows": train_rows, "datasets": list(datasets),
             "trial_id": ray.tune.get_context().get_trial_id(),
         },
         scaling_config=ray.train.ScalingConfig(
@@ -309,7 +296,7 @@ def trial_driver(config: dict, settings: dict) -> None:
         run_config=ray.train.RunConfig(
             # Named after the trial, so a restored trial finds its Train run and checkpoints again.
             name=key.dirname,
-            storage_path=str(Path(s["storage"]) / "train_runs" / s["experiment"]) if "://" not in s["storage"] else f"{s['storage'].rstrip('/')}/train_runs/{s['experiment']}",
+            storage_path=f"{s['storage'].rstrip('/')}/train_runs/{s['experiment']}",  # a local folder or a bucket URI
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=s["max_failures"]),
@@ -567,7 +554,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     tracking.ensure_experiment(cfg.tracking_uri, cfg.experiment)
     todo, skipped = select_trials(cfg)
     if not todo:
-        return {"ran": [], "errored": [], "stopped": [], "skipped": skipped}
+        return {"ran": [], "errored": [], "stopped": [], "not_started": [], "skipped": skipped}
     from rayexp.data.shards import load_manifest
 
     domains = {d: load_manifest(cfg.data_dir, d)["domain"] for d in sorted({k.dataset for k in todo})}

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from rayexp.grid import TrialKey, format_fraction
 from rayexp.priors import LIGHTWEIGHT, prior_for
-from rayexp.report import MISSING, figure_accuracy_vs_fraction, summarize
+from rayexp.report import MISSING, figure_accuracy_vs_fraction, pct, summarize
 
 RANKING_COLUMNS = (
     "rank", "backbone", "mean", "std", "best_of_seeds", "n_seeds", "params_m", "train_device_hours",
@@ -75,10 +75,6 @@ def rank_backbones(results: Sequence[dict], dataset: str, fraction: float, backb
     return sorted(ranked, key=lambda r: (r.mean is None, -(r.mean or 0.0), -(r.best or 0.0), r.backbone))
 
 
-def _pct(value: float | None) -> str:
-    return MISSING if value is None else f"{100 * value:.2f}"
-
-
 def _spread(r: Ranked) -> str:
     if r.mean is None:
         return MISSING
@@ -92,7 +88,7 @@ def verdict(ranked: Sequence[Ranked], dataset: str) -> str:
         return f"No backbone has a finished seed on {dataset} yet: nothing to recommend."
     first = done[0]
     text = (f"Use **{first.backbone}** for {dataset}: {_spread(first)}% mean test accuracy over {first.n_seeds} seed(s), "
-            f"best {_pct(first.best)}%.")
+            f"best {pct(first.best)}%.")
     if len(done) == 1:
         return text + " It is the only backbone with a finished seed."
     second = done[1]
@@ -149,17 +145,21 @@ def write_ranking_csv(ranked: Sequence[Ranked], path: Path) -> None:
             ])
 
 
+def _stopped_text(stop: dict) -> str:
+    return f"seed {stop['seed']} stopped by {stop['stopped_by']} after {stop['epochs_run']:.0f} epochs at {pct(stop['best_test_acc'])}%"
+
+
 def _table(ranked: Sequence[Ranked]) -> tuple[list[str], list[list[str]]]:
     head = ["#", "backbone", "test acc % (mean ± std)", "best of seeds %", "seeds", "params (M)",
             "train device-hours", "train img/s", "inference img/s", "stopped early"]
     rows = []
     for i, r in enumerate(ranked, 1):
         rows.append([
-            str(i) if r.mean is not None else "-", r.backbone, _spread(r), _pct(r.best), str(r.n_seeds),
+            str(i) if r.mean is not None else "-", r.backbone, _spread(r), pct(r.best), str(r.n_seeds),
             "" if r.params_m is None else f"{r.params_m:g}", f"{r.device_hours:.4f}",
             "" if r.train_images_per_s is None else f"{r.train_images_per_s:.0f}",
             "" if r.inference_images_per_s is None else f"{r.inference_images_per_s:.0f}",
-            ", ".join(f"seed {s['seed']} after {s['epochs_run']:.0f} epochs at {_pct(s['best_test_acc'])}%" for s in r.stopped if s["epochs_run"] is not None),
+            ", ".join(_stopped_text(s) for s in r.stopped if s["epochs_run"] is not None),
         ])
     return head, rows
 
@@ -173,7 +173,7 @@ class Recommendation:
     verdict: str
     prior: list[str]
     not_run: list[str]
-    curves: list[Ranked]  # per fraction, flattened (for the CSV of learning curves)
+    curves: dict[float, list[Ranked]]  # with several fractions: the ranking at each, for the learning curves
     check: dict | None = None
 
 
@@ -185,7 +185,7 @@ def recommend(results: Sequence[dict], dataset: str, domain: str, expected: Sequ
     ranked = rank_backbones(results, dataset, top, backbones)
     ran = {r["key"] for r in results}
     not_run = [str(k) for k in expected if str(k) not in ran]
-    curves = [r for f in fractions for r in rank_backbones(results, dataset, f, backbones)] if len(fractions) > 1 else []
+    curves = {f: rank_backbones(results, dataset, f, backbones) for f in fractions} if len(fractions) > 1 else {}
     return Recommendation(dataset, domain, top, ranked, verdict(ranked, dataset), prior_text(domain, ranked), not_run, curves, check)
 
 
@@ -197,8 +197,7 @@ def render_markdown(rec: Recommendation, figure: Path | None) -> str:
              "## The paper's prior\n\n" + "\n\n".join(rec.prior) + "\n"]
     stopped = [r for r in rec.ranked if r.stopped]
     if stopped or rec.not_run:
-        lines = [f"- {r.backbone}: " + "; ".join(f"seed {s['seed']} stopped by {s['stopped_by']} after {s['epochs_run']:.0f} epochs at {_pct(s['best_test_acc'])}%"
-                                                 for s in r.stopped if s["epochs_run"] is not None) for r in stopped]
+        lines = [f"- {r.backbone}: " + "; ".join(_stopped_text(s) for s in r.stopped if s["epochs_run"] is not None) for r in stopped]
         if rec.not_run:
             lines.append(f"- never started (the budget was spent first): {', '.join(rec.not_run)}")
         parts.append("## Stopped early\n\n" + "\n".join(lines) + "\n")
@@ -227,8 +226,7 @@ def render_html(rec: Recommendation, figure: Path | None) -> str:
     out.append("</table><h2>The paper's prior</h2>" + "".join(f"<p>{html.escape(line)}</p>" for line in rec.prior))
     if rec.not_run or any(r.stopped for r in rec.ranked):
         out.append("<h2>Stopped early</h2><ul>" + "".join(
-            f"<li>{html.escape(r.backbone)}: " + "; ".join(html.escape(f"seed {s['seed']} stopped by {s['stopped_by']} after {s['epochs_run']:.0f} epochs at {_pct(s['best_test_acc'])}%")
-                                                       for s in r.stopped if s["epochs_run"] is not None) + "</li>"
+            f"<li>{html.escape(r.backbone)}: " + "; ".join(html.escape(_stopped_text(s)) for s in r.stopped if s["epochs_run"] is not None) + "</li>"
             for r in rec.ranked if r.stopped) + (f"<li>never started (the budget was spent first): {html.escape(', '.join(rec.not_run))}</li>" if rec.not_run else "") + "</ul>")
     if figure is not None:
         data = base64.b64encode(figure.read_bytes()).decode()
@@ -259,9 +257,8 @@ def build_recommendation(
         with open(out / "learning_curves.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["backbone", "fraction", "mean", "std", "best_of_seeds", "n_seeds"])
-            fractions = sorted({float(r["fraction"]) for r in results if r["dataset"] == dataset})
-            for fraction in fractions:
-                for r in rank_backbones(results, dataset, fraction, [c.backbone for c in rec.ranked]):
+            for fraction, ranked in rec.curves.items():
+                for r in ranked:
                     writer.writerow([r.backbone, fraction, r.mean, r.std, r.best, r.n_seeds])
         paths["learning_curves"] = out / "learning_curves.csv"
         summaries = summarize([r for r in results if r["dataset"] == dataset])
@@ -282,6 +279,5 @@ def build_recommendation(
         for path in paths.values():
             run.log_bytes(path.read_bytes(), f"recommendation/{path.name}")
         best = next((r for r in rec.ranked if r.mean is not None), None)
-        tracking.finish_summary_run(run, {"backbones_ranked": sum(r.mean is not None for r in rec.ranked),
-                                          **({"best_mean_test_acc": best.mean} if best else {})})
+        run.finish({"backbones_ranked": sum(r.mean is not None for r in rec.ranked), **({"best_mean_test_acc": best.mean} if best else {})})
     return paths

@@ -67,8 +67,9 @@ def summarize(results: Iterable[dict], expected: Sequence[TrialKey] = ()) -> lis
     return summaries
 
 
-def _pct(value: float | None) -> str:
-    return "missing" if value is None else f"{100 * value:.2f}"
+def pct(value: float | None) -> str:
+    """An accuracy in percent with two decimals, or ``missing``."""
+    return MISSING if value is None else f"{100 * value:.2f}"
 
 
 def markdown_table(summaries: Sequence[CellSummary]) -> str:
@@ -79,7 +80,7 @@ def markdown_table(summaries: Sequence[CellSummary]) -> str:
     ]
     for s in summaries:
         spread = "missing" if s.mean is None else f"{100 * s.mean:.2f}" + ("" if s.std is None else f" ± {100 * s.std:.2f}")
-        lines.append(f"| {s.dataset} | {format_fraction(s.fraction)} | {s.backbone} | {_pct(s.best_of_3)} | {spread} | {s.n_seeds} | {s.weights or '-'} |")
+        lines.append(f"| {s.dataset} | {format_fraction(s.fraction)} | {s.backbone} | {pct(s.best_of_3)} | {spread} | {s.n_seeds} | {s.weights or '-'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -202,8 +203,8 @@ def recommendations(summaries: Sequence[CellSummary]) -> list[str]:
             if not cells:
                 continue
             first = cells[0]
-            text = f"{dataset} at {format_fraction(fraction)}: **{first.backbone}** ({_pct(first.best_of_3)}% best of {first.n_seeds}"
-            text += f", mean {_pct(first.mean)}" + (f" ± {100 * first.std:.2f}" if first.std is not None else "") + ")"
+            text = f"{dataset} at {format_fraction(fraction)}: **{first.backbone}** ({pct(first.best_of_3)}% best of {first.n_seeds}"
+            text += f", mean {pct(first.mean)}" + (f" ± {100 * first.std:.2f}" if first.std is not None else "") + ")"
             if len(cells) > 1:
                 second = cells[1]
                 margin = first.best_of_3 - second.best_of_3
@@ -251,7 +252,7 @@ def fraction_tables(summaries: Sequence[CellSummary]) -> list[dict]:
     out = []
     for dataset in sorted({s.dataset for s in summaries}):
         backbones = sorted({s.backbone for s in summaries if s.dataset == dataset})
-        rows = [(b, [_pct(getattr(cells.get((b, dataset, f)), "best_of_3", None)) for f in fractions]) for b in backbones]
+        rows = [(b, [pct(getattr(cells.get((b, dataset, f)), "best_of_3", None)) for f in fractions]) for b in backbones]
         out.append({"dataset": dataset, "fractions": fractions, "rows": rows})
     return out
 
@@ -265,11 +266,24 @@ def _md_domain_table(table: dict) -> str:
     return head + body
 
 
-def figure_accuracy_vs_fraction(summaries: Sequence[CellSummary], dataset: str, path: Path, top: int = 3) -> bool:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (trial workers and servers have no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _rho_text(correlation: dict) -> str:
+    if correlation["rho"] is None:
+        return "not enough backbones"
+    return f"Spearman rho = {correlation['rho']:.2f} (p = {correlation['p']:.2g}) over {len(correlation['points'])} backbones"
+
+
+def figure_accuracy_vs_fraction(summaries: Sequence[CellSummary], dataset: str, path: Path, top: int = 3) -> bool:
+    plt = _pyplot()
 
     cells = [s for s in summaries if s.dataset == dataset and s.best_of_3 is not None]
     fractions = sorted({s.fraction for s in cells})
@@ -292,10 +306,7 @@ def figure_accuracy_vs_fraction(summaries: Sequence[CellSummary], dataset: str, 
 
 
 def _figure_imagenet_rank(correlation: dict, path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     if correlation["rho"] is None:
         return False
@@ -316,10 +327,7 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], ti
     """The confusion matrix (rows true, columns predicted) as a PNG."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     n = len(confusion)
     size = min(12, 2 + 0.35 * n)
@@ -357,7 +365,7 @@ def render_markdown(title: str, summaries: Sequence[CellSummary], costs: list[di
         f"| {d} | " + " | ".join(f"{b} ({r:.1f})" for b, r, _ in (ranking[:3] + [("-", 0.0, 0)] * 3)[:3]) + " |\n"
         for d, ranking in mean_ranks_by_domain(summaries, top).items()
     ).replace("- (0.0)", "-"))
-    rho = "not enough backbones" if correlation["rho"] is None else f"Spearman rho = {correlation['rho']:.2f} (p = {correlation['p']:.2g}) over {len(correlation['points'])} backbones"
+    rho = _rho_text(correlation)
     parts.append(f"## Does ImageNet accuracy predict fine-tuning accuracy?\n\n{rho}.\n")
     parts.append("## Cost\n\n| backbone | params (M) | weights (MB, fp32) | device hours | train images/s | accelerator | trials |\n|---|---|---|---|---|---|---|\n" + "".join(
         f"| {c['backbone']} | {c['params_m']} | {c['weights_mb']} | {c['device_hours']} | {c['images_per_s'] if c['images_per_s'] is not None else MISSING} | {c['accelerator']} | {c['trials']} |\n" for c in costs
@@ -398,7 +406,7 @@ def render_html(title: str, markdown_text: str, summaries: Sequence[CellSummary]
         out.append(f"<h3>{esc(table['dataset'])}</h3><table><tr><th>backbone</th>" + "".join(f"<th>{format_fraction(f)}</th>" for f in table["fractions"]) + "</tr>")
         out += [f"<tr><td>{esc(b)}</td>" + "".join(f"<td class='{'missing' if v == MISSING else ''}'>{esc(v)}</td>" for v in values) + "</tr>" for b, values in table["rows"]]
         out.append("</table>")
-    rho = "not enough backbones" if correlation["rho"] is None else f"Spearman rho = {correlation['rho']:.2f} (p = {correlation['p']:.2g}) over {len(correlation['points'])} backbones"
+    rho = _rho_text(correlation)
     out.append(f"<h2>Does ImageNet accuracy predict fine-tuning accuracy?</h2><p>{esc(rho)}.</p>")
     out.append("<h2>Cost</h2><table><tr><th>backbone</th><th>params (M)</th><th>weights (MB, fp32)</th><th>device hours</th><th>train images/s</th><th>accelerator</th><th>trials</th></tr>")
     out += [f"<tr><td>{esc(c['backbone'])}</td><td>{c['params_m']}</td><td>{c['weights_mb']}</td><td>{c['device_hours']}</td><td>{c['images_per_s'] if c['images_per_s'] is not None else MISSING}</td><td>{esc(c['accelerator'])}</td><td>{c['trials']}</td></tr>" for c in costs]
@@ -447,7 +455,7 @@ def build_report(uri: str, experiment: str, out_dir: str | Path, expected: Seque
     if log_to_mlflow:
         run = tracking.summary_run(uri, experiment)
         run.log_artifacts(out, "report")
-        tracking.finish_summary_run(run, {
+        run.finish({
             "cells": len(summaries), "cells_missing": sum(1 for s in summaries if s.n_seeds == 0),
             "trials_finished": sum(1 for r in results if r.get("status") == "FINISHED"),
         })

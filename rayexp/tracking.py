@@ -171,11 +171,7 @@ def trial_statuses(uri: str, experiment: str) -> dict[str, str]:
 
 def finished_keys(uri: str, experiment: str) -> set[str]:
     """Keys whose trial run finished: the unit of resume, never trained again."""
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return set()
-    return {r.data.tags["key"] for r in _trial_runs(client, exp.experiment_id) if r.info.status == "FINISHED"}
+    return {key for key, status in trial_statuses(uri, experiment).items() if status == "FINISHED"}
 
 
 def _clean(value: float) -> float | None:
@@ -331,11 +327,6 @@ def summary_run(uri: str, experiment: str) -> "TrialRun":
         return TrialRun(uri, runs[0].info.run_id)
     run_id = client.create_run(experiment_id, run_name="report", tags={KIND_TAG: "summary"}).info.run_id
     return TrialRun(uri, run_id)
-
-
-def finish_summary_run(run: "TrialRun", metrics: dict[str, float]) -> None:
-    run.log_metrics(metrics)
-    run.client.set_terminated(run.run_id, status="FINISHED")
 
 
 def metric_history(uri: str, run_id: str, metric: str) -> list[tuple[int, float]]:

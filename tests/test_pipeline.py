@@ -97,7 +97,8 @@ def test_trial_batches_are_the_same_cached_or_streamed_in_what_they_hold(ray_loc
     seen = {}
     for cache_bytes in (1e9, 0):
         datasets, cached = build_trial_datasets(digits_dir, manifest, 0.1, "test", cache_bytes=cache_bytes)
-        batches = TrialBatches({k: d.iterator() for k, d in datasets.items()}, cached, batch_size=32, seed=3, normalize=normalize, threads=2)
+        batches = TrialBatches({k: d.iterator() for k, d in datasets.items()}, batch_size=32, seed=3, normalize=normalize, threads=2)
+        assert batches.cached == cached
         epoch0 = [y for _, y in batches.train(0)]
         assert [len(y) for y in epoch0[:-1]] == [32] * (len(epoch0) - 1)
         again = [y for _, y in batches.train(0)]

@@ -15,6 +15,7 @@ the device's work and stays reproducible.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,6 +52,23 @@ def decode_resize_batch(batch: dict[str, np.ndarray], size: Sequence[int], split
     if split is not None:
         out["split"] = np.full(len(images), CACHE_SPLITS.index(split), dtype=np.int8)
     return out
+
+
+def configure_data_context(data_cpus: float):
+    """Set this process's Ray Data context up the way every trial reads shards; returns the execution
+    options for a trial's ingest: order preserved (same seed, same batches), decoding bounded to
+    ``data_cpus`` so that the training worker keeps its own CPUs."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    # The V1 Parquet reader plans a read in this process; V2 starts a footer-reader actor (a new Python
+    # process) for every execution, which cost ~1 s per split per trial on a 2-core machine.
+    context.use_datasource_v2 = False
+    # Its read planning logs two INFO lines per split per trial, which drown Tune's progress table.
+    logging.getLogger("ray.data._internal.datasource.parquet_datasource").setLevel(logging.WARNING)
+    return ray.data.ExecutionOptions(preserve_order=True, resource_limits=ray.data.ExecutionResources(cpu=data_cpus))
 
 
 def ray_fraction_expr(manifest: dict, fraction: float, part: str = "all"):
@@ -252,6 +270,11 @@ def threaded_map(work: Callable[[int, Batch], object], batches: Iterable[Batch],
             yield pending.popleft().result()
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of a trial's epoch: its shuffle, and with the batch index, its augmentation."""
+    return seed * 100_003 + epoch
+
+
 def augment_batch(batch: Batch, seed: int, index: int) -> Batch:
     """Batch ``index`` of an epoch whose seed is ``seed``, with :func:`trivial_augment` applied."""
     return {**batch, "image": trivial_augment(batch["image"], seed * 100_019 + index)}
@@ -265,7 +288,7 @@ def augmented(batches: Iterable[Batch], seed: int, threads: int = 1) -> Iterator
 class TrialBatches:
     """The batches one trial trains and evaluates on, from its Ray Data iterators (Train dataset shards).
 
-    ``cached``: the ``cache`` iterator's splits are loaded into memory (:func:`load_splits`), in a
+    Cached (``iterators`` holds the ``cache`` dataset of :func:`build_trial_datasets`): its splits are loaded into memory (:func:`load_splits`), in a
     background thread that overlaps with building the model, and every epoch is a fresh seeded
     permutation; otherwise every epoch streams from the ``train`` iterator with a seeded local shuffle
     buffer. Training batches are augmented when ``augment``, then normalised by ``normalize``, in
@@ -276,7 +299,6 @@ class TrialBatches:
     def __init__(
         self,
         iterators: dict,
-        cached: bool,
         batch_size: int,
         seed: int,
         normalize: "Normalizer",
@@ -284,14 +306,14 @@ class TrialBatches:
         threads: int = 1,
         shuffle_buffer: int = 1024,
     ) -> None:
-        self.iterators, self.cached, self.batch_size, self.seed = iterators, cached, batch_size, seed
+        self.iterators, self.cached, self.batch_size, self.seed = iterators, "cache" in iterators, batch_size, seed
         self.normalize, self.augment, self.threads, self.shuffle_buffer = normalize, augment, threads, shuffle_buffer
         self._memory: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._loading: Future | None = None
-        if cached:
-            self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayexp-cache")
-            self._loading = self._loader.submit(load_splits, iterators["cache"])
-            self._loader.shutdown(wait=False)
+        if self.cached:
+            loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayexp-cache")
+            self._loading = loader.submit(load_splits, iterators["cache"])
+            loader.shutdown(wait=False)
 
     @property
     def memory(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -300,12 +322,9 @@ class TrialBatches:
             self._memory, self._loading = self._loading.result(), None
         return self._memory
 
-    def _epoch_seed(self, epoch: int) -> int:
-        return self.seed * 100_003 + epoch
-
     def train(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Epoch ``epoch``'s shuffled, augmented, normalised training batches: the same every time it is asked for."""
-        seed = self._epoch_seed(epoch)
+        seed = epoch_seed(self.seed, epoch)
         if self.cached:
             batches: Iterable[Batch] = memory_batches(*self.memory["train"], self.batch_size, shuffle_seed=seed)
         else:

@@ -129,14 +129,15 @@ def load_user_source(name: str, source: str | os.PathLike, domain: str | None, i
     return replace(info, n_classes=len(src.classes)), src
 
 
-def prepare_user_source(info: DatasetInfo, source: Source, data_dir: str | os.PathLike, *, skip_corrupt: bool = False, workers: int | None = None, quiet: bool = False) -> dict:
-    """Write a loaded user source as ``info.name``, unless the prepared copy came from the same files
-    (the source's listing checksum) at the same settings; a changed folder is prepared again."""
+def prepare_user_source(info: DatasetInfo, source: Source, data_dir: str | os.PathLike, *, seed: int = 0, skip_corrupt: bool = False, workers: int | None = None, quiet: bool = False) -> dict:
+    """Write a loaded user source as ``info.name`` (split with ``seed``), unless the prepared copy came
+    from the same files (the source's listing checksum) at the same settings; a changed folder is
+    prepared again."""
     if is_prepared(data_dir, info.name):
         manifest = load_manifest(data_dir, info.name)
         same = (
             manifest.get("source_checksums") == dict(source.checksums) and source.checksums
-            and manifest["input_size"] == list(info.input_size) and manifest["domain"] == info.domain
+            and manifest["input_size"] == list(info.input_size) and manifest["domain"] == info.domain and manifest["seed"] == seed
             and (skip_corrupt or not manifest.get("skipped_corrupt"))
         )
         if same:
@@ -145,7 +146,7 @@ def prepare_user_source(info: DatasetInfo, source: Source, data_dir: str | os.Pa
             return manifest
         if not quiet:
             print(f"[rayexp] {info.name}: the images or settings changed since it was prepared; preparing again")
-    return write_dataset(data_dir, info, source, seed=0, force=True, workers=workers or default_workers(), skip_corrupt=skip_corrupt, quiet=quiet)
+    return write_dataset(data_dir, info, source, seed=seed, force=True, workers=workers or default_workers(), skip_corrupt=skip_corrupt, quiet=quiet)
 
 
 def default_workers() -> int:
