@@ -90,6 +90,7 @@ def main() -> None:
         keys=keys, experiment="overhead", data_dir=str(data_dir), storage=str(work / "ray_results"),
         tracking_uri=tracking.resolve_tracking_uri(f"sqlite:///{work / 'mlflow.db'}"), weights={args.backbone: "random"},
         max_epochs=1, patience=1, batch_size=args.batch_size, precision="fp32", dualopt=False, device="cpu",
+        data_fingerprints={"digits": load_manifest(data_dir, "digits")["fingerprint"]},
     )
     start = time.perf_counter()
     _init_ray(cfg)

@@ -5,8 +5,8 @@
     python datasets/prepare.py stanford_cars --source ~/Downloads/stanford_cars   # a local copy (folder or archive)
     python datasets/prepare.py mydata --source path/to/imagefolder --domain medical   # a user's own data
 
-Atomic (a failed or interrupted run leaves nothing half-written) and idempotent (a prepared dataset is
-left alone unless --force).
+Atomic (a failed or interrupted run leaves nothing half-written; what a killed run leaves, the next run
+removes) and idempotent (a prepared dataset, one with its manifest.json, is left alone unless --force).
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ import sys
 import time
 
 from rayexp.data.catalog import CATALOG, default_data_dir
-from rayexp.data.preparation import SPLIT_MODES, default_workers, downloads_dir, prepare, source_module, summary
+from rayexp.data.preparation import (
+    SPLIT_MODES,
+    check_settings,
+    default_workers,
+    downloads_dir,
+    prepare,
+    source_module,
+    summary,
+)
 from rayexp.data.shards import dataset_dir, is_prepared, load_manifest
 from rayexp.errors import RayexpError
 
@@ -25,7 +33,11 @@ def list_datasets(data_dir: str) -> None:
     print(f"{'dataset':<15} {'domain':<15} {'prepared':<8} {'train/test':>13}  where / how to get it")
     for name, info in CATALOG.items():
         if is_prepared(data_dir, name):
-            m = load_manifest(data_dir, name)
+            try:
+                m = load_manifest(data_dir, name)
+            except RayexpError as exc:
+                print(f"{name:<15} {info.domain:<15} {'BROKEN':<8} {'-':>13}  {exc}")
+                continue
             rows = "/".join(str(m["splits"][s]["rows"]) for s in m["splits"])
             print(f"{name:<15} {info.domain:<15} {'yes':<8} {rows:>13}  {dataset_dir(data_dir, name)}")
             continue
@@ -54,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domain", default=None, help="domain of a user's own dataset (e.g. medical)")
     p.add_argument("--data-dir", default=str(default_data_dir()), help="where prepared datasets live (default: %(default)s)")
     p.add_argument("--split", default="default", choices=SPLIT_MODES, help="'paper' reproduces the paper's counts where rayexp's clean split differs")
-    p.add_argument("--seed", type=int, default=0, help="seed of stratified splits and of the fraction ranks (recorded)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of stratified splits and of the fraction ranks (recorded), 0 to 2**32-1")
     p.add_argument("--workers", type=int, default=default_workers(), help="processes encoding images (default: %(default)s)")
+    p.add_argument("--allow-outside-paths", action="store_true", help="a CSV source's image paths may lie outside the CSV's folder (by default they must not)")
     p.add_argument("--skip-corrupt", action="store_true", help="leave out images that cannot be decoded (counted and listed in the manifest) instead of stopping")
     p.add_argument("--force", action="store_true", help="prepare again even if already prepared")
     args = p.parse_args(argv)
@@ -65,12 +79,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.name:
             p.error("give a dataset name, or --list")
+        check_settings(args.seed, args.workers)  # before anything is read or written
         if is_prepared(args.data_dir, args.name) and not args.force:
             print(f"{args.name} is already prepared in {dataset_dir(args.data_dir, args.name)} (use --force to redo it)")
             return 0
         start = time.perf_counter()
         manifest = prepare(
-            args.name, args.data_dir, source=args.source, download_files=args.download, domain=args.domain,
+            args.name, args.data_dir, source=args.source, download_files=args.download, domain=args.domain, allow_outside=args.allow_outside_paths,
             split=args.split, seed=args.seed, force=args.force, workers=args.workers, skip_corrupt=args.skip_corrupt,
         )
         print(f"prepared in {time.perf_counter() - start:.1f}s\n" + summary(manifest, args.data_dir))

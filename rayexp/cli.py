@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,7 +18,7 @@ from rayexp.backbones import get_spec
 from rayexp.data.catalog import default_data_dir, get_dataset_info
 from rayexp.data.shards import is_prepared, is_uri
 from rayexp.errors import RayexpError
-from rayexp.grid import expand_grid
+from rayexp.grid import expand_grid, seed_problem
 
 
 @dataclass
@@ -80,6 +81,7 @@ def build_parser(defaults: SweepDefaults, with_datasets: bool = True) -> argpars
     p.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep: unfinished trials resume from their checkpoints (finished keys are always skipped)")
     p.add_argument("--retry-errored", action="store_true", help="rerun only the trials that errored")
+    p.add_argument("--retrain-changed", action="store_true", help="retrain, in this experiment, the keys whose runs were made from other data or settings (their old runs are kept, marked superseded); without it such a sweep stops")
     p.add_argument("--dry-run", action="store_true", help="print the trial count and keys, start nothing")
     return p
 
@@ -117,11 +119,74 @@ def resolve_location(location: str) -> str:
 
 
 def check_common(args: argparse.Namespace) -> None:
-    """What every sweep checks before anything else: the passes asked for and the backbone names."""
+    """What every sweep checks before anything else, all problems at once: the passes asked for, the
+    backbone names, and every value that would fail every trial the same way once Ray had started."""
     if args.resume and args.retry_errored:
         raise RayexpError("--resume and --retry-errored are separate passes: continue the interrupted trials first, then retry the errored ones")
     for name in args.backbones:
         get_spec(name)
+    problems = [p for p in (check(args) for check in VALUE_CHECKS) if p]
+    problems += [f"--seeds: {problem}" for problem in map(seed_problem, args.seeds) if problem]
+    if problems:
+        raise RayexpError("bad values, nothing was started:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _at_least(option: str, attr: str, low: float, strict: bool = False, optional: bool = True):
+    """A check that ``args.<attr>`` is ``>= low`` (``> low`` when strict); None always passes when optional."""
+
+    def check(args: argparse.Namespace) -> str | None:
+        value = getattr(args, attr, None)
+        if value is None and optional:
+            return None
+        if value is None or value < low or (strict and value == low):
+            return f"{option} {value}: it must be {'>' if strict else '>='} {low:g}"
+        return None
+
+    return check
+
+
+def _fp16_needs_gpu(args: argparse.Namespace) -> str | None:
+    """fp16 autocast needs a GPU (its grad scaler has no CPU kernels); a cluster with --device gpu will have one."""
+    if args.precision != "fp16" or args.device == "gpu" or (args.address and args.device == "auto"):
+        return None
+    import torch
+
+    if args.device == "auto" and torch.cuda.is_available():
+        return None
+    return "--precision fp16 needs a GPU and this sweep runs on the CPU: use bf16 or fp32 (or --device gpu on a cluster with GPUs)"
+
+
+VALUE_CHECKS = (
+    _at_least("--max-epochs", "max_epochs", 1, optional=False),
+    _at_least("--patience", "patience", 1, optional=False),
+    _at_least("--batch-size", "batch_size", 1),
+    _at_least("--grace-period", "grace_period", 1, optional=False),
+    _at_least("--reduction-factor", "reduction_factor", 2, optional=False),
+    _at_least("--trial-time-budget", "trial_time_budget", 0, strict=True),
+    _at_least("--trial-epoch-budget", "trial_epoch_budget", 1),
+    _at_least("--worker-cpus", "worker_cpus", 0, strict=True),
+    _at_least("--data-cpus", "data_cpus", 0, strict=True),
+    _at_least("--gpus-per-trial", "gpus_per_trial", 0, strict=True, optional=False),
+    _at_least("--cache-gb", "cache_gb", 0),
+    _at_least("--max-concurrent", "max_concurrent", 1),
+    _fp16_needs_gpu,
+)
+
+
+def check_writable(location: str, option: str) -> None:
+    """A local folder that exists and can be written to, or can be created: tried by writing a file into it
+    or into its nearest existing parent, so nothing is left behind (a bucket URI is left to its client)."""
+    if is_uri(location):
+        return
+    folder = Path(location)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rayexp-write-test-"):
+            pass
+    except OSError as exc:
+        raise RayexpError(f"{option} {location} is not a writable folder ({exc.strerror or exc}); choose one this user can write") from None
 
 
 def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
@@ -148,6 +213,7 @@ def sweep_config(defaults: SweepDefaults, args: argparse.Namespace, keys: list, 
     :class:`~rayexp.orchestrate.SweepConfig` and the resolved tracking URI. Nothing starts on failure."""
     from rayexp import preflight, tracking
 
+    check_writable(resolve_location(args.storage), "--storage")
     manifests = preflight.check_datasets(datasets, data_dir)
     preflight.check_input_sizes(args.backbones, manifests)
     preflight.check_selection(keys, manifests, args.selection)
@@ -192,8 +258,10 @@ def sweep_config(defaults: SweepDefaults, args: argparse.Namespace, keys: list, 
         log_models=args.log_models,
         resume=args.resume,
         retry_errored=args.retry_errored,
+        retrain_changed=args.retrain_changed,
         code_version=code_version(),
         extra_tags=dict(defaults.extra_tags),
+        data_fingerprints={name: manifest["fingerprint"] for name, manifest in manifests.items()},
     )
     return cfg, tracking_uri
 
@@ -201,12 +269,16 @@ def sweep_config(defaults: SweepDefaults, args: argparse.Namespace, keys: list, 
 def print_outcome(defaults: SweepDefaults, args: argparse.Namespace, keys: list, tracking_uri: str, outcome: dict, out_dir: Path) -> int:
     """Build the sweep's report, print its table, what stopped early and what errored; the exit code."""
     from rayexp import report, tracking
+    from rayexp.results import current_results
 
     out_dir = Path(out_dir).expanduser().resolve()
     paths = report.build_report(tracking_uri, args.experiment, out_dir, expected=keys)
-    summaries = report.summarize(tracking.fetch_trial_results(tracking_uri, args.experiment), expected=keys)
+    rows, left_out = current_results(tracking.fetch_trial_results(tracking_uri, args.experiment))
+    summaries = report.summarize(rows, expected=keys)
     summaries = [s for s in summaries if (s.backbone, s.dataset, s.fraction) in {k.cell for k in keys}]
     print("\n" + report.markdown_table(summaries))
+    for note in left_out:
+        print(f"Left out: {note}")
     print(f"Report: {paths['html']} (also report.md, summary.csv, figures) in {out_dir}")
     print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri}   (experiment {args.experiment!r})")
     if outcome.get("stopped"):

@@ -16,6 +16,14 @@ from rayexp.errors import RayexpError
 
 PAPER_FRACTIONS: tuple[float, ...] = (1.0, 0.1, 0.01)
 PAPER_SEEDS: tuple[int, ...] = (0, 1, 2)
+SEED_LIMIT = 2**32  # NumPy's seeding range: a seed outside it is refused, never wrapped or hashed
+
+
+def seed_problem(seed: object) -> str | None:
+    """Why ``seed`` cannot seed a trial or a split (NumPy refuses negatives with a traceback), or None."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        return f"seed {seed!r} is outside 0..{SEED_LIMIT - 1}"
+    return None
 
 
 def format_fraction(fraction: float) -> str:
@@ -82,6 +90,9 @@ def expand_grid(
     """
     fractions = [validate_fraction(f) for f in fractions]
     seeds = [int(s) for s in seeds]
+    bad = [problem for problem in map(seed_problem, seeds) if problem]
+    if bad:
+        raise RayexpError(f"--seeds: {'; '.join(bad)}")
     for name, values in (("backbones", backbones), ("datasets", datasets), ("fractions", fractions), ("seeds", seeds)):
         if not values:
             raise RayexpError(f"the grid has no {name}: give at least one with --{name}")

@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from rayexp import tracking
 from rayexp.cli import SweepDefaults, build_parser, check_common, guarded, print_outcome, resolve_location, sweep_config
 from rayexp.errors import RayexpError
+from rayexp.fingerprint import short
 from rayexp.grid import TrialKey, expand_grid
 
 SPLIT_SEED = 0  # the stratified split of a folder without train/ and test/: checked and written alike
@@ -31,6 +33,7 @@ def build_my_data_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
     g.add_argument("--input-size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"), help="training resolution (the paper's 256x256)")
     g.add_argument("--accept-warnings", action="store_true", help="run despite serious data-check problems (unreadable files are then skipped)")
     g.add_argument("--allow-random-init", action="store_true", help="train from random init where pretrained weights cannot be had (recorded as weights=random)")
+    g.add_argument("--allow-outside-paths", action="store_true", help="a CSV --source's image paths may lie outside the CSV's folder (by default they must not)")
     g.add_argument("--workers", type=int, default=None, help="processes for the data check and preparation (default: all cores)")
     b = p.add_argument_group("budget mode (with --scheduler asha: successive halving across the backbones)")
     b.add_argument("--budget-gpu-hours", type=float, default=None, help="stop the whole sweep once this many device-hours (GPU, or CPU without one) are spent")
@@ -53,6 +56,20 @@ def ordered_keys(backbones: Sequence[str], dataset: str, fractions: Sequence[flo
     return sorted(keys, key=lambda k: (k.seed, -k.fraction, list(backbones).index(k.backbone)))
 
 
+def experiment_for(uri: str, experiment: str, data_fingerprint: str) -> str:
+    """``experiment``, or a new one named after the data's fingerprint when ``experiment`` holds runs of
+    other data: the images changed, so the old results answer another question and must not be reused or
+    mixed in. The same images again find their experiment again."""
+    tracking.ensure_experiment(uri, experiment)
+    found = {record["tags"].get(tracking.DATA_TAG) for record in tracking.trial_records(uri, experiment).values()}
+    if not found or found == {data_fingerprint}:
+        return experiment
+    other = f"{experiment}-{short(data_fingerprint)[:8]}"
+    print(f"[rayexp] experiment {experiment!r} holds results of other images than these (the folder changed): "
+          f"this data's results go to experiment {other!r}", flush=True)
+    return other
+
+
 def main(defaults: SweepDefaults, argv: Sequence[str] | None = None) -> int:
     return guarded(run, defaults, build_my_data_parser(defaults).parse_args(argv))
 
@@ -65,6 +82,7 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
         raise RayexpError("--budget-gpu-hours must be > 0 and --budget-epochs at least 1")
     check_common(args)
     name = args.name or dataset_name(args.source)
+    chosen_experiment = bool(args.experiment)
     args.experiment = args.experiment or f"my-data-{name}"
     out_dir = Path(args.out or name).expanduser().resolve()
     keys = ordered_keys(args.backbones, name, args.fractions, args.seeds)
@@ -74,7 +92,7 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
             print(key)
         return 0
 
-    info, source = preparation.load_user_source(name, args.source, args.domain, tuple(args.input_size))
+    info, source = preparation.load_user_source(name, args.source, args.domain, tuple(args.input_size), allow_outside=args.allow_outside_paths)
     print(f"[rayexp] checking {len(source.records)} images of {name} in {args.source} ...", flush=True)
     check = check_source(source, name=name, seed=SPLIT_SEED, input_size=info.input_size, fractions=args.fractions,
                          selection=args.selection, workers=args.workers)
@@ -95,6 +113,8 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     data_dir = resolve_location(args.data_dir)
     manifest = preparation.prepare_user_source(info, source, data_dir, seed=SPLIT_SEED, skip_corrupt=args.accept_warnings, workers=args.workers)
     print(preparation.summary(manifest, data_dir), flush=True)
+    if not chosen_experiment:
+        args.experiment = experiment_for(tracking.resolve_tracking_uri(args.tracking_uri), args.experiment, manifest["fingerprint"])
 
     cfg, tracking_uri = sweep_config(defaults, args, keys, [name], data_dir, fallback_to_random=args.allow_random_init)
     cfg.budget_device_hours, cfg.budget_epochs = args.budget_gpu_hours, args.budget_epochs

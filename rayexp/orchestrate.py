@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rayexp import fingerprint
+from rayexp.backbones import get_spec
 from rayexp.errors import RayexpError
 from rayexp.grid import TrialKey
 
@@ -71,6 +74,20 @@ class SweepConfig:
     num_cpus: int | None = None  # for a local Ray instance; None: all cores
     code_version: str = ""
     extra_tags: dict[str, str] = field(default_factory=dict)
+    data_fingerprints: dict[str, str] = field(default_factory=dict)  # dataset -> its manifest's fingerprint
+    retrain_changed: bool = False  # retrain keys whose runs were made from other data or settings
+
+    def protocol(self) -> dict:
+        """The protocol settings every trial's results depend on (:func:`rayexp.fingerprint.protocol_settings`)."""
+        return fingerprint.protocol_settings(
+            max_epochs=self.max_epochs, patience=self.patience, precision=self.precision, selection=self.selection,
+            dualopt=self.dualopt, normalize=self.normalize, augment=self.augment,
+        )
+
+    def identity(self, key: TrialKey) -> dict[str, str]:
+        """The fingerprint tags ``key``'s run gets in this sweep."""
+        batch = self.batch_size or get_spec(key.backbone).batch_size
+        return fingerprint.trial_identity(self.data_fingerprints[key.dataset], self.protocol(), self.weights[key.backbone], batch)
 
     def cpus(self, use_gpu: bool) -> tuple[float, float]:
         """(training worker CPUs, Ray Data CPUs) per trial."""
@@ -108,6 +125,8 @@ class SweepConfig:
             "cell_runs": self.cell_runs,
             "code_version": self.code_version,
             "extra_tags": self.extra_tags,
+            "protocol": self.protocol(),
+            "data_fingerprints": self.data_fingerprints,
         }
 
 
@@ -117,14 +136,102 @@ def batch_threads(worker_cpus: float, data_cpus: float, cached: bool) -> int:
     return max(1, int(worker_cpus + (data_cpus if cached else 0)))
 
 
+# Errors that come out the same every time they are retried: bad data or settings, a bug, a batch that does
+# not fit (never halved). They fail the trial at once; Train's FailureConfig retries only the rest (a lost
+# worker or node, a storage hiccup).
+DETERMINISTIC_ERRORS = (RayexpError, ValueError, TypeError, IndexError, KeyError, AttributeError, AssertionError,
+                        ZeroDivisionError, NotImplementedError)
+# torch.OutOfMemoryError (without importing torch here), and Ray Data's wrapper of an error a map function raised
+DETERMINISTIC_NAMES = ("OutOfMemoryError", "UserCodeException")
+# How a rayexp error raised in a Ray task reads once it crossed processes: Ray keeps the remote traceback as
+# text, and the original exception (with its type) is not always kept beside it.
+RAYEXP_ERROR_LINE = re.compile(r"^rayexp\.[\w.]*(?:Error|Exception): (.+)$", re.MULTILINE)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it: Python's chain and the ``cause`` Ray's task errors carry."""
+    out: list[BaseException] = []
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop(0)
+        if e is None or any(e is seen for seen in out):
+            continue
+        out.append(e)
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return out
+
+
+def _rayexp_text(e: BaseException) -> str | None:
+    """The message of a rayexp error named in ``e``'s (remote) traceback text, if any."""
+    found = RAYEXP_ERROR_LINE.findall(str(e))
+    return found[-1].strip() if found else None
+
+
+def is_deterministic(exc: BaseException) -> bool:
+    return any(
+        isinstance(e, DETERMINISTIC_ERRORS) or type(e).__name__ in DETERMINISTIC_NAMES or _rayexp_text(e)
+        for e in _causes(exc)
+    )
+
+
+def error_message(exc: BaseException) -> str:
+    """The message a person needs from an error that crossed Ray: a rayexp error's own words, else the
+    innermost error with a message (``ValueError: ...``), never only ``ray::ImplicitFunc.train()``."""
+    for e in _causes(exc):
+        if isinstance(e, RayexpError) and not type(e).__module__.startswith("ray."):
+            return str(e)
+        if text := _rayexp_text(e):
+            return text
+    for e in reversed(_causes(exc)):
+        if not type(e).__module__.startswith("ray.") and str(e).strip():
+            return f"{type(e).__name__}: {e}"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _record_failure(s: dict, key: TrialKey, exc: BaseException) -> str:
+    """Mark the key's MLflow run FAILED with the error's message (creating the run if the trial never
+    opened it); returns the message."""
+    from rayexp import tracking
+
+    message = error_message(exc)
+    try:
+        parent = s["cell_runs"].get(tracking.cell_name(*key.cell))
+        tags = {"backbone": key.backbone, "dataset": key.dataset, "fraction": repr(key.fraction), "seed": str(key.seed), **s["extra_tags"]}
+        tracking.fail_trial_run(s["tracking_uri"], s["experiment"], str(key), message, tags, parent)
+    except Exception as log_error:  # noqa: BLE001 - the trial's own error matters more than logging it
+        print(f"[rayexp] could not record the failure of {key} in MLflow: {log_error}")
+    return message
+
+
 def train_worker(config: dict) -> None:
-    """The Ray Train worker loop of one trial: plain PyTorch via :func:`rayexp.training.fit`."""
+    """The Ray Train worker of one trial (:func:`_train`). A deterministic error is recorded in the trial's
+    MLflow run (FAILED, with the message) and the worker returns, so that Train does not retry it; the trial
+    driver reads the run and fails the trial once. Any other error is raised, for Train to restart the
+    worker from its last checkpoint."""
+    import traceback
+
+    import ray.train
+
+    key = TrialKey.parse(config["key"])
+    try:
+        _train(config)
+    except BaseException as exc:
+        if ray.train.get_context().get_world_rank() == 0:
+            _record_failure(config["settings"], key, exc)
+        if not is_deterministic(exc):
+            raise
+        traceback.print_exc()  # the whole story in the worker's log; the driver reads the message from MLflow
+
+
+def _train(config: dict) -> None:
+    """The trial's training: plain PyTorch via :func:`rayexp.training.fit`, logged to MLflow."""
     import ray.train
     import ray.train.torch
     import torch
 
     from rayexp import tracking, training
-    from rayexp.backbones import create_backbone, get_spec
+    from rayexp.backbones import create_backbone
     from rayexp.data.pipeline import Normalizer, TrialBatches, augments, normalization
 
     key = TrialKey.parse(config["key"])
@@ -134,6 +241,7 @@ def train_worker(config: dict) -> None:
     # A GPU assigned by Ray but not visible to this PyTorch (a logical GPU, a CPU build) trains on the CPU.
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     batch_size = int(s["batch_size"] or spec.batch_size)
+    identity = fingerprint.trial_identity(manifest["fingerprint"], s["protocol"], s["weights"][key.backbone], batch_size)
     cfg = training.TrainConfig(
         max_epochs=s["max_epochs"], patience=s["patience"], precision=s["precision"],
         selection=s["selection"], dualopt=s["dualopt"], seed=key.seed,
@@ -180,6 +288,7 @@ def train_worker(config: dict) -> None:
             "node_id": ray.get_runtime_context().get_node_id(),
             "ray_trial_id": config["trial_id"],
             "accelerator": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            **identity,
             **s["extra_tags"],
         }
         params = {
@@ -210,15 +319,10 @@ def train_worker(config: dict) -> None:
             torch.save(make_checkpoint(), Path(folder) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
-    try:
-        final = training.fit(
-            model, batches.train, batches.evaluation("test"), cfg, device, manifest["n_classes"], on_epoch, checkpoint,
-            val_batches=batches.evaluation("val") if cfg.selection == "val" else None,
-        )
-    except BaseException:
-        if run is not None:
-            run.fail()
-        raise
+    final = training.fit(
+        model, batches.train, batches.evaluation("test"), cfg, device, manifest["n_classes"], on_epoch, checkpoint,
+        val_batches=batches.evaluation("val") if cfg.selection == "val" else None,
+    )
     confusion, history = final.pop("confusion"), final.pop("history")
     if run is not None:
         log_trial_artifacts(run, config, params, history, confusion, manifest["classes"])
@@ -252,25 +356,42 @@ def trial_driver(config: dict, settings: dict) -> None:
     """The Tune function of one trial: build its data pipeline and fit a one-worker TorchTrainer.
 
     ``config`` holds only the trial key (so Tune's tables stay readable); ``settings``, the same for every
-    trial, arrives through ``tune.with_parameters``.
+    trial, arrives through ``tune.with_parameters``. A deterministic error (bad data, a bug) is recorded in
+    the key's MLflow run, which exists even when the trial failed before training, and fails the trial once.
     """
+    key = TrialKey.parse(config["key"])
+    try:
+        _drive(key, settings)
+    except BaseException as exc:
+        if isinstance(exc, RayexpError) or is_deterministic(exc):
+            message = _record_failure(settings, key, exc)
+            raise RayexpError(message) from None  # Tune does not retry a trial function (FailureConfig 0)
+        raise
+
+
+def _drive(key: TrialKey, s: dict) -> None:
     import ray.data
     import ray.train
     import ray.tune
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from rayexp import tracking
     from rayexp.data.pipeline import build_trial_datasets, configure_data_context, split_rows
     from rayexp.data.shards import load_manifest
 
-    key = TrialKey.parse(config["key"])
-    s = settings
     # Train V2's controller polls its workers this often; the default 2 s adds up to ~4 s per trial at
     # start and finish. A local instance has no spot nodes, so no preemption-watcher actor either.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     if s["local"]:
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     manifest = load_manifest(s["data_dir"], key.dataset)
+    if manifest["fingerprint"] != s["data_fingerprints"][key.dataset]:
+        raise RayexpError(
+            f"dataset {key.dataset!r} changed while the sweep ran (fingerprint {fingerprint.short(s['data_fingerprints'][key.dataset])} "
+            f"when it started, {fingerprint.short(manifest['fingerprint'])} now): do not prepare a dataset a sweep is using; "
+            "run the sweep again once preparation is done"
+        )
     execution = configure_data_context(s["data_cpus"])
     datasets, cached = build_trial_datasets(s["data_dir"], manifest, key.fraction, s["selection"], s["cache_gb"] * 1e9)
     train_rows = split_rows(manifest, "train", key.fraction, part="train" if s["selection"] == "val" else "all")
@@ -305,6 +426,11 @@ def trial_driver(config: dict, settings: dict) -> None:
         ),
     )
     trainer.fit()
+    # A worker that met a deterministic error ended its Train run normally (so Train would not retry it) and
+    # left the error in its FAILED MLflow run; a run that did not finish is a failed trial either way.
+    record = tracking.trial_record(s["tracking_uri"], s["experiment"], str(key))
+    if record is None or record["status"] != "FINISHED":
+        raise RayexpError((record or {}).get("tags", {}).get(tracking.ERROR_TAG) or f"trial {key} ended without finishing its MLflow run")
 
 
 # Every trial starts a Train controller, a worker and a few helper actors, so a small machine runs more
@@ -418,6 +544,22 @@ def make_scheduler(cfg: SweepConfig):
     return GroupedASHA()
 
 
+def update_cell_summary(uri: str, experiment: str, backbone: str, dataset: str, fraction: float) -> dict | None:
+    """Summarise a cell's finished seeds of the current fingerprints on its parent run; returns the metrics."""
+    from rayexp import tracking
+    from rayexp.results import current_results, summarize
+
+    # Only this cell's runs: called after every trial, it must not read the whole sweep each time.
+    rows, _ = current_results(tracking.fetch_trial_results(uri, experiment, backbone=backbone, dataset=dataset, fraction=repr(fraction)))
+    (summary,) = summarize(rows) or [None]
+    if summary is None or summary.n_seeds == 0:
+        return None
+    metrics = {"best_of_3": summary.best_of_3, "mean": summary.mean, "n_seeds": summary.n_seeds}
+    if summary.std is not None:
+        metrics["std"] = summary.std
+    return metrics if tracking.log_cell_summary(uri, experiment, backbone, dataset, fraction, metrics) else None
+
+
 def _cell_summary_callback_class():
     import ray.tune
 
@@ -428,11 +570,9 @@ def _cell_summary_callback_class():
             self.uri, self.experiment = uri, experiment
 
         def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-            from rayexp import tracking
-
             key = TrialKey.parse(trial.config["key"])
             try:
-                tracking.update_cell_summary(self.uri, self.experiment, *key.cell)
+                update_cell_summary(self.uri, self.experiment, *key.cell)
             except Exception as exc:  # a summary is rebuilt at the end anyway; never stop the sweep for it
                 print(f"[rayexp] could not update the summary of {key.cell}: {exc}")
 
@@ -515,19 +655,52 @@ def preflight_cluster(cfg: SweepConfig, datasets: list[str]) -> None:
     print(f"[rayexp] preflight passed on {len(nodes)} nodes")
 
 
+def stale_runs(cfg: SweepConfig, records: dict[str, dict]) -> dict[str, list[str]]:
+    """Keys of this sweep whose existing run was made from other data or settings: ``{key: [changes]}``."""
+    return {
+        str(key): found
+        for key in cfg.keys
+        if str(key) in records and (found := fingerprint.changes(records[str(key)]["tags"], cfg.identity(key)))
+    }
+
+
 def select_trials(cfg: SweepConfig) -> tuple[list[TrialKey], int]:
-    """The keys to train now, from their MLflow runs: finished keys never again; errored keys only with
-    ``retry_errored``; interrupted keys (a run that never ended: the driver was killed) only with ``resume``,
-    so that a new sweep never silently mixes with an old one."""
+    """The keys to train now, from their MLflow runs.
+
+    A run counts only for the same data and protocol (:mod:`rayexp.fingerprint`): when any key's run was
+    made from other data or settings the sweep stops here, naming what changed, unless
+    ``retrain_changed`` (those runs are then superseded and their keys trained again). Otherwise finished
+    keys are never trained again; errored keys only with ``retry_errored``; interrupted keys (a run that
+    never ended: the driver was killed) only with ``resume``, so a new sweep never silently mixes with an
+    old one.
+    """
     from rayexp import tracking
 
-    status = tracking.trial_statuses(cfg.tracking_uri, cfg.experiment)
+    records = tracking.trial_records(cfg.tracking_uri, cfg.experiment)
+    stale = stale_runs(cfg, records)
+    if stale and not cfg.retrain_changed:
+        reasons = sorted({reason for changes in stale.values() for reason in changes})
+        raise RayexpError(
+            f"{len(stale)} trial(s) of MLflow experiment {cfg.experiment!r} were run from other data or settings than "
+            f"this sweep's (e.g. {next(iter(stale))}):\n" + "\n".join(f"  - {r}" for r in reasons)
+            + f"\nNothing was started. Their results would not be comparable with new ones: start a new experiment "
+            f"(--experiment {cfg.experiment}-2), or retrain those keys here with --retrain-changed (their old runs are "
+            "kept in MLflow, marked superseded and left out of the results)"
+        )
+    if stale:
+        print(f"[rayexp] --retrain-changed: {len(stale)} trial(s) were run from other data or settings; training them again")
+        tracking.supersede_runs(cfg.tracking_uri, [records[k]["run_id"] for k in stale], "; ".join(next(iter(stale.values()))))
+        records = {k: v for k, v in records.items() if k not in stale}
+    status = {k: v["status"] for k, v in records.items()}
     keys = [str(k) for k in cfg.keys]
     finished = [k for k in keys if status.get(k) == "FINISHED"]
     errored = [k for k in keys if status.get(k) == "FAILED"]
     interrupted = [k for k in keys if k in status and status[k] not in ("FINISHED", "FAILED")]
     if finished:
-        print(f"[rayexp] {len(finished)} of {len(keys)} trials already finished in MLflow experiment {cfg.experiment!r}; not training them again")
+        print(
+            f"[rayexp] {len(finished)} of {len(keys)} trials already finished in MLflow experiment {cfg.experiment!r} "
+            "from the same data and protocol; not training them again"
+        )
     if cfg.retry_errored:
         todo = errored
         print(f"[rayexp] retrying {len(errored)} errored trial(s)")
@@ -546,12 +719,20 @@ def select_trials(cfg: SweepConfig) -> tuple[list[TrialKey], int]:
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
-    """Run every key of ``cfg`` that has no finished MLflow run; returns what ran and what errored."""
+    """Run every key of ``cfg`` that has no finished MLflow run of the same data and protocol; returns what
+    ran, what errored and what stopped. One sweep per experiment at a time (:func:`rayexp.tracking.acquire_sweep_lock`)."""
+    from rayexp import tracking
+
+    tracking.ensure_experiment(cfg.tracking_uri, cfg.experiment)
+    with tracking.acquire_sweep_lock(cfg.tracking_uri, cfg.experiment, resume=cfg.resume):
+        return _run_locked(cfg)
+
+
+def _run_locked(cfg: SweepConfig) -> dict:
     import ray.tune
 
     from rayexp import tracking
 
-    tracking.ensure_experiment(cfg.tracking_uri, cfg.experiment)
     todo, skipped = select_trials(cfg)
     if not todo:
         return {"ran": [], "errored": [], "stopped": [], "not_started": [], "skipped": skipped}
@@ -564,6 +745,11 @@ def run_sweep(cfg: SweepConfig) -> dict:
         preflight_cluster(cfg, sorted(domains))
     _keep_ray_data_stats_actor()
     concurrency, use_gpu = plan_concurrency(cfg)
+    if cfg.precision == "fp16" and not use_gpu:
+        raise RayexpError(
+            f"--precision fp16 needs a GPU, and the trials of this sweep run on the CPU (the cluster at {cfg.address} has no "
+            "GPU now): use --precision bf16 or fp32, or --device gpu to wait for GPU nodes"
+        )
     print(f"[rayexp] {len(todo)} trials, up to {concurrency} at a time, on {'GPU' if use_gpu else 'CPU'}")
     settings = cfg.trial_settings(use_gpu)
     stopper = make_stop(cfg, use_gpu)
@@ -580,14 +766,18 @@ def run_sweep(cfg: SweepConfig) -> dict:
         run_config=ray.tune.RunConfig(
             name=cfg.experiment, storage_path=cfg.storage, stop=stopper,
             callbacks=[CellSummaryCallback(cfg.tracking_uri, cfg.experiment)],
+            # A trial function's error is deterministic (bad data, a bug): lost workers and nodes are retried
+            # inside the trial, by Train's FailureConfig.
+            failure_config=ray.tune.FailureConfig(max_failures=0),
         ),
     )
     grid = tuner.fit()
+    recorded = {k: v["tags"].get(tracking.ERROR_TAG) for k, v in tracking.trial_records(cfg.tracking_uri, cfg.experiment).items()}
     errored, stopped, not_started = [], [], []
     for result in grid:
         key, metrics = result.config["key"], result.metrics or {}
         if result.error is not None:
-            errored.append((key, str(result.error).splitlines()[0] if str(result.error) else type(result.error).__name__, result.path))
+            errored.append((key, recorded.get(key) or error_message(result.error), result.path))
         elif not metrics:
             not_started.append(key)  # the sweep's budget was spent before it began
         else:
@@ -595,7 +785,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
             if tracking.close_stopped_run(cfg.tracking_uri, cfg.experiment, key, cfg.selection, reason=reason):
                 stopped.append((key, metrics.get("epoch"), metrics.get("best_acc"), reason))
     for cell in sorted({k.cell for k in todo}):  # stopped trials were closed only now
-        tracking.update_cell_summary(cfg.tracking_uri, cfg.experiment, *cell)
+        update_cell_summary(cfg.tracking_uri, cfg.experiment, *cell)
     return {"ran": [str(k) for k in todo], "errored": errored, "stopped": stopped, "not_started": not_started, "skipped": skipped}
 
 

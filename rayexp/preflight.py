@@ -6,26 +6,39 @@ Each check collects every problem (not just the first) with the command that fix
 from __future__ import annotations
 
 import sys
+import time
 from typing import Sequence
 
 from rayexp.backbones import get_spec
 from rayexp.backbones.weights import weights_status
 from rayexp.data.catalog import get_dataset_info
-from rayexp.data.shards import is_prepared, load_manifest
+from rayexp.data.shards import dataset_location, fraction_thresholds, is_prepared, load_manifest, verify_dataset
 from rayexp.errors import RayexpError
 
 
-def check_datasets(datasets: Sequence[str], data_dir: str) -> dict[str, dict]:
-    """The manifests of ``datasets``; every unprepared one is listed with the command that prepares it."""
-    manifests, missing = {}, []
+def check_datasets(datasets: Sequence[str], data_dir: str, verify: bool = True) -> dict[str, dict]:
+    """The manifests of ``datasets``, each checked against its shards (:func:`verify_dataset`: every file's
+    size and sha256, per-class counts, labels in range). Every unprepared, inconsistent or modified dataset is
+    listed with the command that fixes it."""
+    manifests, problems = {}, []
     for name in datasets:
         if not is_prepared(data_dir, name):
             get_dataset_info(name)  # an unknown name is an error of its own
-            missing.append(f"  - {name}: not prepared in {data_dir}; run: python datasets/prepare.py {name} --data-dir {data_dir}")
+            problems.append(f"  - {name}: not prepared in {data_dir}; run: python datasets/prepare.py {name} --data-dir {data_dir}")
             continue
-        manifests[name] = load_manifest(data_dir, name)
-    if missing:
-        raise RayexpError("datasets missing, nothing was started:\n" + "\n".join(missing))
+        try:
+            manifest = load_manifest(data_dir, name)
+            if verify:
+                start = time.perf_counter()
+                verify_dataset(dataset_location(data_dir, name), manifest)
+                size = sum(b for meta in manifest["splits"].values() for b in meta["bytes"].values())
+                print(f"[rayexp] {name}: {size / 1e6:.1f} MB of shards verified in {time.perf_counter() - start:.1f}s", flush=True)
+        except RayexpError as exc:
+            problems.append(f"  - {exc}")
+            continue
+        manifests[name] = manifest
+    if problems:
+        raise RayexpError("datasets missing or not as prepared, nothing was started:\n" + "\n".join(problems))
     return manifests
 
 
@@ -70,18 +83,19 @@ def resolve_weights(backbones: Sequence[str], weights_dir: str | None, fallback_
 
 
 def check_selection(keys, manifests: dict[str, dict], selection: str) -> None:
-    """With ``selection=val``, every (dataset, fraction) must leave validation rows to select on."""
+    """With ``selection=val``, every class of every (dataset, fraction) must leave a validation row to select
+    on: a class with a single training row at that fraction would be trained on but never validated."""
     if selection != "val":
         return
-    from rayexp.data.pipeline import split_rows
-
-    problems = sorted({
-        f"  - {k.dataset} at fraction {k.fraction}: no class has 2 training rows to hold one out"
-        for k in keys
-        if split_rows(manifests[k.dataset], "train", k.fraction, part="val") == 0
-    })
+    problems = []
+    for dataset, fraction in sorted({(k.dataset, k.fraction) for k in keys}):
+        manifest = manifests[dataset]
+        single = [manifest["classes"][c] for c, k in enumerate(fraction_thresholds(manifest, fraction)) if k < 2]
+        if single:
+            names = ", ".join(single[:5]) + (f" and {len(single) - 5} more" if len(single) > 5 else "")
+            problems.append(f"  - {dataset} at fraction {fraction}: {len(single)} class(es) have a single training row, none to hold out ({names})")
     if problems:
-        raise RayexpError("selection=val needs validation rows:\n" + "\n".join(problems) + "\n  use a larger fraction or --selection test")
+        raise RayexpError("selection=val needs a validation row in every class:\n" + "\n".join(problems) + "\n  use a larger fraction or --selection test")
 
 
 def node_problems(data_dir: str, datasets: list[str], pretrained: list[str], weights_dir: str | None, tracking_uri: str, offline: bool) -> list[str]:

@@ -19,7 +19,8 @@ from typing import Sequence
 
 from rayexp.grid import TrialKey, format_fraction
 from rayexp.priors import LIGHTWEIGHT, prior_for
-from rayexp.report import MISSING, figure_accuracy_vs_fraction, pct, summarize
+from rayexp.report import MISSING, figure_accuracy_vs_fraction, pct
+from rayexp.results import current_results, summarize
 
 RANKING_COLUMNS = (
     "rank", "backbone", "mean", "std", "best_of_seeds", "n_seeds", "params_m", "train_device_hours",
@@ -175,6 +176,7 @@ class Recommendation:
     not_run: list[str]
     curves: dict[float, list[Ranked]]  # with several fractions: the ranking at each, for the learning curves
     check: dict | None = None
+    left_out: list[str] = field(default_factory=list)  # runs of other fingerprints (rayexp.results.current_results)
 
 
 def recommend(results: Sequence[dict], dataset: str, domain: str, expected: Sequence[TrialKey] = (), check: dict | None = None) -> Recommendation:
@@ -195,6 +197,8 @@ def render_markdown(rec: Recommendation, figure: Path | None) -> str:
              f"## Ranking at fraction {format_fraction(rec.fraction)}\n",
              "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "".join("| " + " | ".join(row) + " |\n" for row in rows),
              "## The paper's prior\n\n" + "\n\n".join(rec.prior) + "\n"]
+    if rec.left_out:
+        parts.insert(2, "**Left out:** " + " ".join(rec.left_out) + "\n")
     stopped = [r for r in rec.ranked if r.stopped]
     if stopped or rec.not_run:
         lines = [f"- {r.backbone}: " + "; ".join(_stopped_text(s) for s in r.stopped if s["epochs_run"] is not None) for r in stopped]
@@ -223,6 +227,8 @@ def render_html(rec: Recommendation, figure: Path | None) -> str:
            f"<h1>Which backbone for {html.escape(rec.dataset)}?</h1>", f"<p class='verdict'>{bold(rec.verdict)}</p>",
            f"<h2>Ranking at fraction {format_fraction(rec.fraction)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     out += [f"<tr class='{'first' if i == 0 and row[0] != '-' else ''}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for i, row in enumerate(rows)]
+    if rec.left_out:
+        out.insert(3, "<p><b>Left out:</b> " + html.escape(" ".join(rec.left_out)) + "</p>")
     out.append("</table><h2>The paper's prior</h2>" + "".join(f"<p>{html.escape(line)}</p>" for line in rec.prior))
     if rec.not_run or any(r.stopped for r in rec.ranked):
         out.append("<h2>Stopped early</h2><ul>" + "".join(
@@ -248,8 +254,9 @@ def build_recommendation(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = tracking.fetch_trial_results(uri, experiment)
+    results, left_out = current_results(tracking.fetch_trial_results(uri, experiment))
     rec = recommend(results, dataset, domain, expected, check)
+    rec.left_out = left_out
     write_ranking_csv(rec.ranked, out / "ranking.csv")
     paths = {"ranking": out / "ranking.csv", "markdown": out / "recommendation.md", "html": out / "recommendation.html"}
     figure = None
@@ -271,7 +278,7 @@ def build_recommendation(
     (out / "recommendation.html").write_text(render_html(rec, figure))
     (out / "recommendation.json").write_text(json.dumps({
         "dataset": rec.dataset, "domain": rec.domain, "fraction": rec.fraction, "verdict": rec.verdict,
-        "ranking": [asdict(r) for r in rec.ranked], "not_run": rec.not_run, "prior": rec.prior,
+        "ranking": [asdict(r) for r in rec.ranked], "not_run": rec.not_run, "prior": rec.prior, "left_out": rec.left_out,
     }, indent=1, default=str))
     paths["json"] = out / "recommendation.json"
     if log_to_mlflow:

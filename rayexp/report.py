@@ -10,61 +10,16 @@ from __future__ import annotations
 import csv
 import re
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from rayexp.grid import TrialKey, format_fraction
+from rayexp.results import CellSummary, current_results, summarize
 
 MISSING = "missing"
 
 SUMMARY_COLUMNS = ("backbone", "dataset", "domain", "fraction", "best_of_3", "mean", "std", "n_seeds")
-
-
-@dataclass(frozen=True)
-class CellSummary:
-    backbone: str
-    dataset: str
-    domain: str
-    fraction: float
-    best_of_3: float | None
-    mean: float | None
-    std: float | None  # sample standard deviation over seeds; None with fewer than two
-    n_seeds: int
-    weights: str = ""
-
-
-def summarize(results: Iterable[dict], expected: Sequence[TrialKey] = ()) -> list[CellSummary]:
-    """One summary per cell from finished trial results; cells of ``expected`` with none are missing."""
-    finished: dict[tuple[str, str, float], list[dict]] = {}
-    domains: dict[str, str] = {}
-    for row in results:
-        cell = (row["backbone"], row["dataset"], float(row["fraction"]))
-        domains[row["dataset"]] = row.get("domain") or ""
-        if row.get("status") == "FINISHED" and row.get("best_test_acc") is not None:
-            finished.setdefault(cell, []).append(row)
-        else:
-            finished.setdefault(cell, [])
-    for key in expected:
-        finished.setdefault(key.cell, [])
-    summaries = []
-    for (backbone, dataset, fraction), rows in sorted(finished.items(), key=lambda kv: (kv[0][1], -kv[0][2], kv[0][0])):
-        accs = [r["best_test_acc"] for r in rows]
-        weights = sorted({r.get("weights") or "" for r in rows} - {""})
-        summaries.append(
-            CellSummary(
-                backbone=backbone,
-                dataset=dataset,
-                domain=domains.get(dataset, ""),
-                fraction=fraction,
-                best_of_3=max(accs) if accs else None,
-                mean=statistics.fmean(accs) if accs else None,
-                std=statistics.stdev(accs) if len(accs) >= 2 else None,
-                n_seeds=len(accs),
-                weights=",".join(weights),
-            )
-        )
-    return summaries
 
 
 def pct(value: float | None) -> str:
@@ -350,8 +305,10 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], ti
     return buffer.getvalue()
 
 
-def render_markdown(title: str, summaries: Sequence[CellSummary], costs: list[dict], correlation: dict, recs: list[str], figures: list[Path]) -> str:
+def render_markdown(title: str, summaries: Sequence[CellSummary], costs: list[dict], correlation: dict, recs: list[str], figures: list[Path], left_out: Sequence[str] = ()) -> str:
     parts = [f"# {title}\n", "Top-1 test accuracy (%), best of the seeds with mean ± std in brackets; the top three per dataset in bold.\n"]
+    if left_out:
+        parts.append("**Runs not in these tables, or not verified** (a report holds one protocol and one version of each dataset):\n\n" + "\n".join(f"- {n}" for n in left_out) + "\n")
     parts.append("## Recommendation\n\n" + "\n".join(f"- {line}" for line in recs) + "\n")
     for table in domain_tables(summaries):
         parts.append(f"## {table['domain']} — fraction {format_fraction(table['fraction'])}\n\n" + _md_domain_table(table))
@@ -377,7 +334,7 @@ def render_markdown(title: str, summaries: Sequence[CellSummary], costs: list[di
     return "\n".join(parts)
 
 
-def render_html(title: str, markdown_text: str, summaries: Sequence[CellSummary], costs: list[dict], recs: list[str], correlation: dict, figures: list[Path]) -> str:
+def render_html(title: str, markdown_text: str, summaries: Sequence[CellSummary], costs: list[dict], recs: list[str], correlation: dict, figures: list[Path], left_out: Sequence[str] = ()) -> str:
     """One self-contained page (styles inline, figures embedded) with the same content as the Markdown."""
     import base64
     import html
@@ -395,6 +352,9 @@ def render_html(title: str, markdown_text: str, summaries: Sequence[CellSummary]
            "td.missing{color:#999;font-style:italic}</style></head><body>", f"<h1>{esc(title)}</h1>",
            "<p>Top-1 test accuracy (%), best of the seeds with mean ± std in brackets; the top three per dataset highlighted.</p>",
            "<h2>Recommendation</h2><ul>" + "".join(f"<li>{bold(line)}</li>" for line in recs) + "</ul>"]
+    if left_out:
+        out.insert(3, "<p class='left-out'><b>Runs not in these tables, or not verified</b> (a report holds one protocol and one version of each dataset):</p><ul>"
+                   + "".join(f"<li>{esc(n)}</li>" for n in left_out) + "</ul>")
     for table in domain_tables(summaries):
         out.append(f"<h2>{esc(table['domain'])} — fraction {format_fraction(table['fraction'])}</h2><table><tr><th>backbone</th>" + "".join(f"<th>{esc(d)}</th>" for d in table["datasets"]) + "</tr>")
         for backbone, row in table["rows"]:
@@ -424,7 +384,7 @@ def build_report(uri: str, experiment: str, out_dir: str | Path, expected: Seque
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = tracking.fetch_trial_results(uri, experiment)
+    results, left_out = current_results(tracking.fetch_trial_results(uri, experiment))
     cells = tracking.fetch_cells(uri, experiment)
     planned = [TrialKey(b, d, f, 0) for b, d, f, _ in cells] + list(expected)
     summaries = summarize(results, expected=planned)
@@ -447,9 +407,9 @@ def build_report(uri: str, experiment: str, out_dir: str | Path, expected: Seque
         writer.writeheader()
         writer.writerows(costs)
     recs = recommendations(summaries)
-    markdown_text = render_markdown(title, summaries, costs, correlation, recs, figures)
+    markdown_text = render_markdown(title, summaries, costs, correlation, recs, figures, left_out)
     (out / "report.md").write_text(markdown_text)
-    (out / "report.html").write_text(render_html(title, markdown_text, summaries, costs, recs, correlation, figures))
+    (out / "report.html").write_text(render_html(title, markdown_text, summaries, costs, recs, correlation, figures, left_out))
     paths.update({"report_md": out / "report.md", "html": out / "report.html", "cost": out / "cost.csv"})
     paths.update({p.stem: p for p in figures})
     if log_to_mlflow:

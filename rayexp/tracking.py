@@ -8,9 +8,19 @@ keys, and to read results back for the report.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+import random
+import secrets
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
@@ -18,6 +28,13 @@ from rayexp.errors import RayexpError
 
 KIND_TAG = "rayexp.kind"  # "trial", "cell" (the parent of a cell's seeds) or "summary" (the sweep's report)
 PARENT_TAG = "mlflow.parentRunId"  # what nests a run under another in MLflow's UI
+# What a trial run was produced from (see rayexp.fingerprint): a finished run counts only for the same values.
+DATA_TAG = "data_fingerprint"
+PROTOCOL_TAG = "protocol_fingerprint"
+SETTINGS_TAG = "protocol_settings"  # the settings behind the protocol fingerprint, as JSON, to say what changed
+WEIGHTS_TAG = "weights_origin"  # pretrained | random
+BATCH_TAG = "batch_size_resolved"
+ERROR_TAG = "error"  # a failed trial's error message, shown in the sweep's summary
 
 
 def cell_name(backbone: str, dataset: str, fraction: float) -> str:
@@ -71,7 +88,14 @@ def ensure_experiment(uri: str, name: str) -> str:
     """The id of experiment ``name`` in the store at ``uri``, created if missing; checks the store answers."""
     check_server(uri)
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(uri[len("sqlite:///"):]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RayexpError(
+                f"the MLflow store {uri} cannot be created: its folder {folder} cannot be made ({exc.strerror or exc}); "
+                "pass --tracking-uri sqlite:///<a writable folder>/mlflow.db"
+            ) from None
     try:
         client = _client(uri)
         experiment = client.get_experiment_by_name(name)
@@ -123,26 +147,16 @@ def ensure_cell_runs(uri: str, experiment: str, cells: Iterable[tuple[str, str, 
     return out
 
 
-def update_cell_summary(uri: str, experiment: str, backbone: str, dataset: str, fraction: float) -> dict | None:
-    """Log ``best_of_3``, ``mean``, ``std`` and ``n_seeds`` of a cell's finished seeds on its parent run."""
-    from rayexp.report import summarize
-
+def log_cell_summary(uri: str, experiment: str, backbone: str, dataset: str, fraction: float, metrics: dict[str, float]) -> bool:
+    """Log a cell's summary (``best_of_3``, ``mean``, ``std``, ``n_seeds``) on its parent run; False when the
+    cell has no parent run."""
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
-    name = cell_name(backbone, dataset, fraction)
-    parents = _runs(client, exp.experiment_id, "cell", cell=name) if exp else []
+    parents = _runs(client, exp.experiment_id, "cell", cell=cell_name(backbone, dataset, fraction)) if exp else []
     if not parents:
-        return None
-    # Only this cell's runs: called after every trial, it must not read the whole sweep each time.
-    rows = fetch_trial_results(uri, experiment, backbone=backbone, dataset=dataset, fraction=repr(fraction))
-    (summary,) = summarize(rows) or [None]
-    if summary is None or summary.n_seeds == 0:
-        return None
-    metrics = {"best_of_3": summary.best_of_3, "mean": summary.mean, "n_seeds": summary.n_seeds}
-    if summary.std is not None:
-        metrics["std"] = summary.std
+        return False
     TrialRun(uri, parents[0].info.run_id).log_metrics(metrics)
-    return metrics
+    return True
 
 
 def fetch_cells(uri: str, experiment: str) -> list[tuple[str, str, float, str]]:
@@ -169,9 +183,52 @@ def trial_statuses(uri: str, experiment: str) -> dict[str, str]:
     return {r.data.tags["key"]: r.info.status for r in _trial_runs(client, exp.experiment_id)}
 
 
-def finished_keys(uri: str, experiment: str) -> set[str]:
-    """Keys whose trial run finished: the unit of resume, never trained again."""
-    return {key for key, status in trial_statuses(uri, experiment).items() if status == "FINISHED"}
+def trial_records(uri: str, experiment: str) -> dict[str, dict]:
+    """Each trial key's run: ``{"status", "run_id", "tags"}``, where tags hold its fingerprints
+    (:mod:`rayexp.fingerprint`), so the driver can tell a run of the same data and protocol from a stale one."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    return {
+        r.data.tags["key"]: {"status": r.info.status, "run_id": r.info.run_id, "tags": dict(r.data.tags)}
+        for r in _trial_runs(client, exp.experiment_id)
+    }
+
+
+def trial_record(uri: str, experiment: str, key: str) -> dict | None:
+    """One key's run as :func:`trial_records` gives it, or None: read by the trial itself when it ends."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = _trial_runs(client, exp.experiment_id, key) if exp else []
+    return {"status": runs[0].info.status, "run_id": runs[0].info.run_id, "tags": dict(runs[0].data.tags)} if runs else None
+
+
+def supersede_runs(uri: str, run_ids: Iterable[str], reason: str) -> None:
+    """Take trial runs out of the results (kind ``superseded``), keeping them for history: their key is
+    trained again because its data or protocol changed."""
+    client = _client(uri)
+    for run_id in run_ids:
+        client.set_tag(run_id, KIND_TAG, "superseded")
+        client.set_tag(run_id, "superseded_because", reason[:4000])
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+
+
+def fail_trial_run(uri: str, experiment: str, key: str, message: str, tags: dict[str, str], parent_run_id: str | None) -> None:
+    """Mark a trial's run FAILED with its error message, creating the run when the trial failed before it
+    opened one (so ``--retry-errored`` and the UI see every failed key)."""
+    client = _client(uri)
+    experiment_id = ensure_experiment(uri, experiment)
+    existing = _trial_runs(client, experiment_id, key)
+    if existing:
+        run_id = existing[0].info.run_id
+    else:
+        nesting = {PARENT_TAG: parent_run_id} if parent_run_id else {}
+        run_tags = {KIND_TAG: "trial", "key": key, "attempts": "1", **nesting, **tags}
+        run_id = client.create_run(experiment_id, run_name=key, tags=run_tags).info.run_id
+    client.set_tag(run_id, ERROR_TAG, message[:5000])
+    client.set_terminated(run_id, status="FAILED")
 
 
 def _clean(value: float) -> float | None:
@@ -195,6 +252,8 @@ class TrialRun:
             run_id = existing[0].info.run_id
             client.update_run(run_id, status="RUNNING")
             client.set_tag(run_id, "attempts", str(int(existing[0].data.tags.get("attempts", "1")) + 1))
+            if ERROR_TAG in existing[0].data.tags:  # the last attempt's error; this attempt has none yet
+                client.delete_tag(run_id, ERROR_TAG)
         else:
             nesting = {PARENT_TAG: parent_run_id} if parent_run_id else {}
             run_id = client.create_run(experiment_id, run_name=key, tags={KIND_TAG: "trial", "key": key, "attempts": "1", **nesting, **tags}).info.run_id
@@ -313,6 +372,10 @@ def fetch_trial_results(uri: str, experiment: str, **tags: str) -> list[dict]:
                 "inference_images_per_s": _clean(metrics.get("test_images_per_s")),
                 "best_test_balanced_acc": _clean(metrics.get("best_test_balanced_acc")),
                 "run_id": run.info.run_id,
+                "start_time": run.info.start_time,
+                "data_fingerprint": tags.get(DATA_TAG),
+                "protocol_fingerprint": tags.get(PROTOCOL_TAG),
+                "error": tags.get(ERROR_TAG),
             }
         )
     return rows
@@ -332,3 +395,299 @@ def summary_run(uri: str, experiment: str) -> "TrialRun":
 def metric_history(uri: str, run_id: str, metric: str) -> list[tuple[int, float]]:
     """(step, value) of one metric of one run, in step order."""
     return sorted((m.step, m.value) for m in _client(uri).get_metric_history(run_id, metric))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One sweep per experiment: a lock kept in MLflow itself.
+#
+# Two sweeps into one experiment would train the same trial keys and log every epoch twice into the same
+# run. The drivers may share nothing but the tracking store (a SQLite file, or an ``mlflow server`` that
+# drivers on several hosts talk to), so the lock lives in that store, as one "lock" run per experiment.
+#
+# Why it is atomic: MLflow never lets a run's param change. ``log_param`` of a key the run already has,
+# with another value, raises MlflowException; in the SQL store (which an HTTP server also writes through)
+# the (run, key) primary key turns two concurrent inserts into one commit and one IntegrityError, so that
+# is a compare-and-set, not a read-then-write. The lock's generations are params ``holder.1``,
+# ``holder.2``, ...: whoever logs ``holder.<g+1>`` first holds generation g+1, and every value carries a
+# random token, so no two drivers ever write the same value (which MLflow would accept twice). Releasing,
+# and the heartbeat, are tags (``released.<g>``, ``heartbeat.<g>``): only the holder writes them.
+# (An ``mlflow server`` on a plain file store checks then writes, so there the lock is only best effort.)
+# ---------------------------------------------------------------------------------------------------------
+
+
+HEARTBEAT_S = 30.0  # how often a holder refreshes ``heartbeat.<g>``
+STALE_S = 180.0  # a holder whose heartbeat is older than this is taken for dead (drivers on other hosts)
+LOCK_RUN_NAME = "sweep-lock"
+_RETIRED = "retired"  # ``holder.1`` of a lock run that lost the race to be the experiment's lock run
+_LOCK_ATTEMPTS = 5
+
+_lock_log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Hold:
+    """An unreleased generation of a lock run: who holds it, and why it is stale (None: alive)."""
+
+    run_id: str
+    generation: int
+    holder: dict
+    heartbeat_age_s: float
+    stale: str | None
+
+
+def _generation(params: dict[str, str]) -> int:
+    """The current generation of a lock run: its largest ``holder.<n>`` (0 when never taken)."""
+    numbers = [key[len("holder."):] for key in params if key.startswith("holder.")]
+    return max((int(n) for n in numbers if n.isdigit()), default=0)
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:  # 0 and negatives would signal process groups
+        return True  # cannot tell: leave it to the heartbeat
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: a process of another user has that pid
+        return True
+    return True
+
+
+def _epoch(iso: object) -> float | None:
+    try:
+        return datetime.fromisoformat(str(iso)).timestamp()
+    except ValueError:
+        return None
+
+
+def _hold(run) -> _Hold | None:
+    """The unreleased generation of lock run ``run`` (from search or get_run), or None when it is free."""
+    params, tags = run.data.params, run.data.tags
+    generation = _generation(params)
+    if generation == 0 or f"released.{generation}" in tags or params.get("holder.1") == _RETIRED:
+        return None
+    try:
+        holder = json.loads(params[f"holder.{generation}"])
+        if not isinstance(holder, dict):
+            raise ValueError(holder)
+    except ValueError:
+        holder = {"host": "?", "pid": None, "started": "?", "token": params[f"holder.{generation}"]}
+    try:
+        beat = float(tags[f"heartbeat.{generation}"])
+    except (KeyError, ValueError):  # taken, but no heartbeat written yet: count from the start
+        beat = _epoch(holder.get("started")) or 0.0
+    age = max(0.0, time.time() - beat)
+    stale = None
+    if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+        stale = f"its process {holder.get('pid')} is gone"
+    elif age > STALE_S:
+        stale = f"no heartbeat for {age:.0f} s"
+    return _Hold(run.info.run_id, generation, holder, age, stale)
+
+
+def _busy(experiment: str, hold: _Hold) -> RayexpError:
+    h = hold.holder
+    return RayexpError(
+        f"experiment {experiment!r} is being swept by pid {h.get('pid')} on host {h.get('host')} since "
+        f"{h.get('started')} (heartbeat {hold.heartbeat_age_s:.0f} s ago): wait for it to finish, "
+        f"or use another --experiment"
+    )
+
+
+def _interrupted(experiment: str, hold: _Hold) -> RayexpError:
+    h = hold.holder
+    return RayexpError(
+        f"the earlier sweep of experiment {experiment!r} (pid {h.get('pid')} on host {h.get('host')}, since "
+        f"{h.get('started')}) was interrupted ({hold.stale}) without releasing it: pass --resume to continue "
+        f"it, or choose another --experiment"
+    )
+
+
+def _lock_runs(client, experiment_id: str) -> list:
+    """The experiment's usable lock runs, first the one every driver takes: by (start_time, run_id)."""
+    runs = [r for r in _runs(client, experiment_id, "lock") if r.data.params.get("holder.1") != _RETIRED]
+    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def _ensure_lock_runs(client, experiment_id: str) -> list:
+    """``_lock_runs``, after creating the experiment's lock run if it has none.
+
+    Two drivers may both find none and both create one. Each then searches again and uses the first by
+    (start_time, run_id); a driver whose own run is not first retires it before deleting it: it logs
+    ``holder.1 = "retired"``, which fails if a driver that saw only this run has already taken it (then
+    the run stays, a lock run like any other), and otherwise makes sure no one can take it later.
+    """
+    from mlflow.exceptions import MlflowException
+
+    runs = _lock_runs(client, experiment_id)
+    if runs:
+        return runs
+    own = client.create_run(experiment_id, run_name=LOCK_RUN_NAME, tags={KIND_TAG: "lock"}).info.run_id
+    client.set_terminated(own, status="FINISHED")  # not a running job in MLflow's UI
+    runs = _lock_runs(client, experiment_id)
+    if runs and runs[0].info.run_id != own:
+        try:
+            client.log_param(own, "holder.1", _RETIRED)
+        except MlflowException:
+            return runs  # already taken by someone: it stays
+        client.delete_run(own)
+        runs = [r for r in runs if r.info.run_id != own]
+    return runs
+
+
+def _lock_experiment_id(client, uri: str, experiment: str) -> str:
+    try:
+        return ensure_experiment(uri, experiment)
+    except RayexpError:
+        # Two drivers creating the same new experiment: one create fails, and the experiment exists.
+        found = client.get_experiment_by_name(experiment)
+        if found is None or found.lifecycle_stage != "active":
+            raise
+        return found.experiment_id
+
+
+class SweepLock:
+    """Generation ``generation`` of the experiment's lock run, held by this process until ``release()``.
+
+    While held, a daemon thread writes ``heartbeat.<generation>`` every ``HEARTBEAT_S`` seconds, so that
+    drivers on other hosts, which cannot see whether this process lives, can tell a crashed holder (no
+    heartbeat for ``STALE_S``) from a busy one. Use it as a context manager, or call ``release()``.
+    """
+
+    def __init__(self, uri: str, experiment: str, run_id: str, generation: int, holder: dict) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.run_id = run_id
+        self.generation = generation
+        self.holder = holder
+        self._client = _client(uri)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()
+        self._released = False
+
+    def __repr__(self) -> str:
+        return f"SweepLock({self.experiment!r}, generation={self.generation}, released={self._released})"
+
+    def __enter__(self) -> "SweepLock":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def _beat(self) -> None:
+        self._client.set_tag(self.run_id, f"heartbeat.{self.generation}", f"{time.time():.3f}")
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):  # the global, read each time: tests shorten it
+            try:
+                self._beat()
+            except Exception as exc:  # a blip of the server: the next beat comes in HEARTBEAT_S
+                _lock_log.warning("sweep lock heartbeat of %r failed: %s", self.experiment, exc)
+
+    def _start(self) -> None:
+        self._beat()  # the first one now: a holder without a heartbeat looks older than it is
+        self._thread = threading.Thread(target=self._heartbeat, name=f"sweep-lock-{self.experiment}", daemon=True)
+        self._thread.start()
+
+    def still_held(self) -> bool:
+        """False once released, or once another driver took a later generation (it found this one stale)."""
+        params = self._client.get_run(self.run_id).data.params
+        return not self._released and _generation(params) == self.generation
+
+    def release(self) -> None:
+        """Stop the heartbeat and tag ``released.<generation>``; calling it again does nothing."""
+        with self._mutex:
+            if self._released:
+                return
+            self._stop.set()
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._thread.join(timeout=10)
+            self._client.set_tag(self.run_id, f"released.{self.generation}", datetime.now(timezone.utc).isoformat())
+            self._released = True
+
+
+def acquire_sweep_lock(uri: str, experiment: str, resume: bool = False) -> SweepLock:
+    """Take the one-sweep-at-a-time lock of ``experiment`` (created if missing) in the store at ``uri``.
+
+    Raises RayexpError, naming the host and pid that hold it, while another sweep holds it. A holder that
+    died without releasing it (same host and its pid is gone, or no heartbeat for ``STALE_S``) is taken
+    over only with ``resume=True``; without it, the error says to pass --resume.
+
+    Taking it is ``log_param(lock run, "holder.<g+1>", this driver)``: MLflow's write-once params make
+    that an atomic compare-and-set (see the section comment). In the rare case that two lock runs exist
+    (two drivers created one at the same moment and neither saw the other's yet), every driver reads the
+    holds of all of them: after winning, it reads them again, and it backs off and retries if another run
+    got a new holder in the meantime. Two drivers that each first write their claim and then read the
+    other's cannot both miss each other, so they never both keep the lock.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    experiment_id = _lock_experiment_id(client, uri, experiment)
+    me = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "token": secrets.token_hex(8),
+    }
+    mine = json.dumps(me, sort_keys=True)
+    for _ in range(_LOCK_ATTEMPTS):
+        runs = _ensure_lock_runs(client, experiment_id)
+        holds = [h for h in map(_hold, runs) if h is not None]
+        live = [h for h in holds if h.stale is None]
+        if live:
+            raise _busy(experiment, live[0])
+        if holds and not resume:
+            raise _interrupted(experiment, holds[0])
+        taken_over = {(h.run_id, h.generation) for h in holds}
+        run_id = runs[0].info.run_id
+        generation = _generation(runs[0].data.params) + 1
+        key = f"holder.{generation}"
+        try:
+            client.log_param(run_id, key, mine)
+        except MlflowException as exc:
+            winner = client.get_run(run_id)
+            value = winner.data.params.get(key)
+            if value is not None and value not in (mine, _RETIRED):
+                hold = _hold(winner)  # None only if the winner has already released it
+                if hold is None:
+                    raise RayexpError(f"experiment {experiment!r} was just swept by another driver; try again")
+                raise _busy(experiment, hold) from None
+            if value != mine:  # retired under us, or the store failed: look again
+                _lock_log.info("sweep lock of %r: %s; trying again", experiment, exc)
+                time.sleep(random.uniform(0.05, 0.3))
+                continue
+        lock = SweepLock(uri, experiment, run_id, generation, me)
+        others = [h for h in map(_hold, _lock_runs(client, experiment_id)) if h is not None and h.run_id != run_id]
+        conflicts = [h for h in others if (h.run_id, h.generation) not in taken_over]
+        if conflicts:  # another lock run got a holder while we took ours: give ours back, look again
+            lock.release()
+            time.sleep(random.uniform(0.05, 0.3))
+            continue
+        for h in others:  # the interrupted holds this resume takes over, on other lock runs
+            client.set_tag(h.run_id, f"released.{h.generation}", f"taken over by {mine}")
+        lock._start()
+        return lock
+    raise RayexpError(f"could not take the sweep lock of experiment {experiment!r}: other sweeps of it keep "
+                      f"starting at the same moment; try again")
+
+
+def sweep_lock_holder(uri: str, experiment: str) -> dict | None:
+    """Who holds the sweep lock of ``experiment``: the holder's host, pid, started and token, plus
+    ``generation``, ``run_id``, ``heartbeat_age_s`` and ``stale`` (why it looks dead, or None); None
+    when no sweep holds it (or the experiment does not exist). Reads only; creates nothing."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    holds = [h for h in map(_hold, _lock_runs(client, exp.experiment_id)) if h is not None]
+    if not holds:
+        return None
+    hold = min(holds, key=lambda h: h.stale is not None)  # a live holder first
+    return {**hold.holder, "generation": hold.generation, "run_id": hold.run_id,
+            "heartbeat_age_s": hold.heartbeat_age_s, "stale": hold.stale}

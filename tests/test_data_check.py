@@ -212,11 +212,12 @@ def test_every_kind_of_record_image_is_loaded_and_hashed_by_pixels(tmp_path):
 def test_16_bit_images_are_stretched_not_clipped_before_hashing(tmp_path):
     rng = np.random.default_rng(0)
     records = [
-        SourceRecord(Image.fromarray((1000 + rng.integers(0, 3000, (64, 64))).astype(np.uint16)), 0, f"x{i}", split)
+        SourceRecord(Image.fromarray((1000 + rng.integers(0, 3000, (64, 64))).astype(np.uint16)), label, f"x{label}{i}", split)
+        for label in (0, 1)
         for i, split in enumerate(("train", "train", "test"))
     ]
-    check = check_source(Source(["a"], records, "given"), input_size=(64, 64), selection="test", workers=1, quiet=True)
-    assert check.problems == [] and check.modes == {"I;16": 3}
+    check = check_source(Source(["a", "b"], records, "given"), input_size=(64, 64), selection="test", workers=1, quiet=True)
+    assert check.problems == [] and check.modes == {"I;16": 6}
 
 
 def test_a_class_without_test_images_and_a_mode_that_gives_the_class_away():
@@ -230,8 +231,8 @@ def test_a_class_without_test_images_and_a_mode_that_gives_the_class_away():
 
 
 def test_a_generator_of_records_is_kept_for_preparation(tmp_path):
-    records = [SourceRecord(_pixels("a", i), 0, f"{i}") for i in range(5)]
-    source = Source(["a"], (r for r in records), "stratified", test_fraction=0.2)
+    records = [SourceRecord(_pixels(c, i), label, f"{c}{i}") for label, c in enumerate("ab") for i in range(5)]
+    source = Source(["a", "b"], (r for r in records), "stratified", test_fraction=0.2)
     check_source(source, input_size=(64, 64), selection="test", workers=1, quiet=True)
     assert source.records == records
 
@@ -260,3 +261,12 @@ def test_empty_source_bad_label_and_bad_arguments_are_errors():
         check_source(Source(["a"], records, "given"), selection="best", quiet=True)
     with pytest.raises(RayexpError, match="fractions"):
         check_source(Source(["a"], records, "given"), fractions=(0.0,), quiet=True)
+
+
+def test_a_single_class_is_refused_not_reported_as_100_percent():
+    records = [SourceRecord(_pixels("a", i), 0, f"a{i}") for i in range(10)]
+    with pytest.raises(RayexpError, match=r"'one' has images of 1 class\(es\) \(a\): .* at least two; add a folder"):
+        check_source(Source(["a"], records, "stratified", test_fraction=0.2), name="one", quiet=True)
+    # Two classes listed, images of one only: the same.
+    with pytest.raises(RayexpError, match="at least two"):
+        check_source(Source(["a", "b"], records, "stratified", test_fraction=0.2), name="one", quiet=True)

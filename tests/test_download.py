@@ -3,6 +3,8 @@
 import hashlib
 import http.server
 import io
+import os
+import stat
 import tarfile
 import threading
 import zipfile
@@ -139,3 +141,143 @@ def test_prepare_download_end_to_end_and_checksum_mismatch(http_folder, tmp_path
     assert manifest["source_checksums"]["EuroSAT.zip"] == "md5:" + digest
     assert load_manifest(tmp_path / "data", "eurosat")["splits"]["train"]["rows"] + manifest["splits"]["test"]["rows"] == 8
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads", "eurosat"]  # no scratch left
+
+
+def _tar_of(path, members):
+    """Write an uncompressed tar of ``members``: (name, kind, payload) with kind "file" (payload bytes),
+    "dir", "symlink" or "hardlink" (payload the link name), or a tarfile type constant."""
+    with tarfile.open(path, "w") as tf:
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+                continue
+            types = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}
+            info.type = types.get(kind, kind)
+            if kind in ("symlink", "hardlink"):
+                info.linkname = payload
+            tf.addfile(info)
+    return path
+
+
+def _new_entries(folder, before):
+    return sorted(p.name for p in folder.iterdir() if p.name not in before)
+
+
+def test_cve_2025_4517_layout_is_refused_and_writes_nothing_outside(tmp_path):
+    """Long directory names behind one-letter links push realpath past PATH_MAX, so a link climbing out of the
+    target was never expanded by tarfile's "data" filter: on Python 3.11.7 the file below it landed outside."""
+    target = tmp_path / "t"
+    steps = "abcdefghijklmnop"
+    room = os.pathconf(tmp_path, "PC_PATH_MAX") - len(str(target)) - 1
+    comp = "d" * min(247, room // (len(steps) + 1))
+    members, prefix = [], ""
+    for step in steps:
+        members += [(prefix + comp, "dir", None), (prefix + step, "symlink", comp)]
+        prefix += comp + "/"
+    linkpath = "/".join(steps) + "/" + "l" * 254
+    members += [(linkpath, "symlink", "../" * len(steps)), ("escape", "symlink", linkpath + "/.."),
+                ("escape/pwned.txt", "file", b"outside")]
+    archive = _tar_of(tmp_path / "cve.tar", members)
+    with pytest.raises(RayexpError, match=r"cve.tar: member 'a' is a symbolic link.*refusing the archive"):
+        safe_extract(archive, target)
+    assert _new_entries(tmp_path, {"cve.tar"}) == ["t"]
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_symlink_chain_is_refused_by_us_not_by_tarfile(tmp_path):
+    archive = _tar_of(tmp_path / "chain.tar", [("a", "symlink", "."), ("b", "symlink", "a/.."), ("b/x", "file", b"x")])
+    with pytest.raises(RayexpError, match=r"chain.tar: member 'a' is a symbolic link to '\.'.*refusing the archive"):
+        safe_extract(archive, tmp_path / "t")
+    assert _new_entries(tmp_path, {"chain.tar"}) == ["t"]
+
+
+def test_hard_link_to_an_earlier_member_extracts_as_a_copy(tmp_path):
+    members = [("data/a.txt", "file", b"abc"), ("data/sub/b.txt", "hardlink", "data/a.txt")]
+    archive = _tar_of(tmp_path / "h.tar", members)
+    safe_extract(archive, tmp_path / "t")
+    a, b = tmp_path / "t" / "data" / "a.txt", tmp_path / "t" / "data" / "sub" / "b.txt"
+    assert a.read_bytes() == b.read_bytes() == b"abc"
+    assert a.stat().st_ino != b.stat().st_ino and a.stat().st_nlink == b.stat().st_nlink == 1
+
+
+@pytest.mark.parametrize("linkname", ["../outside.txt", "ABSOLUTE", "later.txt", "missing.txt", "data"])
+def test_hard_link_outside_or_not_yet_extracted_is_refused(tmp_path, linkname):
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"keep")
+    linkname = str(outside) if linkname == "ABSOLUTE" else linkname
+    archive = _tar_of(tmp_path / "h.tar", [("data/", "dir", None), ("link.txt", "hardlink", linkname),
+                                           ("later.txt", "file", b"later")])
+    with pytest.raises(RayexpError, match=r"h.tar: member 'link.txt' is a hard link to .*refusing the archive"):
+        safe_extract(archive, tmp_path / "t")
+    assert outside.read_bytes() == b"keep" and outside.stat().st_nlink == 1
+    assert not (tmp_path / "t" / "link.txt").exists()
+
+
+@pytest.mark.parametrize(("kind", "what"), [(tarfile.FIFOTYPE, "a FIFO"), (tarfile.CHRTYPE, "a character device"),
+                                            (tarfile.BLKTYPE, "a block device")])
+def test_special_files_are_refused(tmp_path, kind, what):
+    archive = _tar_of(tmp_path / "s.tar", [("ok.txt", "file", b"1"), ("dev", kind, None)])
+    with pytest.raises(RayexpError, match=f"s.tar: member 'dev' is {what}, not a file or a directory; refusing"):
+        safe_extract(archive, tmp_path / "t")
+
+
+def test_zip_symlink_and_escaping_entries_are_refused(tmp_path):
+    link_zip = tmp_path / "link.zip"
+    with zipfile.ZipFile(link_zip, "w") as zf:
+        info = zipfile.ZipInfo("link")
+        info.create_system = 3
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, str(tmp_path / "outside.txt"))
+        zf.writestr("link/pwned.txt", "x")
+    with pytest.raises(RayexpError, match=r"link.zip: member 'link' is a symbolic link.*refusing the archive"):
+        safe_extract(link_zip, tmp_path / "t")
+    assert not (tmp_path / "t" / "link").exists()
+    evil_zip = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil_zip, "w") as zf:
+        zf.writestr("ok.txt", "1")
+        zf.writestr("../evil", "2")
+    with pytest.raises(RayexpError, match=r"evil.zip: member '\.\./evil' has a path outside the target.*refusing"):
+        safe_extract(evil_zip, tmp_path / "t2")
+    assert _new_entries(tmp_path, {"link.zip", "evil.zip"}) == ["t", "t2"]
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+def test_planted_symlink_in_target_is_replaced_never_followed(tmp_path, fmt):
+    outside, outdir = tmp_path / "outside.txt", tmp_path / "outdir"
+    outside.write_bytes(b"keep")
+    outdir.mkdir()
+    target = tmp_path / "t"
+    target.mkdir()
+    (target / "data.txt").symlink_to(outside)
+    (target / "sub").symlink_to(outdir)
+    first, second = tmp_path / f"first.{fmt}", tmp_path / f"second.{fmt}"
+    if fmt == "tar":
+        _tar_of(first, [("data.txt", "file", b"new")])
+        _tar_of(second, [("sub/x.txt", "file", b"x")])
+    else:
+        with zipfile.ZipFile(first, "w") as zf:
+            zf.writestr("data.txt", "new")
+        with zipfile.ZipFile(second, "w") as zf:
+            zf.writestr("sub/x.txt", "x")
+    safe_extract(first, target)
+    assert not (target / "data.txt").is_symlink() and (target / "data.txt").read_bytes() == b"new"
+    assert outside.read_bytes() == b"keep"
+    with pytest.raises(RayexpError, match=r"member 'sub/x.txt' would go through 'sub'.*not a directory; refusing the"):
+        safe_extract(second, target)
+    assert list(outdir.iterdir()) == []
+
+
+def test_extracted_modes_are_plain(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        info = tarfile.TarInfo("bin/tool")
+        info.size, info.mode = 2, 0o6777
+        tf.addfile(info, io.BytesIO(b"#!"))
+    (tmp_path / "m.tar").write_bytes(buffer.getvalue())
+    safe_extract(tmp_path / "m.tar", tmp_path / "t")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "t" / "bin" / "tool").stat().st_mode) == 0o644 & ~umask
+    assert stat.S_IMODE((tmp_path / "t" / "bin").stat().st_mode) == 0o755 & ~umask

@@ -1,6 +1,7 @@
 """The generic folder source (a user's own data, PlantCLEF) and the preparation around every source."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -99,3 +100,58 @@ def test_prepare_cli_is_idempotent_and_lists(tmp_path):
     assert listing.returncode == 0 and "digits" in listing.stdout and "cifar10" in listing.stdout
     bad = subprocess.run([sys.executable, "datasets/prepare.py", "imagenet", "--data-dir", str(tmp_path / "data")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown dataset 'imagenet'" in bad.stderr
+
+
+def _csv_source(tmp_path, outside_row):
+    """A folder with labels.csv and four images beside it, plus one image outside it listed by ``outside_row``
+    ("absolute", "dotdot" or "symlink" inside the folder pointing out); returns the CSV's path."""
+    src = tmp_path / "src"
+    for i in range(4):
+        _image(src / f"{i}.png", value=10 * i)
+    outside = tmp_path / "elsewhere" / "out.png"
+    _image(outside, value=200)
+    if outside_row == "symlink":
+        (src / "link.png").symlink_to(outside)
+    path = {"absolute": str(outside), "dotdot": "../elsewhere/out.png", "symlink": "link.png"}[outside_row]
+    rows = ["path,label", "0.png,cat", "1.png,cat", f"{path},dog", "2.png,dog", "3.png,cat"]
+    (src / "labels.csv").write_text("\n".join(rows) + "\n")
+    return src / "labels.csv", path
+
+
+@pytest.mark.parametrize("outside_row", ["absolute", "dotdot", "symlink"])
+def test_csv_paths_outside_its_folder_are_refused_unless_allowed(tmp_path, outside_row):
+    from rayexp.data.sources import folder
+
+    csv_path, listed = _csv_source(tmp_path, outside_row)
+    expected = (rf"labels.csv line 4: image '{re.escape(listed)}' resolves to .*elsewhere/out.png, outside the CSV's "
+                r"folder .*src; move the images under .*src, or pass --allow-outside-paths")
+    with pytest.raises(RayexpError, match=expected):
+        prepare("pets", tmp_path / "data", source=csv_path, workers=1, quiet=True)
+    source = folder.load_source("pets", csv_path.parent, tmp_path / "work", allow_outside=True)
+    assert source.classes == ["cat", "dog"] and len(source.records) == 5
+    assert [r.id for r in source.records][2] == listed  # ids stay as the CSV gave them
+    assert source.records[2].image == (tmp_path / "elsewhere" / "out.png").resolve()
+
+
+@pytest.mark.parametrize("second", ["a.png,dog", "a.png,cat", "./sub/../a.png,cat", "alias.png,dog"])
+def test_csv_listing_one_file_twice_is_refused_naming_both_lines(tmp_path, second):
+    src = tmp_path / "src"
+    _image(src / "a.png")
+    _image(src / "b.png", value=50)
+    (src / "sub").mkdir()
+    (src / "alias.png").symlink_to(src / "a.png")
+    (src / "labels.csv").write_text("\n".join(["path,label", "a.png,cat", "# a comment", "b.png,dog", second]) + "\n")
+    with pytest.raises(RayexpError, match=r"labels.csv lines 2 and 5 both list .*a.png \(labels 'cat' and '(cat|dog)'"):
+        prepare("pets", tmp_path / "data", source=src / "labels.csv", workers=1, quiet=True)
+
+
+def test_csv_with_a_byte_order_mark_reads_its_header(tmp_path):
+    _class_folders(tmp_path / "imgs", per_class=(5, 5))
+    rows = ["path,label"] + [f"imgs/class{c}/{i}.png,{'cat' if c else 'dog'}" for c in range(2) for i in range(5)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8-sig")
+    assert (tmp_path / "labels.csv").read_bytes().startswith(b"\xef\xbb\xbfpath,label\n")
+    manifest = prepare("pets", tmp_path / "data", source=tmp_path / "labels.csv", workers=1, quiet=True)
+    assert manifest["classes"] == ["cat", "dog"]
+    assert manifest["splits"]["train"]["rows"] + manifest["splits"]["test"]["rows"] == 10
+    ids = [i for split in ("train", "test") for i in read_split(tmp_path / "data", "pets", split)["id"].to_pylist()]
+    assert sorted(ids) == sorted(row.split(",")[0] for row in rows[1:])

@@ -53,3 +53,10 @@ def test_full_grid_dry_run_prints_the_papers_1980_keys_without_ray():
     assert len(keys) == 1980 == len(set(keys))
     assert "convnext_tiny/cifar10/0.1/2" in lines
     assert "Ray" not in out.stderr  # nothing started
+
+
+def test_seeds_outside_numpys_range_are_refused():
+    with pytest.raises(RayexpError, match=r"seed -1 is outside 0..4294967295"):
+        expand_grid(["resnet50"], ["dtd"], [1.0], [0, -1])
+    with pytest.raises(RayexpError, match=r"seed 4294967296 is outside"):
+        expand_grid(["resnet50"], ["dtd"], [1.0], [2**32])

@@ -141,15 +141,38 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
     out = capsys.readouterr().out
     assert "the prepared copy" in out and "4 of 4 trials already finished" in out
 
+    # A class added: the old verdict answers another question. It is prepared again and trained again, in an
+    # experiment of its own, never reported as the answer for the new data.
+    rng = np.random.default_rng(1)
+    (source / "yellow").mkdir()
+    for i in range(40):
+        image = np.clip(np.array((220, 210, 40)) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(source / "yellow" / f"yellow_{i:03d}.png")
+    assert main(DEFAULTS, _argv(tmp_path, source, "--domain", "natural", "--backbones", "shufflenet_v2_x2_0", "--seeds", "0")) == 0
+    out = capsys.readouterr().out
+    assert "preparing again" in out and "already finished" not in out
+    new = out.split("this data's results go to experiment '")[1].split("'")[0]
+    assert new.startswith("my-data-colours-") and new != "my-data-colours"
+    (run,) = tracking.fetch_trial_results(uri, new)
+    assert run["status"] == "FINISHED" and MlflowClient(uri).get_run(run["run_id"]).data.params["num_classes"] == "4"
+    assert len(tracking.fetch_trial_results(uri, "my-data-colours")) == 4  # the old results stay, apart
+    rec = json.loads((tmp_path / "out" / "recommendation.json").read_text())
+    assert [r["backbone"] for r in rec["ranking"] if r["n_seeds"]] == ["shufflenet_v2_x2_0"]
+
 
 @pytest.mark.slow
 def test_budget_mode_on_digits_folder_stops_and_reports_what_it_stopped(ray_local, tmp_path, capsys):
     planted = plant_problems(digits_folder(tmp_path / "digits_folder"))
     argv = _argv(tmp_path, tmp_path / "digits_folder", "--accept-warnings", "--max-epochs", "3", "--scheduler", "asha",
                  "--grace-period", "1", "--budget-epochs", "5")
+    # Accepted or not, a class with a single training row cannot be validated on: refused before Ray starts.
+    assert main(DEFAULTS, argv) == 2
+    assert "1 class(es) have a single training row, none to hold out (x)" in capsys.readouterr().err
+    for split in ("train", "test"):
+        shutil.rmtree(tmp_path / "digits_folder" / split / "x")
     assert main(DEFAULTS, argv) == 0
     out = capsys.readouterr().out
-    assert "going on despite 3 serious problem(s)" in out and "the sweep's budget is spent" in out
+    assert "going on despite 2 serious problem(s)" in out and "the sweep's budget is spent" in out
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = tracking.fetch_trial_results(uri, "my-data-digits_folder")

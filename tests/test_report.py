@@ -32,3 +32,36 @@ def test_missing_cells_are_missing_not_zero(tmp_path):
     c_row = [r for r in rows if r["backbone"] == "c"][0]
     assert c_row["best_of_3"] == "" and c_row["n_seeds"] == "0"
     assert "shown as missing" in paths["markdown"].read_text()
+
+
+def _marked(backbone, seed, acc, data="d1", protocol="p1", start=0, dataset="digits"):
+    return {**_row(backbone, seed, acc), "dataset": dataset, "data_fingerprint": f"sha256:{data}", "protocol_fingerprint": f"sha256:{protocol}",
+            "start_time": start, "run_id": f"{backbone}{seed}{start}"}
+
+
+def test_results_of_other_data_or_protocol_are_left_out_and_said():
+    from rayexp.results import current_results
+
+    rows = [
+        _marked("a", 0, 0.50, data="old", start=1), _marked("a", 1, 0.99, data="old", start=2),  # before prepare --force
+        _marked("a", 2, 0.70, data="new", start=3), _marked("b", 0, 0.60, data="new", start=4),
+        _marked("b", 1, 0.95, protocol="p0", data="new", start=0),  # another protocol, older
+        _marked("c", 0, 0.80, dataset="dtd", data="x", start=5),
+        {**_row("d", 0, 0.9)},  # an older rayexp's run, no fingerprint
+        {**_row("e", 0, None, status="FAILED")},
+    ]
+    kept, notes = current_results(rows)
+    assert sorted((r["backbone"], r["seed"]) for r in kept) == [("a", 2), ("b", 0), ("c", 0), ("e", 0)]
+    assert any("2 finished run(s) left out: trained on an earlier version of digits" in n for n in notes)
+    assert any("1 finished run(s) left out: trained with another protocol" in n for n in notes)
+    assert any("1 finished run(s) left out: they record no fingerprint" in n for n in notes)
+    # The best of three is not the stale 0.99.
+    assert {s.backbone: s.best_of_3 for s in summarize(kept)}["a"] == 0.7
+
+
+def test_results_without_any_fingerprint_are_kept_but_said():
+    from rayexp.results import current_results
+
+    rows = [_row("a", 0, 0.5), _row("a", 1, 0.6)]
+    kept, notes = current_results(rows)
+    assert kept == rows and "record no data or protocol fingerprint" in notes[0]

@@ -10,6 +10,7 @@ from PIL import Image
 
 from rayexp import tracking
 from rayexp.grid import TrialKey
+from rayexp.orchestrate import update_cell_summary
 from rayexp.report import build_report
 
 
@@ -26,7 +27,7 @@ def _sweep_store(tmp_path):
             run = tracking.TrialRun.open(uri, "exp", str(key), tags, {"weights": "IMAGENET1K_V1"}, parent_run_id=parents[tracking.cell_name(backbone, "dtd", 1.0)])
             run.log_metrics({"test_acc": acc, "train_images_per_s": 100.0 + seed}, step=1)
             run.finish({"best_test_acc": acc, "train_seconds": 36.0})
-        tracking.update_cell_summary(uri, "exp", backbone, "dtd", 1.0)
+        update_cell_summary(uri, "exp", backbone, "dtd", 1.0)
     return uri, parents
 
 
@@ -48,6 +49,15 @@ def test_parents_hold_best_of_three_and_the_report_shows_missing_cells(tmp_path)
     text = paths["report_md"].read_text()
     assert "| convnext_tiny | missing |" in text and "**swin_t**" in text and "texture" in text
     assert "within seed noise" not in text.split("dtd at 1.0")[1].splitlines()[0]  # 2.0 points vs std ~1.5
+    assert "record no data or protocol fingerprint" in text  # these hand-made runs carry none: said, not hidden
+
+    # A newer run with fingerprints (the sweep was rerun on re-prepared data): the unmarked runs leave the tables.
+    key = TrialKey("resnet50", "dtd", 1.0, 5)
+    marks = {"data_fingerprint": "sha256:" + "d" * 64, "protocol_fingerprint": "sha256:" + "e" * 64}
+    tags = {"backbone": "resnet50", "dataset": "dtd", "domain": "texture", "fraction": "1.0", "seed": "5", **marks}
+    tracking.TrialRun.open(uri, "exp", str(key), tags, {"weights": "IMAGENET1K_V1"}).finish({"best_test_acc": 0.5})
+    text = build_report(uri, "exp", tmp_path / "out2", log_to_mlflow=False)["report_md"].read_text()
+    assert "6 finished run(s) left out: they record no fingerprint" in text and "**swin_t**" not in text
     # the summary run holds the report
     summary = [r for r in client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`rayexp.kind` = 'summary'")]
     assert len(summary) == 1

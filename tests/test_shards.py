@@ -37,7 +37,7 @@ def _records(per_class=(7, 5, 3), size=(12, 10)):
 
 def test_digits_round_trip(digits_dir):
     manifest = load_manifest(digits_dir, "digits")
-    assert manifest["format_version"] == 1 and manifest["n_classes"] == 10
+    assert manifest["format_version"] == 2 and manifest["n_classes"] == 10
     assert manifest["splits"]["train"]["rows"] + manifest["splits"]["test"]["rows"] == 1797
     assert manifest["splits"]["train"]["rows"] == get_dataset_info("digits").train
     train = read_split(digits_dir, "digits", "train")

@@ -258,7 +258,7 @@ def test_killed_driver_resumes_only_unfinished_keys(ray_local, digits_dir, tmp_p
     from tests.conftest import REPO
 
     extra = ["--experiment", "resume", "--backbones", "shufflenet_v2_x2_0", "--seeds", "0", "1",
-             "--max-epochs", "3", "--patience", "3", "--no-dualopt"]
+             "--max-epochs", "3", "--patience", "3", "--no-dualopt", "--batch-size", "16"]  # the same protocol both ways
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # The sweep's driver in a process of its own (with its own local Ray), killed mid-sweep like a Ctrl-C'd
     # or rebooted head: the whole process group goes, Ray's processes included.

@@ -36,9 +36,9 @@ def test_one_run_per_key_continued_not_duplicated(tmp_path):
     again = tracking.TrialRun.open(uri, "exp", "resnet50/digits/0.1/0", tags, {"lr": 0.001, "batch_size": 64})
     assert again.run_id == run.run_id
     again.log_metrics({"test_acc": 0.6}, step=2)
-    assert tracking.finished_keys(uri, "exp") == set()
+    assert tracking.trial_statuses(uri, "exp") == {"resnet50/digits/0.1/0": "RUNNING"}
     again.finish({"best_test_acc": 0.6})
-    assert tracking.finished_keys(uri, "exp") == {"resnet50/digits/0.1/0"}
+    assert tracking.trial_statuses(uri, "exp") == {"resnet50/digits/0.1/0": "FINISHED"}
     (row,) = tracking.fetch_trial_results(uri, "exp")
     assert row["best_test_acc"] == 0.6 and row["fraction"] == 0.1 and row["status"] == "FINISHED"
     assert tracking.metric_history(uri, row["run_id"], "test_acc") == [(1, 0.5), (2, 0.6)]
@@ -50,10 +50,11 @@ def test_trial_selection_finished_errored_interrupted(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     keys = expand_grid(["resnet50"], ["dtd"], [1.0], [0, 1, 2, 3])
-    runs = [tracking.TrialRun.open(uri, "exp", str(k), {"seed": str(k.seed)}, {}) for k in keys[:3]]
+    cfg = SweepConfig(keys=keys, experiment="exp", data_dir="", storage="", tracking_uri=uri, weights={"resnet50": "random"},
+                      data_fingerprints={"dtd": "sha256:" + "a" * 64})
+    runs = [tracking.TrialRun.open(uri, "exp", str(k), {"seed": str(k.seed), **cfg.identity(k)}, {}) for k in keys[:3]]
     runs[0].finish({"best_test_acc": 0.5})
     runs[1].fail()  # errored; runs[2] stays RUNNING: its driver was killed
-    cfg = SweepConfig(keys=keys, experiment="exp", data_dir="", storage="", tracking_uri=uri, weights={})
     with pytest.raises(RayexpError, match=r"1 trial\(s\) of experiment 'exp' were interrupted .* pass --resume"):
         select_trials(cfg)
     cfg.resume = True
@@ -62,3 +63,69 @@ def test_trial_selection_finished_errored_interrupted(tmp_path):
     cfg.retry_errored = True
     todo, _ = select_trials(cfg)
     assert [k.seed for k in todo] == [1]
+
+
+def _finished_sweep(tmp_path, **changes):
+    """A finished 2-seed sweep in a real MLflow store, and the config of a new sweep with ``changes``."""
+    from dataclasses import replace
+
+    from rayexp.grid import expand_grid
+    from rayexp.orchestrate import SweepConfig
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    keys = expand_grid(["resnet50"], ["dtd"], [1.0], [0, 1])
+    old = SweepConfig(keys=keys, experiment="exp", data_dir="", storage="", tracking_uri=uri, weights={"resnet50": "pretrained"},
+                      data_fingerprints={"dtd": "sha256:" + "a" * 64}, max_epochs=100)
+    for k in keys:
+        tracking.TrialRun.open(uri, "exp", str(k), {"seed": str(k.seed), **old.identity(k)}, {}).finish({"best_test_acc": 0.5})
+    return uri, replace(old, **changes)
+
+
+@pytest.mark.parametrize(
+    "changes, said",
+    [
+        ({"data_fingerprints": {"dtd": "sha256:" + "b" * 64}}, r"the data changed \(fingerprint aaaaaaaaaaaa -> bbbbbbbbbbbb\)"),
+        ({"max_epochs": 4}, r"the protocol changed \(max_epochs_per_phase 100 -> 4\)"),
+        ({"selection": "val", "precision": "bf16"}, r"precision 'auto' -> 'bf16', selection 'test' -> 'val'"),
+        ({"batch_size": 7}, r"the batch size changed \(256 -> 7\)"),
+        ({"weights": {"resnet50": "random"}}, r"the weights changed \(pretrained -> random\)"),
+    ],
+)
+def test_a_rerun_with_other_data_or_protocol_stops_naming_the_change(tmp_path, changes, said):
+    from rayexp.orchestrate import select_trials
+
+    uri, cfg = _finished_sweep(tmp_path, **changes)
+    with pytest.raises(RayexpError, match=said) as error:
+        select_trials(cfg)
+    assert "2 trial(s) of MLflow experiment 'exp' were run from other data or settings" in str(error.value)
+    assert "--experiment exp-2" in str(error.value) and "--retrain-changed" in str(error.value)
+    # Same data and protocol: the finished keys count and nothing trains.
+    _, same = _finished_sweep(tmp_path / "again")
+    assert select_trials(same) == ([], 2)
+
+
+def test_retrain_changed_supersedes_the_old_runs_and_trains_again(tmp_path):
+    from rayexp.orchestrate import select_trials
+
+    uri, cfg = _finished_sweep(tmp_path, data_fingerprints={"dtd": "sha256:" + "b" * 64}, retrain_changed=True)
+    todo, skipped = select_trials(cfg)
+    assert [str(k) for k in todo] == ["resnet50/dtd/1.0/0", "resnet50/dtd/1.0/1"] and skipped == 0
+    assert tracking.fetch_trial_results(uri, "exp") == []  # the old runs are out of every result
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    old = client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`rayexp.kind` = 'superseded'")
+    assert len(old) == 2 and "the data changed" in old[0].data.tags["superseded_because"]
+
+
+def test_a_run_without_fingerprints_is_not_taken_as_done(tmp_path):
+    from rayexp.grid import expand_grid
+    from rayexp.orchestrate import SweepConfig, select_trials
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    (key,) = expand_grid(["resnet50"], ["dtd"], [1.0], [0])
+    tracking.TrialRun.open(uri, "exp", str(key), {"seed": "0"}, {}).finish({"best_test_acc": 0.9})  # an older rayexp's run
+    cfg = SweepConfig(keys=[key], experiment="exp", data_dir="", storage="", tracking_uri=uri, weights={"resnet50": "random"},
+                      data_fingerprints={"dtd": "sha256:" + "a" * 64})
+    with pytest.raises(RayexpError, match="records no fingerprint"):
+        select_trials(cfg)

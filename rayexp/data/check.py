@@ -183,6 +183,11 @@ def check_source(
     if len(bad):
         r = records[bad[0]]
         raise RayexpError(f"dataset {name!r}: image {r.id!r} has label {r.label}, outside 0..{n_classes - 1}")
+    if len(set(labels.tolist())) < 2:
+        raise RayexpError(
+            f"dataset {name!r} has images of {len(set(labels.tolist()))} class(es) ({', '.join(source.classes)}): "
+            "choosing a classifier needs at least two; add a folder of images of another class"
+        )
     splits = assign_splits(name, source, records, labels, seed)
 
     progress = _Progress(f"checking {name}", len(records), quiet)

@@ -18,6 +18,7 @@ import collections
 import logging
 import math
 import os
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -25,30 +26,86 @@ import numpy as np
 import torch
 
 from rayexp.data.shards import rank_ranges, split_paths
+from rayexp.errors import RayexpError
 
 
 CACHE_SPLITS = ("train", "test", "val")  # the codes of the ``split`` column of a trial's cache dataset
 DECODE_BLOCK_ROWS = 256  # rows per Ray Data block to decode: small enough that every data CPU gets some
 
 
-def decode_resize_batch(batch: dict[str, np.ndarray], size: Sequence[int], split: str | None = None) -> dict[str, np.ndarray]:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_problem(data: bytes) -> str | None:
+    """Why ``data`` is not a well-formed PNG (a chunk cut short, a CRC that does not match, no IEND), or None.
+
+    torchvision's PNG decoder crashes the whole process (a segfault, which Ray then retries for ever) on a
+    PNG that libpng rejects; checking every chunk's CRC first (zlib's crc32, microseconds per image) turns
+    any changed byte into an error that can be named.
+    """
+    if data[:8] != PNG_SIGNATURE:
+        return "not a PNG signature"
+    view, at = memoryview(data), 8
+    while at + 12 <= len(data):
+        length = int.from_bytes(view[at : at + 4], "big")
+        end = at + 12 + length
+        if end > len(data):
+            return f"chunk at byte {at} runs past the end"
+        if zlib.crc32(view[at + 4 : at + 8 + length]) != int.from_bytes(view[at + 8 + length : end], "big"):
+            return f"CRC mismatch in the {bytes(view[at + 4 : at + 8]).decode('latin-1')!r} chunk at byte {at}"
+        if view[at + 4 : at + 8] == b"IEND":
+            return None
+        at = end
+    return "no IEND chunk (truncated)"
+
+
+class ShardDataError(RayexpError):
+    """A shard row that cannot be trained on: an undecodable image or a label outside the classes."""
+
+
+def decode_resize_batch(
+    batch: dict[str, np.ndarray], size: Sequence[int], split: str | None = None, n_classes: int | None = None,
+    dataset: str = "NAME",
+) -> dict[str, np.ndarray]:
     """Decode a batch of encoded images to RGB and resize each to ``size`` (H, W), bilinear with antialias.
 
     The resize ignores aspect ratio, as the paper's protocol does. ``torchvision.io`` decodes a shard's
     JPEG or PNG in about half the time PIL takes, and the resize runs on the decoded tensor without a
-    copy back to PIL.
+    copy back to PIL. A corrupt image or a label outside ``0..n_classes-1`` raises :class:`ShardDataError`
+    naming the shard file (``path``) and the row's ``id`` when the batch has those columns.
     """
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2.functional import resize
 
+    def where(i: int) -> str:
+        path = str(batch["path"][i]) if "path" in batch else "?"
+        row = str(batch["id"][i]) if "id" in batch else f"#{i}"
+        return f"shard {path}, row id {row!r}"
+
+    fix = f"prepare the dataset again (python datasets/prepare.py {dataset} --force)"
+
+    labels = batch["label"].astype(np.int64)
+    if n_classes is not None:
+        bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+        if len(bad):
+            raise ShardDataError(f"{where(bad[0])}: label {labels[bad[0]]} is outside 0..{n_classes - 1}; {fix}")
     height, width = int(size[0]), int(size[1])
     images = np.empty((len(batch["image"]), height, width, 3), dtype=np.uint8)
     for i, data in enumerate(batch["image"]):
-        chw = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        problem = png_problem(data) if data[:8] == PNG_SIGNATURE else None
+        try:
+            if problem is not None:
+                raise ValueError(problem)
+            chw = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError) as exc:
+            raise ShardDataError(
+                f"{where(i)}: the image cannot be decoded ({str(exc).splitlines()[0][:200]}); the shard changed after "
+                f"preparation: {fix}"
+            ) from None
         if tuple(chw.shape[1:]) != (height, width):
             chw = resize(chw, [height, width], antialias=True)
         images[i] = chw.permute(1, 2, 0).numpy()
-    out = {"image": images, "label": batch["label"].astype(np.int64)}
+    out = {"image": images, "label": labels}
     if split is not None:
         out["split"] = np.full(len(images), CACHE_SPLITS.index(split), dtype=np.int8)
     return out
@@ -105,12 +162,14 @@ def build_split_dataset(
     # A part file holds up to 4,096 rows; read it as several tasks (by row groups) so that every data CPU
     # decodes, each in the same task that read its rows (a repartition between them halved throughput).
     blocks = max(1, math.ceil(manifest["splits"][split]["rows"] / DECODE_BLOCK_ROWS))
-    dataset = ray.data.read_parquet(split_paths(data_dir, manifest, split), override_num_blocks=blocks).select_columns(["image", "label", "rank"])
+    paths = split_paths(data_dir, manifest, split)
+    dataset = ray.data.read_parquet(paths, override_num_blocks=blocks, include_paths=True)
+    dataset = dataset.select_columns(["image", "label", "rank", "id", "path"])
     if split == "train" and (fraction < 1.0 or part != "all"):
         dataset = dataset.filter(expr=ray_fraction_expr(manifest, fraction, part))
     return dataset.map_batches(
         decode_resize_batch,
-        fn_kwargs={"size": tuple(image_size), "split": tag},
+        fn_kwargs={"size": tuple(image_size), "split": tag, "n_classes": manifest["n_classes"], "dataset": manifest["name"]},
         batch_format="numpy",
         batch_size=decode_batch_size,
     )

@@ -5,21 +5,51 @@ The library side of ``datasets/prepare.py``: one call per dataset, atomic and id
 
 from __future__ import annotations
 
+import errno
 import importlib
+import numbers
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
 from rayexp.data.catalog import CATALOG, DatasetInfo, get_dataset_info
 from rayexp.data.download import download
-from rayexp.data.shards import Source, dataset_dir, is_prepared, load_manifest, write_dataset
+from rayexp.data.shards import (
+    Source,
+    dataset_dir,
+    is_prepared,
+    leftover_name,
+    load_manifest,
+    remove_stale_leftovers,
+    storage_error,
+    verify_dataset,
+    write_dataset,
+)
 from rayexp.errors import RayexpError
+from rayexp.grid import SEED_LIMIT, seed_problem
 
 SPLIT_MODES = ("default", "paper")
+
+
+def check_settings(seed: int, workers: int | None) -> None:
+    """Refuse a seed or a worker count that would fail deep inside (NumPy rejects a negative seed with a
+    traceback) or never start, before anything is written. ``workers=None`` means one per CPU."""
+    if seed_problem(seed):
+        raise RayexpError(f"--seed: {seed_problem(seed)}; use a whole number from 0 to {SEED_LIMIT - 1}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1):
+        raise RayexpError(
+            f"--workers {workers}: use 1 or more processes (the default is one per CPU, {default_workers()})"
+        )
+
+
+def _is_storage_error(exc: OSError, data_dir: Path) -> bool:
+    """Whether an OSError is the data dir's fault (full, read-only, or a file under it), not a source file's."""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS):
+        return True
+    return bool(exc.filename) and Path(os.path.realpath(exc.filename)).is_relative_to(data_dir)
 
 
 def source_module(info: DatasetInfo) -> ModuleType:
@@ -77,18 +107,30 @@ def prepare(
     workers: int | None = None,
     skip_corrupt: bool = False,
     quiet: bool = False,
+    allow_outside: bool = False,
 ) -> dict:
-    """Prepare ``name`` into ``data_dir``; returns its manifest (the existing one if already prepared)."""
+    """Prepare ``name`` into ``data_dir``; returns its manifest (the existing one if already prepared).
+
+    A folder of ``name`` without a manifest is not prepared (an unfinished or damaged copy) and is
+    replaced. Scratch folders left in ``data_dir`` by killed runs are removed first, a live run's kept.
+    """
+    check_settings(seed, workers)
     if split not in SPLIT_MODES:
         raise RayexpError(f"--split {split!r}: use one of {', '.join(SPLIT_MODES)}")
     info = dataset_info(name, str(source) if source else None, domain)
     if is_prepared(data_dir, info.name) and not force:
         return load_manifest(data_dir, info.name)
+    if allow_outside and info.source != "folder":
+        raise RayexpError(f"--allow-outside-paths is for a CSV of your own images; {info.name} is read by its own source")
     module = source_module(info)
     data_dir = Path(data_dir).expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    work = data_dir / f".work-{info.name}-{uuid.uuid4().hex[:8]}"
-    work.mkdir()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_leftovers(data_dir, info.name, ("work",), quiet=quiet)
+        work = data_dir / leftover_name("work", info.name)
+        work.mkdir()
+    except OSError as exc:
+        raise storage_error(info.name, data_dir, exc) from exc
     try:
         if source is not None:
             root = _source_root(source, work)
@@ -106,26 +148,34 @@ def prepare(
         else:
             how = "--download, or " if module.remote_files(info.name) else ""
             raise RayexpError(f"{info.name}: no source files; pass {how}--source PATH. {module.local_help(info.name)}")
-        src = module.load_source(info.name, root, work, split)
+        src = module.load_source(info.name, root, work, split, **({"allow_outside": True} if allow_outside else {}))
         if info.n_classes and len(src.classes) != info.n_classes and split == "default" and source is None:
             src.notes.append(f"{len(src.classes)} classes where the paper has {info.n_classes}")
         if not info.n_classes:
             info = replace(info, n_classes=len(src.classes))
         return write_dataset(data_dir, info, src, seed=seed, force=force, workers=workers or default_workers(), skip_corrupt=skip_corrupt, quiet=quiet)
+    except OSError as exc:  # extracting an archive into the scratch folder can fill the disk too
+        if _is_storage_error(exc, data_dir):
+            raise storage_error(info.name, data_dir, exc) from exc
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def load_user_source(name: str, source: str | os.PathLike, domain: str | None, input_size: tuple[int, int]) -> tuple[DatasetInfo, Source]:
+def load_user_source(
+    name: str, source: str | os.PathLike, domain: str | None, input_size: tuple[int, int], allow_outside: bool = False,
+) -> tuple[DatasetInfo, Source]:
     """A user's folder or CSV read by the generic folder source, and the entry preparation will write it with.
 
-    Loaded once here so that the data check and the preparation see the same records and split.
+    Loaded once here so that the data check and the preparation see the same records and split. A CSV's
+    paths must lie under its folder unless ``allow_outside``.
     """
     if name in CATALOG:
         raise RayexpError(f"--name {name!r} is one of the paper's datasets; give your data another name")
     info = replace(dataset_info(name, str(source), domain), input_size=tuple(input_size))
     with tempfile.TemporaryDirectory(prefix="rayexp-source-") as work:
-        src = source_module(info).load_source(info.name, _source_root(source, Path(work)), Path(work), "default")
+        root = _source_root(source, Path(work))
+        src = source_module(info).load_source(info.name, root, Path(work), "default", allow_outside=allow_outside)
     return replace(info, n_classes=len(src.classes)), src
 
 
@@ -133,19 +183,28 @@ def prepare_user_source(info: DatasetInfo, source: Source, data_dir: str | os.Pa
     """Write a loaded user source as ``info.name`` (split with ``seed``), unless the prepared copy came
     from the same files (the source's listing checksum) at the same settings; a changed folder is
     prepared again."""
+    check_settings(seed, workers)
     if is_prepared(data_dir, info.name):
-        manifest = load_manifest(data_dir, info.name)
-        same = (
-            manifest.get("source_checksums") == dict(source.checksums) and source.checksums
-            and manifest["input_size"] == list(info.input_size) and manifest["domain"] == info.domain and manifest["seed"] == seed
-            and (skip_corrupt or not manifest.get("skipped_corrupt"))
-        )
-        if same:
+        try:
+            manifest = load_manifest(data_dir, info.name)
+            same = (
+                manifest.get("source_checksums") == dict(source.checksums) and source.checksums
+                and manifest["input_size"] == list(info.input_size) and manifest["domain"] == info.domain and manifest["seed"] == seed
+                and (skip_corrupt or not manifest.get("skipped_corrupt"))
+            )
+            if same:
+                verify_dataset(dataset_dir(data_dir, info.name), manifest)
+        except RayexpError as exc:  # an older format, or a copy changed since: the folder is the truth
             if not quiet:
-                print(f"[rayexp] {info.name}: the prepared copy in {dataset_dir(data_dir, info.name)} is of the same files; not preparing again")
-            return manifest
-        if not quiet:
-            print(f"[rayexp] {info.name}: the images or settings changed since it was prepared; preparing again")
+                print(f"[rayexp] {info.name}: the prepared copy cannot be used ({exc}); preparing again")
+            same = False
+        else:
+            if same:
+                if not quiet:
+                    print(f"[rayexp] {info.name}: the prepared copy in {dataset_dir(data_dir, info.name)} is of the same files; not preparing again")
+                return manifest
+            if not quiet:
+                print(f"[rayexp] {info.name}: the images or settings changed since it was prepared; preparing again")
     return write_dataset(data_dir, info, source, seed=seed, force=True, workers=workers or default_workers(), skip_corrupt=skip_corrupt, quiet=quiet)
 
 

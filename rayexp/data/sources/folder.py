@@ -70,23 +70,46 @@ def _encoding(paths: list[Path]) -> str:
     return "jpeg" if jpeg * 2 > len(paths) else "png"
 
 
-def _from_csv(path: Path) -> tuple[list[str], list[SourceRecord], str]:
+def _from_csv(path: Path, *, allow_outside: bool = False) -> tuple[list[str], list[SourceRecord], str]:
+    """Records from a CSV of ``path,label[,split]`` rows, paths relative to the CSV's folder.
+
+    A CSV is often written by hand or by a script from another machine, so every path is checked once it is
+    resolved (links included): it must lie under the CSV's folder unless ``allow_outside``, so a CSV cannot
+    pull in files from anywhere on the disk, and one file may appear only once, since a file listed twice
+    (under two labels, or a repeated row) would be trained on twice or leak between the splits. Line numbers
+    in errors are the CSV's own; a UTF-8 byte order mark (as spreadsheet programs write) is accepted.
+    """
     base = path.resolve().parent
-    with open(path, newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row and not row[0].startswith("#")]
-    if rows and rows[0][:2] == ["path", "label"]:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        rows = [(reader.line_num, row) for row in reader if row and not row[0].startswith("#")]
+    if rows and [cell.strip().lower() for cell in rows[0][1][:2]] == ["path", "label"]:
         rows = rows[1:]
     if not rows:
         raise RayexpError(f"{path} has no rows of path,label")
-    classes = sorted({row[1] for row in rows})
+    for line, row in rows:
+        if len(row) < 2:
+            raise RayexpError(f"{path} line {line}: expected path,label[,split], got {row!r}")
+    classes = sorted({row[1] for _, row in rows})
     index = {c: i for i, c in enumerate(classes)}
     records = []
-    for n, row in enumerate(rows, 1):
-        if len(row) < 2:
-            raise RayexpError(f"{path} line {n}: expected path,label[,split], got {row!r}")
+    seen: dict[Path, tuple[int, str]] = {}
+    for line, row in rows:
         image = (base / row[0]).resolve()
+        if not allow_outside and not image.is_relative_to(base):
+            raise RayexpError(
+                f"{path} line {line}: image {row[0]!r} resolves to {image}, outside the CSV's folder {base}; "
+                f"move the images under {base}, or pass --allow-outside-paths"
+            )
         if not image.is_file():
-            raise RayexpError(f"{path} line {n}: image {image} does not exist")
+            raise RayexpError(f"{path} line {line}: image {image} does not exist")
+        if image in seen:
+            first, label = seen[image]
+            raise RayexpError(
+                f"{path} lines {first} and {line} both list {image} (labels {label!r} and {row[1]!r}); "
+                "a file may appear once: remove one of the rows"
+            )
+        seen[image] = (line, row[1])
         split = row[2].strip() if len(row) > 2 and row[2].strip() else None
         records.append(SourceRecord(image, index[row[1]], row[0], split="test" if split == "val" else split))
     rule = "given in the CSV" if all(r.split for r in records) else "stratified"
@@ -103,11 +126,13 @@ def listing_checksum(records: list[SourceRecord]) -> dict[str, str]:
     return {"listing": digest.hexdigest()}
 
 
-def load_source(name: str, root: Path, work: Path, split: str = "default") -> Source:
+def load_source(name: str, root: Path, work: Path, split: str = "default", *, allow_outside: bool = False) -> Source:
+    """The images under ``root`` in one of the layouts above; ``allow_outside`` lets a CSV's paths lie outside
+    its folder (``--allow-outside-paths``)."""
     test_fraction = 0.1 if name == "plantclef" else 0.2
     csvs = [p for p in root.iterdir() if p.suffix.lower() == ".csv"] if root.is_dir() else []
     if len(csvs) == 1 and not _class_folders(root):
-        classes, records, rule = _from_csv(csvs[0])
+        classes, records, rule = _from_csv(csvs[0], allow_outside=allow_outside)
         return Source(classes, records, f"{rule} ({csvs[0].name})", test_fraction=test_fraction, encoding=_encoding([r.image for r in records]),
                       checksums=listing_checksum(records))
     folders = {p.name: p for p in _class_folders(root)}

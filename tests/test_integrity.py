@@ -1,0 +1,226 @@
+"""Attacks on a sweep's inputs, each refused before Ray starts: tampered shards and manifests, bad values,
+stale results, a second sweep into a running experiment. Real shards, a real MLflow store, the real CLI."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from rayexp import tracking
+from rayexp.cli import SweepDefaults, main
+from rayexp.data.shards import MANIFEST, load_manifest, manifest_fingerprint
+from rayexp.errors import RayexpError
+
+DEFAULTS = SweepDefaults(
+    description="integrity",
+    experiment="attacks",
+    backbones=["shufflenet_v2_x2_0"],
+    datasets=["digits"],
+    fractions=[0.1],
+    seeds=[0],
+    max_epochs=1,
+    patience=1,
+    batch_size=16,
+    fallback_to_random_weights=True,
+)
+
+
+@pytest.fixture()
+def data(digits_dir, tmp_path) -> Path:
+    """A private copy of the prepared digits, free to tamper with."""
+    target = tmp_path / "data"
+    shutil.copytree(digits_dir, target)
+    return target
+
+
+def _argv(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--data-dir", str(data_dir), "--storage", str(tmp_path / "storage"),
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "report"), *extra,
+    ]
+
+
+def _refused(tmp_path, data_dir, capsys, *extra: str) -> str:
+    """Run the sweep CLI; assert it refused with exit code 2 before Ray started; return its stderr."""
+    import ray
+
+    assert main(DEFAULTS, _argv(tmp_path, data_dir, *extra)) == 2
+    assert not ray.is_initialized() and not (tmp_path / "storage").exists()
+    return capsys.readouterr().err
+
+
+def _rewrite_manifest(data_dir: Path, change, refingerprint: bool) -> None:
+    path = data_dir / "digits" / MANIFEST
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    if refingerprint:  # what a careful editor (or a bug in a tool) would do: the fingerprint alone proves nothing
+        manifest["fingerprint"] = manifest_fingerprint(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_six_changed_bytes_in_a_train_shard_are_refused_naming_the_file(data, tmp_path, capsys):
+    part = data / "digits" / "train" / "part-00000.parquet"
+    # The attack measured on main: 6 bytes changed inside the label column's pages, the file's size unchanged.
+    column = pq.ParquetFile(part).metadata.row_group(0).column(1)
+    assert column.path_in_schema == "label"
+    raw = bytearray(part.read_bytes())
+    at = column.data_page_offset + column.total_compressed_size - 8
+    raw[at : at + 6] = bytes(b ^ 0x06 for b in raw[at : at + 6])
+    part.write_bytes(bytes(raw))
+    err = _refused(tmp_path, data, capsys)
+    assert "datasets missing or not as prepared, nothing was started" in err
+    assert f"shard {part} does not match the checksum in its manifest" in err
+    assert "python datasets/prepare.py digits --force" in err
+
+
+def test_a_truncated_shard_is_refused(data, tmp_path, capsys):
+    part = data / "digits" / "test" / "part-00000.parquet"
+    part.write_bytes(part.read_bytes()[:-100])
+    assert f"shard {part} has" in _refused(tmp_path, data, capsys)
+
+
+@pytest.mark.parametrize(
+    "change, refingerprint, said",
+    [
+        (lambda m: m["splits"]["train"].update(class_counts=[c * 10 for c in m["splits"]["train"]["class_counts"]]), False,
+         "it was edited after preparation"),
+        (lambda m: m["splits"]["train"].update(class_counts=[c * 10 for c in m["splits"]["train"]["class_counts"]]), True,
+         "rows but the class counts add up to"),
+        (lambda m: (m["splits"]["train"].update(class_counts=[c * 10 for c in m["splits"]["train"]["class_counts"]]),
+                    m["splits"]["train"].update(rows=sum(m["splits"]["train"]["class_counts"]))), True,
+         r"the manifest says \d+ rows, the shards hold 1438"),
+        (lambda m: m.update(n_classes=20), True, "n_classes is 20 but 10 classes are listed"),
+        (lambda m: m.update(n_classes=5), True, "n_classes is 5 but 10 classes are listed"),
+        (lambda m: (m.update(classes=m["classes"][:5], n_classes=5),
+                    [s.update(class_counts=s["class_counts"][:5], rows=sum(s["class_counts"][:5])) for s in m["splits"].values()]), True,
+         r"the manifest says \d+ rows, the shards hold 1438"),
+        (lambda m: (m.update(classes=["zero"], n_classes=1)), True, "a classification benchmark needs at least two"),
+        (lambda m: m.pop("fingerprint"), False, "edited after preparation"),
+    ],
+)
+def test_a_tampered_manifest_is_refused(data, tmp_path, capsys, change, refingerprint, said):
+    _rewrite_manifest(data, change, refingerprint)
+    err = _refused(tmp_path, data, capsys)
+    assert __import__("re").search(said, err), err
+
+
+def test_an_invalid_manifest_is_a_named_error(data, tmp_path, capsys):
+    (data / "digits" / MANIFEST).write_text('{"name": "digits", ')
+    err = _refused(tmp_path, data, capsys)
+    assert "manifest.json is not valid JSON" in err and "--force" in err
+
+
+def test_verification_checks_every_split_and_is_fast(data):
+    manifest = load_manifest(data, "digits")
+    from rayexp.data.shards import verify_dataset
+
+    start = time.perf_counter()
+    verify_dataset(data / "digits", manifest)
+    assert time.perf_counter() - start < 5
+    with pytest.raises(RayexpError, match="is missing"):
+        (data / "digits" / "test" / "part-00000.parquet").unlink()
+        verify_dataset(data / "digits", manifest)
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [
+        (["--max-epochs", "0"], "--max-epochs 0: it must be >= 1"),
+        (["--patience", "0"], "--patience 0: it must be >= 1"),
+        (["--batch-size", "0"], "--batch-size 0: it must be >= 1"),
+        (["--batch-size", "-4"], "--batch-size -4: it must be >= 1"),
+        (["--seeds", "-1"], r"--seeds: seed -1 is outside 0..4294967295"),
+        (["--seeds", str(2**32)], r"--seeds: seed 4294967296 is outside"),
+        (["--precision", "fp16"], "--precision fp16 needs a GPU"),
+        (["--cache-gb", "-1"], "--cache-gb -1.0: it must be >= 0"),
+        (["--data-cpus", "0"], "--data-cpus 0.0: it must be > 0"),
+        (["--storage", "/proc/rayexp-storage"], "--storage /proc/rayexp-storage is not a writable folder"),
+        (["--tracking-uri", "sqlite:////proc/rayexp/mlflow.db"], "the MLflow store sqlite:////proc/rayexp/mlflow.db cannot be created"),
+        (["--selection", "val", "--fractions", "0.005"], r"digits at fraction 0.005: 10 class\(es\) have a single training row"),
+    ],
+)
+def test_bad_values_are_refused_before_ray_starts(data, tmp_path, capsys, extra, said):
+    import re
+
+    err = _refused(tmp_path, data, capsys, *extra)
+    assert re.search(said, err), err
+
+
+def test_all_bad_values_are_listed_at_once(data, tmp_path, capsys):
+    err = _refused(tmp_path, data, capsys, "--max-epochs", "0", "--batch-size", "0", "--seeds", "-1")
+    assert "--max-epochs 0" in err and "--batch-size 0" in err and "--seeds: seed -1" in err
+
+
+def test_a_rerun_after_the_data_changed_stops_before_training(data, tmp_path, capsys):
+    """A finished run of the key, made from other data (prepare --force on changed sources), is not taken as done."""
+    from rayexp.grid import TrialKey
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    key = "shufflenet_v2_x2_0/digits/0.1/0"
+    manifest = load_manifest(data, "digits")
+    old = {"data_fingerprint": "sha256:" + "0" * 64}
+    # A run as a sweep would write it with the same protocol, but of another data version.
+    from rayexp.orchestrate import SweepConfig
+
+    cfg = SweepConfig(keys=[TrialKey.parse(key)], experiment="attacks", data_dir=str(data), storage="", tracking_uri=uri,
+                      weights={"shufflenet_v2_x2_0": "random"}, data_fingerprints={"digits": manifest["fingerprint"]},
+                      max_epochs=1, patience=1, batch_size=16)
+    tags = {**cfg.identity(TrialKey.parse(key)), **old}
+    tracking.TrialRun.open(uri, "attacks", key, tags, {}).finish({"best_test_acc": 0.9})
+    err = _refused(tmp_path, data, capsys)
+    assert "1 trial(s) of MLflow experiment 'attacks' were run from other data or settings" in err
+    assert "the data changed (fingerprint 000000000000 ->" in err and "--retrain-changed" in err
+    # And another protocol: the same data, --max-epochs 2.
+    tracking.supersede_runs(uri, [tracking.trial_records(uri, "attacks")[key]["run_id"]], "test")
+    tracking.TrialRun.open(uri, "attacks", key, cfg.identity(TrialKey.parse(key)), {}).finish({"best_test_acc": 0.9})
+    err = _refused(tmp_path, data, capsys, "--max-epochs", "2")
+    assert "the protocol changed (max_epochs_per_phase 1 -> 2)" in err
+
+
+def test_a_second_sweep_into_a_running_experiment_refuses_naming_the_holder(data, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.ensure_experiment(uri, "attacks")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time\nfrom rayexp import tracking\n"
+            f"lock = tracking.acquire_sweep_lock({uri!r}, 'attacks')\nprint('held', flush=True)\ntime.sleep(120)"
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        err = _refused(tmp_path, data, capsys)
+        assert f"experiment 'attacks' is being swept by pid {holder.pid} on host" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed: its lock is recognised as left behind, and taken over only with --resume.
+    err = _refused(tmp_path, data, capsys)
+    assert "pass --resume" in err
+
+
+def test_my_data_prepares_again_over_a_changed_or_old_copy(tmp_path, capsys):
+    """The user's folder is the truth: a prepared copy whose shards changed (or of an older format) is
+    prepared again, never trained on or refused."""
+    from PIL import Image
+
+    from rayexp.data.preparation import load_user_source, prepare_user_source
+    from rayexp.data.shards import verify_dataset
+
+    for label, colour in enumerate(((250, 0, 0), (0, 0, 250))):
+        (tmp_path / "src" / f"c{label}").mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), (colour[0], i * 20, colour[2])).save(tmp_path / "src" / f"c{label}" / f"{i}.png")
+    info, source = load_user_source("mine", tmp_path / "src", None, (8, 8))
+    first = prepare_user_source(info, source, tmp_path / "data", workers=1, quiet=True)
+    part = tmp_path / "data" / "mine" / "train" / "part-00000.parquet"
+    part.write_bytes(part.read_bytes()[:-10] + b"\0" * 10)
+    again = prepare_user_source(info, source, tmp_path / "data", workers=1)
+    assert "the prepared copy cannot be used" in capsys.readouterr().out and "does not match the checksum" not in str(again)
+    verify_dataset(tmp_path / "data" / "mine", again)  # whole again
+    assert again["fingerprint"] == first["fingerprint"]  # the same files give the same data fingerprint
