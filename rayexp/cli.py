@@ -146,7 +146,8 @@ def _at_least(option: str, attr: str, low: float, strict: bool = False, optional
 
 
 def _fp16_needs_gpu(args: argparse.Namespace) -> str | None:
-    """fp16 autocast needs a GPU (its grad scaler has no CPU kernels); a cluster with --device gpu will have one."""
+    """fp16 with a grad scaler is the protocol's precision for GPUs without bf16; on the CPU every trial fails
+    with it, so it is refused here (a cluster with --device gpu, or --address with GPUs, will have one)."""
     if args.precision != "fp16" or args.device == "gpu" or (args.address and args.device == "auto"):
         return None
     import torch

@@ -16,7 +16,7 @@ from rayexp.data.shards import dataset_location, fraction_thresholds, is_prepare
 from rayexp.errors import RayexpError
 
 
-def check_datasets(datasets: Sequence[str], data_dir: str, verify: bool = True) -> dict[str, dict]:
+def check_datasets(datasets: Sequence[str], data_dir: str) -> dict[str, dict]:
     """The manifests of ``datasets``, each checked against its shards (:func:`verify_dataset`: every file's
     size and sha256, per-class counts, labels in range). Every unprepared, inconsistent or modified dataset is
     listed with the command that fixes it."""
@@ -28,11 +28,10 @@ def check_datasets(datasets: Sequence[str], data_dir: str, verify: bool = True) 
             continue
         try:
             manifest = load_manifest(data_dir, name)
-            if verify:
-                start = time.perf_counter()
-                verify_dataset(dataset_location(data_dir, name), manifest)
-                size = sum(b for meta in manifest["splits"].values() for b in meta["bytes"].values())
-                print(f"[rayexp] {name}: {size / 1e6:.1f} MB of shards verified in {time.perf_counter() - start:.1f}s", flush=True)
+            start = time.perf_counter()
+            verify_dataset(dataset_location(data_dir, name), manifest)
+            size = sum(b for meta in manifest["splits"].values() for b in meta["bytes"].values())
+            print(f"[rayexp] {name}: {size / 1e6:.1f} MB of shards verified in {time.perf_counter() - start:.1f}s", flush=True)
         except RayexpError as exc:
             problems.append(f"  - {exc}")
             continue

@@ -49,8 +49,9 @@ def _refused(tmp_path, data_dir, capsys, *extra: str) -> str:
     """Run the sweep CLI; assert it refused with exit code 2 before Ray started; return its stderr."""
     import ray
 
+    ray_before = ray.is_initialized()  # other tests of the session may have started a local Ray already
     assert main(DEFAULTS, _argv(tmp_path, data_dir, *extra)) == 2
-    assert not ray.is_initialized() and not (tmp_path / "storage").exists()
+    assert ray.is_initialized() == ray_before and not (tmp_path / "storage").exists()
     return capsys.readouterr().err
 
 
