@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable
 
 from rayexp.errors import RayexpError
+from rayexp.liveness import pid_alive
 
 KIND_TAG = "rayexp.kind"  # "trial", "cell" (the parent of a cell's seeds) or "summary" (the sweep's report)
 PARENT_TAG = "mlflow.parentRunId"  # what nests a run under another in MLflow's UI
@@ -174,13 +175,8 @@ def fetch_cells(uri: str, experiment: str) -> list[tuple[str, str, float, str]]:
     )
 
 
-def trial_statuses(uri: str, experiment: str) -> dict[str, str]:
-    """Each trial key's run status: FINISHED, FAILED (errored), RUNNING or KILLED (interrupted)."""
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return {}
-    return {r.data.tags["key"]: r.info.status for r in _trial_runs(client, exp.experiment_id)}
+def _record(run) -> dict:
+    return {"status": run.info.status, "run_id": run.info.run_id, "tags": dict(run.data.tags)}
 
 
 def trial_records(uri: str, experiment: str) -> dict[str, dict]:
@@ -190,10 +186,7 @@ def trial_records(uri: str, experiment: str) -> dict[str, dict]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return {}
-    return {
-        r.data.tags["key"]: {"status": r.info.status, "run_id": r.info.run_id, "tags": dict(r.data.tags)}
-        for r in _trial_runs(client, exp.experiment_id)
-    }
+    return {r.data.tags["key"]: _record(r) for r in _trial_runs(client, exp.experiment_id)}
 
 
 def trial_record(uri: str, experiment: str, key: str) -> dict | None:
@@ -201,7 +194,12 @@ def trial_record(uri: str, experiment: str, key: str) -> dict | None:
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     runs = _trial_runs(client, exp.experiment_id, key) if exp else []
-    return {"status": runs[0].info.status, "run_id": runs[0].info.run_id, "tags": dict(runs[0].data.tags)} if runs else None
+    return _record(runs[0]) if runs else None
+
+
+def trial_statuses(uri: str, experiment: str) -> dict[str, str]:
+    """Each trial key's run status: FINISHED, FAILED (errored), RUNNING or KILLED (interrupted)."""
+    return {key: record["status"] for key, record in trial_records(uri, experiment).items()}
 
 
 def supersede_runs(uri: str, run_ids: Iterable[str], reason: str) -> None:
@@ -441,18 +439,6 @@ def _generation(params: dict[str, str]) -> int:
     return max((int(n) for n in numbers if n.isdigit()), default=0)
 
 
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:  # 0 and negatives would signal process groups
-        return True  # cannot tell: leave it to the heartbeat
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: a process of another user has that pid
-        return True
-    return True
-
-
 def _epoch(iso: object) -> float | None:
     try:
         return datetime.fromisoformat(str(iso)).timestamp()
@@ -478,7 +464,7 @@ def _hold(run) -> _Hold | None:
         beat = _epoch(holder.get("started")) or 0.0
     age = max(0.0, time.time() - beat)
     stale = None
-    if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+    if holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid")):
         stale = f"its process {holder.get('pid')} is gone"
     elif age > STALE_S:
         stale = f"no heartbeat for {age:.0f} s"

@@ -15,6 +15,7 @@ from rayexp import tracking
 from rayexp.cli import SweepDefaults, main
 from rayexp.data.shards import MANIFEST, load_manifest, manifest_fingerprint
 from rayexp.errors import RayexpError
+from tests.test_sweep_e2e import _argv
 
 DEFAULTS = SweepDefaults(
     description="integrity",
@@ -36,13 +37,6 @@ def data(digits_dir, tmp_path) -> Path:
     target = tmp_path / "data"
     shutil.copytree(digits_dir, target)
     return target
-
-
-def _argv(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--data-dir", str(data_dir), "--storage", str(tmp_path / "storage"),
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "report"), *extra,
-    ]
 
 
 def _refused(tmp_path, data_dir, capsys, *extra: str) -> str:

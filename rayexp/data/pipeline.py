@@ -93,15 +93,13 @@ def decode_resize_batch(
     images = np.empty((len(batch["image"]), height, width, 3), dtype=np.uint8)
     for i, data in enumerate(batch["image"]):
         problem = png_problem(data) if data[:8] == PNG_SIGNATURE else None
-        try:
-            if problem is not None:
-                raise ValueError(problem)
-            chw = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as exc:
-            raise ShardDataError(
-                f"{where(i)}: the image cannot be decoded ({str(exc).splitlines()[0][:200]}); the shard changed after "
-                f"preparation: {fix}"
-            ) from None
+        if problem is None:
+            try:
+                chw = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            except RuntimeError as exc:  # libjpeg's errors; a PNG that would crash never gets here
+                problem = str(exc).splitlines()[0][:200]
+        if problem is not None:
+            raise ShardDataError(f"{where(i)}: the image cannot be decoded ({problem}); the shard changed after preparation: {fix}")
         if tuple(chw.shape[1:]) != (height, width):
             chw = resize(chw, [height, width], antialias=True)
         images[i] = chw.permute(1, 2, 0).numpy()

@@ -41,6 +41,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from rayexp import __version__
 from rayexp.data.catalog import DatasetInfo
 from rayexp.errors import RayexpError
+from rayexp.liveness import pid_alive
 
 FORMAT_VERSION = 2  # 2: each shard file's checksum and size, and the manifest's fingerprint
 MANIFEST = "manifest.json"
@@ -245,17 +246,40 @@ def dataset_location(data_dir: str | os.PathLike, name: str) -> str:
     return f"{str(data_dir).rstrip('/')}/{name}" if is_uri(data_dir) else str(dataset_dir(data_dir, name))
 
 
-def _read_text(location: str) -> str | None:
-    """The text of a local file or a bucket object, None if it does not exist."""
+def _open_input(location: str):
+    """A binary input stream over a local file or a bucket object."""
     if not is_uri(location):
-        path = Path(location)
-        return path.read_text() if path.is_file() else None
+        return open(location, "rb")
     from pyarrow import fs as pafs
 
     filesystem, path = pafs.FileSystem.from_uri(location)
-    if filesystem.get_file_info(path).type != pafs.FileType.File:
+    return filesystem.open_input_stream(path)
+
+
+def _file_size(location: str) -> int | None:
+    """A file's size in bytes, None if it does not exist."""
+    if not is_uri(location):
+        return os.stat(location).st_size if os.path.isfile(location) else None
+    from pyarrow import fs as pafs
+
+    filesystem, path = pafs.FileSystem.from_uri(location)
+    info = filesystem.get_file_info(path)
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def _file_sha256(location: str) -> str:
+    digest = hashlib.sha256()
+    with _open_input(location) as stream:
+        while block := stream.read(1 << 22):
+            digest.update(block)  # hashlib releases the GIL on large blocks: files hash in parallel threads
+    return digest.hexdigest()
+
+
+def _read_text(location: str) -> str | None:
+    """The text of a local file or a bucket object, None if it does not exist."""
+    if _file_size(location) is None:
         return None
-    with filesystem.open_input_stream(path) as stream:
+    with _open_input(location) as stream:
         return stream.read().decode()
 
 
@@ -310,7 +334,7 @@ def manifest_fingerprint(manifest: dict) -> str:
 def validate_manifest(manifest: dict, location: str) -> None:
     """Refuse a manifest that contradicts itself or was edited by hand (its fingerprint no longer matches).
 
-    Cheap (no shard is read), so every reader of a manifest runs it; :func:`verify_shards` checks the
+    Cheap (no shard is read), so every reader of a manifest runs it; :func:`verify_dataset` checks the
     files against it.
     """
     name = manifest.get("name", "?")
@@ -660,18 +684,6 @@ def leftover_name(kind: str, name: str, pid: int | None = None) -> str:
     return LEFTOVER_PREFIXES[kind].format(name=name) + f"{_host_tag()}-{owner}-{uuid.uuid4().hex[:8]}"
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return True  # os.kill(0, ...) would signal a process group: never call a folder of it stale
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def remove_stale_leftovers(parent: Path, name: str, kinds: Sequence[str], quiet: bool = False) -> list[Path]:
     """Remove ``kinds`` of scratch folders of ``name`` in ``parent`` whose owner died without cleaning up
     (SIGKILL, the OOM killer, a power cut); those of live runs and of other hosts are kept. Returns them."""
@@ -682,7 +694,7 @@ def remove_stale_leftovers(parent: Path, name: str, kinds: Sequence[str], quiet:
     for path in sorted(parent.iterdir()):
         prefix = next((p for p in prefixes if path.name.startswith(p)), None)
         owner = _LEFTOVER_OWNER.fullmatch(path.name[len(prefix):]) if prefix else None
-        if owner and owner["host"] == host and not _pid_alive(int(owner["pid"])):
+        if owner and owner["host"] == host and not pid_alive(int(owner["pid"])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed and not quiet:
@@ -809,35 +821,6 @@ def _write_into(root: Path, info: DatasetInfo, source: Source, seed: int, worker
     manifest["fingerprint"] = manifest_fingerprint(manifest)
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
-
-
-def _open_input(location: str):
-    """A binary input stream over a local file or a bucket object."""
-    if not is_uri(location):
-        return open(location, "rb")
-    from pyarrow import fs as pafs
-
-    filesystem, path = pafs.FileSystem.from_uri(location)
-    return filesystem.open_input_stream(path)
-
-
-def _file_size(location: str) -> int | None:
-    """A file's size in bytes, None if it does not exist."""
-    if not is_uri(location):
-        return os.stat(location).st_size if os.path.isfile(location) else None
-    from pyarrow import fs as pafs
-
-    filesystem, path = pafs.FileSystem.from_uri(location)
-    info = filesystem.get_file_info(path)
-    return info.size if info.type == pafs.FileType.File else None
-
-
-def _file_sha256(location: str) -> str:
-    digest = hashlib.sha256()
-    with _open_input(location) as stream:
-        while block := stream.read(1 << 22):
-            digest.update(block)  # hashlib releases the GIL on large blocks: files hash in parallel threads
-    return digest.hexdigest()
 
 
 def verify_dataset(location: str | os.PathLike, manifest: dict, checksums: bool = True, threads: int = 8) -> None:
