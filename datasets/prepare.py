@@ -6,7 +6,8 @@
     python datasets/prepare.py mydata --source path/to/imagefolder --domain medical   # a user's own data
 
 Atomic (a failed or interrupted run leaves nothing half-written; what a killed run leaves, the next run
-removes) and idempotent (a prepared dataset, one with its manifest.json, is left alone unless --force).
+removes) and idempotent (a prepared dataset, one with its manifest.json, is left alone unless --force;
+one prepared by an older rayexp in an older shard format is prepared again).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from rayexp.data.preparation import (
     source_module,
     summary,
 )
-from rayexp.data.shards import dataset_dir, is_prepared, load_manifest
+from rayexp.data.shards import dataset_dir, is_prepared, load_manifest, outdated_format
 from rayexp.errors import RayexpError
 
 
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.name:
             p.error("give a dataset name, or --list")
         check_settings(args.seed, args.workers)  # before anything is read or written
-        if is_prepared(args.data_dir, args.name) and not args.force:
+        # a dataset of an older shard format is prepared again (prepare says so), as with --force
+        if is_prepared(args.data_dir, args.name) and not args.force and outdated_format(args.data_dir, args.name) is None:
             print(f"{args.name} is already prepared in {dataset_dir(args.data_dir, args.name)} (use --force to redo it)")
             return 0
         start = time.perf_counter()

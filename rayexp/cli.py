@@ -55,7 +55,7 @@ def build_parser(defaults: SweepDefaults, with_datasets: bool = True) -> argpars
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI; relative SQLite paths are made absolute")
     p.add_argument("--experiment", default=defaults.experiment, help="MLflow experiment and Tune run name")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
-    p.add_argument("--max-epochs", type=int, default=defaults.max_epochs, help="safety cap on epochs per trial")
+    p.add_argument("--max-epochs", type=int, default=defaults.max_epochs, help="safety cap on epochs per DualOpt phase (AdamW, then SGD)")
     p.add_argument("--patience", type=int, default=defaults.patience, help="epochs without improvement before stopping")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch (default: the backbone's registry value)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16/fp16 on GPU, fp32 on CPU")

@@ -50,6 +50,7 @@ def protocol_settings(
         "dualopt": dualopt,
         "normalize": normalize,
         "augment": augment,
+        "head_precision": "fp32",  # the classifier head outside autocast (training.keep_fp32)
         "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in fixed.items()},
         "rayexp_version": __version__,
     }

@@ -231,7 +231,7 @@ def _train(config: dict) -> None:
     import torch
 
     from rayexp import tracking, training
-    from rayexp.backbones import create_backbone
+    from rayexp.backbones import create_backbone, get_head
     from rayexp.data.pipeline import Normalizer, TrialBatches, augments, normalization
 
     key = TrialKey.parse(config["key"])
@@ -251,6 +251,7 @@ def _train(config: dict) -> None:
 
     training.seed_everything(key.seed)  # seeds the new head's init
     model = create_backbone(key.backbone, manifest["n_classes"], pretrained=pretrained, weights_dir=s["weights_dir"])
+    training.keep_fp32(get_head(model, spec))  # fp32 logits: argmax and loss not rounded to bf16
     model = model.to(device, memory_format=torch.channels_last)
     if s["compile"]:
         model.compile()  # in place: the state dict keeps its keys, so checkpoints stay interchangeable
@@ -272,6 +273,7 @@ def _train(config: dict) -> None:
 
     rank0 = ray.train.get_context().get_world_rank() == 0
     run = None
+    test_ids: dict[tuple[int, int], str] = {}
     if rank0:
         tags = {
             "key": str(key),
@@ -307,16 +309,21 @@ def _train(config: dict) -> None:
             "channels_last": True,
             "compile": s["compile"],
             "test_rows": manifest["splits"]["test"]["rows"],
+            "test_majority_rate": max(manifest["splits"]["test"]["class_counts"]) / manifest["splits"]["test"]["rows"],
             "num_classes": manifest["n_classes"],
         }
+        test_ids = split_row_ids(s["data_dir"], key.dataset, "test")
         parent = s["cell_runs"].get(tracking.cell_name(key.backbone, key.dataset, key.fraction))
         run = tracking.TrialRun.open(s["tracking_uri"], s["experiment"], str(key), tags, params, parent_run_id=parent)
 
     def on_epoch(metrics: dict, make_checkpoint) -> None:
+        state = make_checkpoint()
         if run is not None:
             run.log_metrics(metrics, step=metrics["epoch"])
+            if metrics["epochs_without_improvement"] == 0:  # a new best: a trial stopped from outside keeps it
+                log_predictions(run, state["progress"]["best_test_predictions"], test_ids)
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(make_checkpoint(), Path(folder) / CHECKPOINT_FILE)
+            torch.save(state, Path(folder) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     final = training.fit(
@@ -324,12 +331,16 @@ def _train(config: dict) -> None:
         val_batches=batches.evaluation("val") if cfg.selection == "val" else None,
     )
     confusion, history = final.pop("confusion"), final.pop("history")
+    predictions, capped = final.pop("predictions"), final.pop("capped")
     if run is not None:
         log_trial_artifacts(run, config, params, history, confusion, manifest["classes"])
+        log_predictions(run, predictions, test_ids)
         if s["log_models"]:
             buffer = io.BytesIO()
             torch.save(model.state_dict(), buffer)  # fit() left the best weights in the model
             run.log_bytes(buffer.getvalue(), "model/best_weights.pt")
+        if capped:
+            run.set_tags({tracking.CAPPED_TAG: ",".join(capped)})
         run.finish(final)
     # best_acc and epoch again, so that a scheduler sees the trial's last word.
     ray.train.report({**final, "best_acc": final.get("best_val_acc", final["best_test_acc"]), "epoch": final["epochs_run"]})
@@ -350,6 +361,55 @@ def log_trial_artifacts(run, config: dict, params: dict, history: list[dict], co
         run.log_text(buffer.getvalue(), "history.csv")
     if confusion:
         run.log_bytes(confusion_png(confusion, classes, title=config["key"]), "confusion_matrix.png")
+
+
+def split_row_ids(data_dir: str, dataset: str, split: str) -> dict[tuple[int, int], str]:
+    """``(label, rank) -> id`` of every row of ``split``: the key that the evaluation's batches carry for
+    each image, read from the shards' id, label and rank columns alone (no images)."""
+    from rayexp.data.shards import read_split
+
+    table = read_split(data_dir, dataset, split, columns=["id", "label", "rank"])
+    return dict(zip(zip(table["label"].to_pylist(), table["rank"].to_pylist()), table["id"].to_pylist()))
+
+
+def predictions_csv(predictions: dict, ids: dict[tuple[int, int], str]) -> str:
+    """The test predictions as CSV text, header ``id,label,prediction``, one row per test image in the
+    order it was evaluated.
+
+    ``predictions`` is :func:`rayexp.training.evaluate`'s: lists ``label``, ``prediction`` and ``rank``;
+    ``ids`` is :func:`split_row_ids`' of the same split. A row whose (label, rank) is not in ``ids``, or
+    predictions that do not cover every row exactly once, raise RayexpError: a wrong id would silently
+    pair another image with the prediction.
+    """
+    import csv
+
+    if "rank" not in predictions:
+        raise RayexpError("the test predictions carry no row ranks, so their images cannot be named")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", "label", "prediction"])
+    named = set()
+    for label, prediction, rank in zip(predictions["label"], predictions["prediction"], predictions["rank"], strict=True):
+        row_id = ids.get((label, rank))
+        if row_id is None:
+            raise RayexpError(f"a test prediction's row (label {label}, rank {rank}) is not in the test split; no predictions were written")
+        named.add(row_id)
+        writer.writerow([row_id, label, prediction])
+    if len(named) != len(predictions["label"]) or len(named) != len(ids):
+        raise RayexpError(
+            f"the test predictions name {len(named)} distinct rows in {len(predictions['label'])} predictions, for a test split "
+            f"of {len(ids)} rows; no predictions were written"
+        )
+    return buffer.getvalue()
+
+
+def log_predictions(run, predictions: dict, ids: dict[tuple[int, int], str]) -> None:
+    """Log the best epoch's test predictions as the run's :data:`rayexp.tracking.PREDICTIONS_ARTIFACT`,
+    replacing an earlier epoch's; nothing when none are known (a checkpoint from before they were kept)."""
+    from rayexp import tracking
+
+    if predictions:
+        run.log_text(predictions_csv(predictions, ids), tracking.PREDICTIONS_ARTIFACT)
 
 
 def trial_driver(config: dict, settings: dict) -> None:
@@ -739,7 +799,10 @@ def _run_locked(cfg: SweepConfig) -> dict:
     from rayexp.data.shards import load_manifest
 
     domains = {d: load_manifest(cfg.data_dir, d)["domain"] for d in sorted({k.dataset for k in todo})}
-    cfg.cell_runs = tracking.ensure_cell_runs(cfg.tracking_uri, cfg.experiment, sorted({k.cell for k in todo}), domains)
+    planned: dict[tuple[str, str, float], list[int]] = {}
+    for key in cfg.keys:
+        planned.setdefault(key.cell, []).append(key.seed)
+    cfg.cell_runs = tracking.ensure_cell_runs(cfg.tracking_uri, cfg.experiment, sorted({k.cell for k in todo}), domains, seeds=planned)
     _init_ray(cfg)
     if cfg.address:
         preflight_cluster(cfg, sorted(domains))

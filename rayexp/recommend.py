@@ -1,10 +1,13 @@
 """The recommendation for one user's dataset: backbones ranked, with cost, a verdict and the paper's prior.
 
 Built from MLflow alone, like :mod:`rayexp.report`, so it can be rebuilt after an interrupted or a
-budget-limited sweep. Ranking is by mean test accuracy over seeds (best of the seeds beside it), at the
-largest fraction trained; the verdict says in plain words whether the leader's margin over the runner-up
-is larger than the seeds' spread. Backbones a scheduler or a budget stopped early are listed with the
-accuracy they had reached, and keys that never ran are named: a partial answer never looks complete.
+budget-limited sweep. Ranking, ties, chance level and the verdict are :mod:`rayexp.results`' rules, the
+very ones the sweep report applies, at the largest fraction trained: ranked by the best of the seeds
+(with ``selection=val``, the test accuracy of the seed with the best validation accuracy), tied scores
+share their rank, and "use X" is said only when X is above chance and its lead is clear on a paired
+comparison over the same test images and seeds. Backbones a scheduler or a budget stopped early are
+listed with the accuracy they had reached, and keys that never ran are named: a partial answer never
+looks complete.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from typing import Sequence
 
 from rayexp.grid import TrialKey, format_fraction
 from rayexp.priors import LIGHTWEIGHT, prior_for
-from rayexp.report import MISSING, figure_accuracy_vs_fraction, pct
-from rayexp.results import current_results, summarize
+from rayexp.report import MISSING, figure_accuracy_vs_fraction, pct, prediction_loader
+from rayexp.results import CellSummary, Judgement, PredictionLoader, average_ranks, chance_text, current_results, judge, rules_text, scored, summarize
 
 RANKING_COLUMNS = (
-    "rank", "backbone", "mean", "std", "best_of_seeds", "n_seeds", "params_m", "train_device_hours",
-    "train_images_per_s", "inference_images_per_s", "stopped_early", "weights",
+    "rank", "backbone", "mean", "std", "best_of_seeds", "n_seeds", "n_planned", "complete", "above_chance", "params_m",
+    "train_device_hours", "train_images_per_s", "inference_images_per_s", "stopped_early", "weights",
 )
 
 
@@ -43,6 +46,8 @@ class Ranked:
     inference_images_per_s: float | None
     stopped: list[dict] = field(default_factory=list)  # seed, epochs_run, best_test_acc, stopped_by
     weights: str = ""
+    rank: float | None = None  # average rank by the best of the seeds; ties share it
+    cell: CellSummary | None = None
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -53,14 +58,17 @@ def _mean(values: Sequence[float | None]) -> float | None:
 def rank_backbones(results: Sequence[dict], dataset: str, fraction: float, backbones: Sequence[str] = ()) -> list[Ranked]:
     """Every backbone with a run (or listed in ``backbones``) on ``dataset`` at ``fraction``, best first.
 
-    Order: mean test accuracy over finished seeds, then best of the seeds; backbones with no finished
-    seed come last.
+    Order: :func:`rayexp.results.scored` (the best of the seeds; ties by mean, then name), each with its
+    average rank; backbones with no finished seed come last, unranked.
     """
     from rayexp.backbones import REGISTRY
 
     rows = [r for r in results if r["dataset"] == dataset and float(r["fraction"]) == fraction]
+    cells = summarize(rows, expected=[TrialKey(b, dataset, fraction, 0) for b in backbones])
+    ranked_cells = scored(cells, dataset, fraction)
+    ranks = average_ranks({c.backbone: c.best_of_3 for c in ranked_cells})
     ranked = []
-    for cell in summarize(rows, expected=[TrialKey(b, dataset, fraction, 0) for b in backbones]):
+    for cell in ranked_cells + sorted((c for c in cells if c.best_of_3 is None), key=lambda c: c.backbone):
         runs = [r for r in rows if r["backbone"] == cell.backbone and r.get("status") == "FINISHED"]
         spec = REGISTRY.get(cell.backbone)
         ranked.append(Ranked(
@@ -71,9 +79,9 @@ def rank_backbones(results: Sequence[dict], dataset: str, fraction: float, backb
             inference_images_per_s=_mean([r.get("inference_images_per_s") for r in runs]),
             stopped=[{"seed": r["seed"], "epochs_run": r.get("epochs_run"), "best_test_acc": r.get("best_test_acc"), "stopped_by": r["stopped_by"]}
                      for r in sorted(runs, key=lambda r: r["seed"]) if r.get("stopped_by")],
-            weights=cell.weights,
+            weights=cell.weights, rank=ranks.get(cell.backbone), cell=cell,
         ))
-    return sorted(ranked, key=lambda r: (r.mean is None, -(r.mean or 0.0), -(r.best or 0.0), r.backbone))
+    return ranked
 
 
 def _spread(r: Ranked) -> str:
@@ -82,31 +90,44 @@ def _spread(r: Ranked) -> str:
     return f"{100 * r.mean:.2f}" + (f" ± {100 * r.std:.2f}" if r.std is not None else "")
 
 
-def verdict(ranked: Sequence[Ranked], dataset: str) -> str:
-    """The answer in plain words: the leader, and whether the runner-up is within seed noise."""
-    done = [r for r in ranked if r.mean is not None]
-    if not done:
+def _cheapest(names: Sequence[str], ranked: Sequence[Ranked]) -> str:
+    found = [r for r in ranked if r.backbone in names and r.params_m]
+    if not found:
+        return "."
+    cheapest = min(found, key=lambda r: r.params_m)
+    return f" ({cheapest.backbone} has the fewest parameters: {cheapest.params_m} M)."
+
+
+def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None) -> str:
+    """The answer in plain words, from :func:`rayexp.results.judge`: use the leader when its lead is clear,
+    a tie to be settled on cost, or no answer when nothing learned."""
+    done = [r for r in ranked if r.best is not None]
+    if judgement is None or not done:
         return f"No backbone has a finished seed on {dataset} yet: nothing to recommend."
     first = done[0]
-    text = (f"Use **{first.backbone}** for {dataset}: {_spread(first)}% mean test accuracy over {first.n_seeds} seed(s), "
-            f"best {pct(first.best)}%.")
-    if len(done) == 1:
-        return text + " It is the only backbone with a finished seed."
-    second = done[1]
-    margin = first.mean - second.mean
-    noise = max(first.std or 0.0, second.std or 0.0)
-    if first.n_seeds < 2 or second.n_seeds < 2:
-        text += (f" {second.backbone} is {100 * margin:.2f} points behind, but with fewer than two seeds each the seed "
-                 "noise is unknown: run more seeds before trusting the order.")
-    elif margin <= noise:
-        text += (f" {second.backbone} is {100 * margin:.2f} points behind, within the seeds' spread ({100 * noise:.2f}): "
-                 "treat them as tied and choose on cost")
-        cheaper = min((first, second), key=lambda r: r.params_m or float("inf"))
-        text += f" ({cheaper.backbone} has fewer parameters: {cheaper.params_m} M)." if cheaper.params_m else "."
+    kind = judgement.kind
+    if kind == "chance":
+        leader = judgement.leaders[0]
+        return (f"No backbone learned on {dataset}: the best mean test accuracy, {pct(max(s.mean or 0.0 for s in judgement.leaders))}%, is not clearly "
+                f"above chance ({chance_text(leader)}). Nothing is recommended: check the labels and the data check, train longer, or add data.")
+    standing = f"{_spread(first)}% mean test accuracy over {first.n_seeds} seed(s), best {pct(first.best)}%."
+    if kind == "tie":
+        names = [s.backbone for s in judgement.leaders]
+        text = f"Tie on {dataset}: {', '.join(names)} score {pct(judgement.leaders[0].best_of_3)}% best of seeds each; choose on cost" + _cheapest(names, ranked)
+    elif kind == "alone":
+        text = f"Use **{first.backbone}** for {dataset}: {standing} It is the only backbone with a finished seed."
+    elif kind == "clear":
+        text = f"Use **{first.backbone}** for {dataset}: {standing} Its lead over {judgement.runner_up.backbone}: {judgement.verdict.text()}."
+    elif kind == "unknown":
+        text = (f"**{first.backbone}** leads on {dataset}: {standing} {judgement.runner_up.backbone} is close behind, and the "
+                f"{judgement.verdict.text()}.")
     else:
-        text += f" The runner-up, {second.backbone}, is {100 * margin:.2f} points behind, more than the seeds' spread ({100 * noise:.2f})."
-    if first.stopped or second.stopped:
-        text += " Some of their seeds were stopped early, so their final accuracy may be higher."
+        second = judgement.runner_up.backbone
+        text = (f"**{first.backbone}** and {second} are tied on {dataset}: {first.backbone} {standing} The difference is "
+                f"{judgement.verdict.text()}; choose between them on cost" + _cheapest([first.backbone, second], ranked))
+    incomplete = [r for r in done[:2] if r.cell is not None and not r.cell.complete]
+    if incomplete:
+        text += " Incomplete: " + "; ".join(f"{r.backbone} {r.cell.incompleteness}" for r in incomplete) + ", so its final accuracy may be higher."
     if "random" in (first.weights or ""):
         text += " These backbones trained from random initialisation (no pretrained weights), so this is not a fine-tuning result."
     return text
@@ -140,8 +161,10 @@ def write_ranking_csv(ranked: Sequence[Ranked], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(RANKING_COLUMNS)
         for i, r in enumerate(ranked, 1):
+            cell = r.cell
             writer.writerow([
-                i if r.mean is not None else "", r.backbone, r.mean, r.std, r.best, r.n_seeds, r.params_m,
+                "" if r.rank is None else f"{r.rank:g}", r.backbone, r.mean, r.std, r.best, r.n_seeds, cell.n_planned if cell else "",
+                cell.complete if cell else "", "" if cell is None or cell.above_chance is None else cell.above_chance, r.params_m,
                 round(r.device_hours, 5), r.train_images_per_s, r.inference_images_per_s, len(r.stopped), r.weights,
             ])
 
@@ -151,12 +174,14 @@ def _stopped_text(stop: dict) -> str:
 
 
 def _table(ranked: Sequence[Ranked]) -> tuple[list[str], list[list[str]]]:
-    head = ["#", "backbone", "test acc % (mean ± std)", "best of seeds %", "seeds", "params (M)",
+    head = ["rank", "backbone", "test acc % (mean ± std)", "best of seeds %", "seeds", "params (M)",
             "train device-hours", "train img/s", "inference img/s", "stopped early"]
     rows = []
-    for i, r in enumerate(ranked, 1):
+    for r in ranked:
+        seeds = str(r.n_seeds) if r.cell is None or r.cell.n_planned <= r.n_seeds else f"{r.n_seeds}/{r.cell.n_planned}"
+        chance = " (not above chance)" if r.cell is not None and r.cell.above_chance is False else ""
         rows.append([
-            str(i) if r.mean is not None else "-", r.backbone, _spread(r), pct(r.best), str(r.n_seeds),
+            f"{r.rank:g}" if r.rank is not None else "-", r.backbone, _spread(r), pct(r.best) + chance, seeds,
             "" if r.params_m is None else f"{r.params_m:g}", f"{r.device_hours:.4f}",
             "" if r.train_images_per_s is None else f"{r.train_images_per_s:.0f}",
             "" if r.inference_images_per_s is None else f"{r.inference_images_per_s:.0f}",
@@ -177,10 +202,20 @@ class Recommendation:
     curves: dict[float, list[Ranked]]  # with several fractions: the ranking at each, for the learning curves
     check: dict | None = None
     left_out: list[str] = field(default_factory=list)  # runs of other fingerprints (rayexp.results.current_results)
+    judgement: Judgement | None = None
+
+    @property
+    def rules(self) -> str:
+        """How ranks, ties, the verdict and chance were computed (:func:`rayexp.results.rules_text`)."""
+        return rules_text(next((r.cell.selection for r in self.ranked if r.cell is not None and r.n_seeds), "test"))
 
 
-def recommend(results: Sequence[dict], dataset: str, domain: str, expected: Sequence[TrialKey] = (), check: dict | None = None) -> Recommendation:
-    """The recommendation's content from trial results (``tracking.fetch_trial_results``)."""
+def recommend(
+    results: Sequence[dict], dataset: str, domain: str, expected: Sequence[TrialKey] = (), check: dict | None = None,
+    load: PredictionLoader | None = None,
+) -> Recommendation:
+    """The recommendation's content from trial results (``tracking.fetch_trial_results``); ``load`` gives a
+    trial's test predictions for the paired verdict (without it, the summary rule, said as such)."""
     fractions = sorted({float(r["fraction"]) for r in results if r["dataset"] == dataset} | {k.fraction for k in expected})
     top = fractions[-1] if fractions else 1.0
     backbones = sorted({k.backbone for k in expected})
@@ -188,7 +223,10 @@ def recommend(results: Sequence[dict], dataset: str, domain: str, expected: Sequ
     ran = {r["key"] for r in results}
     not_run = [str(k) for k in expected if str(k) not in ran]
     curves = {f: rank_backbones(results, dataset, f, backbones) for f in fractions} if len(fractions) > 1 else {}
-    return Recommendation(dataset, domain, top, ranked, verdict(ranked, dataset), prior_text(domain, ranked), not_run, curves, check)
+    mine = [r for r in results if r["dataset"] == dataset]
+    judgement = judge(summarize(mine, expected=[k for k in expected if k.dataset == dataset]), mine, dataset, top, load)
+    return Recommendation(dataset, domain, top, ranked, verdict(ranked, dataset, judgement), prior_text(domain, ranked), not_run, curves, check,
+                          judgement=judgement)
 
 
 def render_markdown(rec: Recommendation, figure: Path | None) -> str:
@@ -196,7 +234,7 @@ def render_markdown(rec: Recommendation, figure: Path | None) -> str:
     parts = [f"# Which backbone for {rec.dataset}?\n", f"## Verdict\n\n{rec.verdict}\n",
              f"## Ranking at fraction {format_fraction(rec.fraction)}\n",
              "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "".join("| " + " | ".join(row) + " |\n" for row in rows),
-             "## The paper's prior\n\n" + "\n\n".join(rec.prior) + "\n"]
+             "## The paper's prior\n\n" + "\n\n".join(rec.prior) + "\n", f"## How this was decided\n\n{rec.rules}\n"]
     if rec.left_out:
         parts.insert(2, "**Left out:** " + " ".join(rec.left_out) + "\n")
     stopped = [r for r in rec.ranked if r.stopped]
@@ -230,6 +268,7 @@ def render_html(rec: Recommendation, figure: Path | None) -> str:
     if rec.left_out:
         out.insert(3, "<p><b>Left out:</b> " + html.escape(" ".join(rec.left_out)) + "</p>")
     out.append("</table><h2>The paper's prior</h2>" + "".join(f"<p>{html.escape(line)}</p>" for line in rec.prior))
+    out.append(f"<h2>How this was decided</h2><p>{html.escape(rec.rules)}</p>")
     if rec.not_run or any(r.stopped for r in rec.ranked):
         out.append("<h2>Stopped early</h2><ul>" + "".join(
             f"<li>{html.escape(r.backbone)}: " + "; ".join(html.escape(_stopped_text(s)) for s in r.stopped if s["epochs_run"] is not None) + "</li>"
@@ -255,7 +294,7 @@ def build_recommendation(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, left_out = current_results(tracking.fetch_trial_results(uri, experiment))
-    rec = recommend(results, dataset, domain, expected, check)
+    rec = recommend(results, dataset, domain, expected, check, load=prediction_loader(uri))
     rec.left_out = left_out
     write_ranking_csv(rec.ranked, out / "ranking.csv")
     paths = {"ranking": out / "ranking.csv", "markdown": out / "recommendation.md", "html": out / "recommendation.html"}
@@ -279,6 +318,11 @@ def build_recommendation(
     (out / "recommendation.json").write_text(json.dumps({
         "dataset": rec.dataset, "domain": rec.domain, "fraction": rec.fraction, "verdict": rec.verdict,
         "ranking": [asdict(r) for r in rec.ranked], "not_run": rec.not_run, "prior": rec.prior, "left_out": rec.left_out,
+        "judgement": None if rec.judgement is None else {
+            "kind": rec.judgement.kind, "leaders": [s.backbone for s in rec.judgement.leaders],
+            "verdict": None if rec.judgement.verdict is None else asdict(rec.judgement.verdict),
+        },
+        "rules": rec.rules,
     }, indent=1, default=str))
     paths["json"] = out / "recommendation.json"
     if log_to_mlflow:

@@ -36,6 +36,10 @@ SETTINGS_TAG = "protocol_settings"  # the settings behind the protocol fingerpri
 WEIGHTS_TAG = "weights_origin"  # pretrained | random
 BATCH_TAG = "batch_size_resolved"
 ERROR_TAG = "error"  # a failed trial's error message, shown in the sweep's summary
+CAPPED_TAG = "capped"  # the DualOpt phases (AdamW, SGD) that ended at --max-epochs, not by patience
+STOPPED_TAG = "stopped_by"  # who stopped a trial before its protocol ended: a scheduler or a budget
+PREDICTIONS_ARTIFACT = "test_predictions.csv"  # id,label,prediction of the best epoch's test pass
+SEEDS_TAG = "seeds"  # on a cell's parent run: the seeds planned for it, comma-separated
 
 
 def cell_name(backbone: str, dataset: str, fraction: float) -> str:
@@ -126,26 +130,42 @@ def _trial_runs(client, experiment_id: str, key: str | None = None) -> list:
     return _runs(client, experiment_id, "trial", **({"key": key} if key is not None else {}))
 
 
-def ensure_cell_runs(uri: str, experiment: str, cells: Iterable[tuple[str, str, float]], domains: dict[str, str]) -> dict[str, str]:
+def ensure_cell_runs(
+    uri: str, experiment: str, cells: Iterable[tuple[str, str, float]], domains: dict[str, str], seeds: dict[tuple[str, str, float], Iterable[int]] | None = None,
+) -> dict[str, str]:
     """The parent run of each (backbone, dataset, fraction) cell, created if missing: ``{cell name: run id}``.
 
     Made by the driver before any trial starts, so that seeds running at once never race to create
-    their parent; each trial nests its own run under it.
+    their parent; each trial nests its own run under it. ``seeds`` are the seeds planned per cell, kept in
+    the parent's ``seeds`` tag (the union over sweeps), so that a report knows a cell is incomplete.
     """
     client = _client(uri)
     experiment_id = ensure_experiment(uri, experiment)
-    existing = {r.data.tags["cell"]: r.info.run_id for r in _runs(client, experiment_id, "cell")}
+    existing = {r.data.tags["cell"]: r for r in _runs(client, experiment_id, "cell")}
     out = {}
-    for backbone, dataset, fraction in cells:
+    for cell in cells:
+        backbone, dataset, fraction = cell
         name = cell_name(backbone, dataset, fraction)
-        if name not in existing:
+        planned = sorted(set((seeds or {}).get(cell, ())))
+        run = existing.get(name)
+        if run is None:
             tags = {KIND_TAG: "cell", "cell": name, "backbone": backbone, "dataset": dataset,
                     "fraction": repr(fraction), "domain": domains.get(dataset, "")}
+            if planned:
+                tags[SEEDS_TAG] = ",".join(map(str, planned))
             run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
             client.set_terminated(run_id, status="FINISHED")
-            existing[name] = run_id
-        out[name] = existing[name]
+        else:
+            run_id = run.info.run_id
+            union = sorted(set(planned) | set(_seeds(run.data.tags.get(SEEDS_TAG))))
+            if union and union != _seeds(run.data.tags.get(SEEDS_TAG)):
+                client.set_tag(run_id, SEEDS_TAG, ",".join(map(str, union)))
+        out[name] = run_id
     return out
+
+
+def _seeds(text: str | None) -> list[int]:
+    return [int(s) for s in (text or "").split(",") if s.strip().lstrip("-").isdigit()]
 
 
 def log_cell_summary(uri: str, experiment: str, backbone: str, dataset: str, fraction: float, metrics: dict[str, float]) -> bool:
@@ -160,17 +180,18 @@ def log_cell_summary(uri: str, experiment: str, backbone: str, dataset: str, fra
     return True
 
 
-def fetch_cells(uri: str, experiment: str) -> list[tuple[str, str, float, str]]:
-    """Every cell the sweep set out to run, from its parent runs: (backbone, dataset, fraction, domain).
+def fetch_cells(uri: str, experiment: str) -> list[tuple[str, str, float, str, tuple[int, ...]]]:
+    """Every cell the sweep set out to run, from its parent runs: (backbone, dataset, fraction, domain, planned seeds).
 
-    A report compares these with the finished trials, so a partial sweep shows its missing cells.
+    A report compares these with the finished trials, so a partial sweep shows its missing cells and seeds.
     """
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
     return sorted(
-        (r.data.tags["backbone"], r.data.tags["dataset"], float(r.data.tags["fraction"]), r.data.tags.get("domain", ""))
+        (r.data.tags["backbone"], r.data.tags["dataset"], float(r.data.tags["fraction"]), r.data.tags.get("domain", ""),
+         tuple(_seeds(r.data.tags.get(SEEDS_TAG))))
         for r in _runs(client, exp.experiment_id, "cell")
     )
 
@@ -317,8 +338,9 @@ def close_stopped_run(uri: str, experiment: str, key: str, selection: str, reaso
     """Finish the run of a trial that Tune stopped (a scheduler or a budget) before its protocol ended.
 
     Its worker was stopped from outside and could not log its final metrics: they are derived here from
-    the per-epoch history (the best monitored epoch's test accuracy), and the run is tagged
-    ``stopped_by``. Returns False when the run had finished by itself (nothing to do).
+    the per-epoch history (the best monitored epoch's test accuracy, and its val accuracy when
+    ``selection`` is val, as a finished trial logs them), and the run is tagged :data:`STOPPED_TAG`.
+    Returns False when the run had finished by itself (nothing to do).
     """
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -333,9 +355,12 @@ def close_stopped_run(uri: str, experiment: str, key: str, selection: str, reaso
         return True
     best_epoch = max(monitored, key=lambda epoch: (monitored[epoch], -epoch))
     run = TrialRun(uri, run_id)
-    run.set_tags({"stopped_by": reason})
+    run.set_tags({STOPPED_TAG: reason})
     seconds = sum(v for _, v in metric_history(uri, run_id, "epoch_seconds"))
-    run.finish({"best_test_acc": test[best_epoch], "best_epoch": best_epoch, "epochs_run": max(monitored), "train_seconds": seconds})
+    final = {"best_test_acc": test[best_epoch], "best_epoch": best_epoch, "epochs_run": max(monitored), "train_seconds": seconds}
+    if selection == "val":
+        final["best_val_acc"] = monitored[best_epoch]
+    run.finish(final)
     return True
 
 
@@ -362,7 +387,13 @@ def fetch_trial_results(uri: str, experiment: str, **tags: str) -> list[dict]:
                 "best_epoch": _clean(metrics.get("best_epoch")),
                 "epochs_run": _clean(metrics.get("epochs_run")),
                 "weights": params.get("weights"),
-                "stopped_by": tags.get("stopped_by"),
+                "stopped_by": tags.get(STOPPED_TAG),
+                "capped": tags.get(CAPPED_TAG),
+                "selection": tags.get("selection") or params.get("selection"),
+                "best_val_acc": _clean(metrics.get("best_val_acc")),
+                "test_rows": _clean(_float(params.get("test_rows"))),
+                "num_classes": _clean(_float(params.get("num_classes"))),
+                "test_majority_rate": _clean(_float(params.get("test_majority_rate"))),
                 "parent_run_id": tags.get(PARENT_TAG),
                 "accelerator": tags.get("accelerator"),
                 "train_seconds": _clean(metrics.get("train_seconds")),
@@ -377,6 +408,40 @@ def fetch_trial_results(uri: str, experiment: str, **tags: str) -> list[dict]:
             }
         )
     return rows
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def fetch_predictions(uri: str, run_id: str) -> tuple[list[str], list[int], list[int]] | None:
+    """A trial's best-epoch test predictions (:data:`PREDICTIONS_ARTIFACT`) as (ids, labels, predictions),
+    or None when the run has none or the file is not one rayexp wrote (then a verdict falls back to its
+    summary rule and says so)."""
+    import csv
+    import tempfile
+
+    client = _client(uri)
+    with tempfile.TemporaryDirectory(prefix="rayexp-predictions-") as folder:
+        try:
+            path = client.download_artifacts(run_id, PREDICTIONS_ARTIFACT, folder)
+            with open(path, newline="") as handle:
+                reader = csv.reader(handle)
+                if next(reader, None) != ["id", "label", "prediction"]:
+                    return None
+                ids, labels, predictions = [], [], []
+                for row in reader:
+                    ids.append(row[0])
+                    labels.append(int(row[1]))
+                    predictions.append(int(row[2]))
+        except Exception:  # noqa: BLE001 - missing, unreadable or malformed: all mean "no predictions"
+            return None
+    if len(set(ids)) != len(ids):
+        return None
+    return ids, labels, predictions
 
 
 def summary_run(uri: str, experiment: str) -> "TrialRun":

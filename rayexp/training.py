@@ -1,9 +1,10 @@
 """Plain PyTorch training: one ``train_one_epoch`` / ``evaluate`` pair and the epoch loop around them.
 
-No Ray and no MLflow here: batches arrive as any iterable of ``(images, labels)`` already on the device,
-and everything the outside world wants to hear about an epoch goes through the ``on_epoch`` callback,
-together with a function that builds the checkpoint dict. A unit test drives this module on the CPU
-with a tiny model.
+No Ray and no MLflow here: batches arrive as any iterable of ``(images, labels)`` already on the device
+(evaluation batches may carry each row's ``rank`` third, so that predictions can be traced back to the
+split's rows), and everything the outside world wants to hear about an epoch goes through the
+``on_epoch`` callback, together with a function that builds the checkpoint dict. A unit test drives this
+module on the CPU with a tiny model.
 """
 
 from __future__ import annotations
@@ -78,6 +79,24 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def keep_fp32(module: nn.Module) -> nn.Module:
+    """Make ``module`` compute in fp32 even under bf16/fp16 autocast; returns it, its parameters untouched.
+
+    Applied to the classifier head, so that logits, their argmax and the loss are fp32: under autocast the
+    final Linear would otherwise round the logits to bf16 (8 bits of mantissa), and two classes within
+    0.4% of each other would be decided by that rounding. The head is a sliver of the compute. The
+    instance's ``forward`` is wrapped, not the module replaced, so state dict keys stay as they were.
+    """
+    inner = module.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return inner(x.float())
+
+    module.forward = forward
+    return module
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, phase: int = 0) -> torch.optim.Optimizer:
     """DualOpt's optimizer for ``phase``: 0 AdamW, 1 a fresh SGD with momentum."""
     if phase == 0:
@@ -128,7 +147,7 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         loss_sum += loss.detach().float() * len(labels)
-        correct += (logits.detach().argmax(1) == labels).sum()
+        correct += (logits.detach().float().argmax(1) == labels).sum()
         seen += len(labels)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -148,24 +167,34 @@ def train_one_epoch(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, ...]],
     device: torch.device,
     precision: str,
     num_classes: int,
-) -> dict[str, float]:
+) -> dict:
     """Global top-1 (correct / total, not a mean of per-batch accuracies), balanced accuracy, loss, and
-    the images/second of the pass (the backbone's inference throughput, batches included)."""
+    the images/second of the pass (the backbone's inference throughput, batches included).
+
+    Batches are ``(images, labels)`` or ``(images, labels, ranks)``. ``predictions`` holds every image's
+    label and predicted class in the order the batches came, and its ``rank`` when every batch had one
+    (with the label, rank names a row of a split): per-image predictions let a report go beyond the
+    confusion matrix. They stay on the device until the pass ends, so collecting them costs one copy.
+    """
     model.eval()
     start = time.perf_counter()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
-    for images, labels in batches:
+    seen_labels, seen_predictions, seen_ranks = [], [], []
+    for images, labels, *ranks in batches:
         with autocast(device, precision):
-            logits = model(images)
-            loss_sum += criterion(logits.float(), labels)
+            logits = model(images).float()
+            loss_sum += criterion(logits, labels)
         predictions = logits.argmax(1)
         confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
+        seen_labels.append(labels)
+        seen_predictions.append(predictions)
+        seen_ranks += ranks
     confusion = confusion.cpu()  # waits for the device
     seconds = time.perf_counter() - start
     total = int(confusion.sum())
@@ -180,6 +209,11 @@ def evaluate(
         "n": total,
         "images_per_s": total / max(seconds, 1e-9),
         "confusion": confusion.tolist(),
+        "predictions": {
+            "label": torch.cat(seen_labels).cpu().tolist(),
+            "prediction": torch.cat(seen_predictions).cpu().tolist(),
+            **({"rank": torch.cat(seen_ranks).cpu().tolist()} if len(seen_ranks) == len(seen_labels) else {}),
+        },
     }
 
 
@@ -195,9 +229,11 @@ class Progress:
     best_test_acc: float = -1.0  # test accuracy at the best epoch (the best test accuracy when selection=test)
     best_test_balanced_acc: float = -1.0
     best_test_confusion: list = field(default_factory=list)  # rows: true class, columns: predicted
+    best_test_predictions: dict = field(default_factory=dict)  # evaluate's "predictions" at the best epoch
     epochs_without_improvement: int = 0
     switch_epoch: int = 0  # epoch after which SGD took over; 0 if it never did
     done: bool = False
+    capped: list[str] = field(default_factory=list)  # names (PHASES) of the phases that ended at max_epochs
     history: list[dict] = field(default_factory=list)
 
     def update(self, monitored: float, test: dict) -> bool:
@@ -208,15 +244,22 @@ class Progress:
             self.best_acc, self.best_epoch, self.epochs_without_improvement = monitored, self.epoch, 0
             self.best_test_acc, self.best_test_balanced_acc = test["acc"], test["balanced_acc"]
             self.best_test_confusion = test.get("confusion", [])
+            self.best_test_predictions = test.get("predictions", {})
             return True
         self.epochs_without_improvement += 1
         return False
 
     def advance(self, cfg: TrainConfig) -> str:
         """After :meth:`update`: ``continue``, ``switch`` (AdamW plateaued or hit the cap: SGD from the best
-        weights) or ``stop``."""
+        weights) or ``stop``.
+
+        A phase that hits ``max_epochs`` while still within patience is recorded in ``capped``: it was cut
+        short by the safety cap, not ended by the protocol, so its result may understate the backbone.
+        """
         if self.epochs_without_improvement < cfg.patience and self.phase_epochs < cfg.max_epochs:
             return "continue"
+        if self.phase_epochs >= cfg.max_epochs and self.epochs_without_improvement < cfg.patience:
+            self.capped.append(PHASES[self.phase])
         if self.phase == 0 and cfg.dualopt:
             self.phase, self.phase_epochs, self.epochs_without_improvement, self.switch_epoch = 1, 0, 0, self.epoch
             return "switch"
@@ -263,7 +306,9 @@ def fit(
     gives the epoch's (shuffled, augmented) batches. After each epoch ``on_epoch(metrics, make_checkpoint)``
     is called; ``make_checkpoint()`` returns one dict (weights last and best, optimizer, scaler, progress,
     RNG states) that ``checkpoint=`` accepts to continue exactly where it was taken. Returns the final
-    metrics; the model ends with the best weights.
+    metrics, with the best epoch's test ``confusion`` and ``predictions`` (see :func:`evaluate`), the
+    ``capped`` phases (see :meth:`Progress.advance`) and the ``history``; the model ends with the best
+    weights.
     """
     precision = resolve_precision(cfg.precision, device)
     if precision == "fp16" and device.type == "cpu":
@@ -336,5 +381,7 @@ def fit(
         "train_seconds": sum(h["epoch_seconds"] for h in progress.history),
         **({"best_val_acc": progress.best_acc} if cfg.selection == "val" else {}),
         "confusion": progress.best_test_confusion,
+        "predictions": progress.best_test_predictions,
+        "capped": list(progress.capped),
         "history": progress.history,
     }

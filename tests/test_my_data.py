@@ -114,16 +114,21 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
 
     with open(tmp_path / "out" / "ranking.csv") as handle:
         ranking = list(csv.DictReader(handle))
-    assert [row["rank"] for row in ranking] == ["1", "2"] and {row["backbone"] for row in ranking} == set(DEFAULTS.backbones)
-    means = [float(row["mean"]) for row in ranking]
-    assert means == sorted(means, reverse=True) and all(row["n_seeds"] == "2" for row in ranking)
+    assert [row["rank"] for row in ranking] in (["1", "2"], ["1.5", "1.5"]) and {row["backbone"] for row in ranking} == set(DEFAULTS.backbones)
+    bests = [float(row["best_of_seeds"]) for row in ranking]
+    assert bests == sorted(bests, reverse=True) and all(row["n_seeds"] == "2" and row["complete"] == "True" for row in ranking)
     for row in ranking:
         accs = [r["best_test_acc"] for r in runs if r["backbone"] == row["backbone"]]
         assert float(row["mean"]) == pytest.approx(np.mean(accs)) and float(row["best_of_seeds"]) == max(accs)
         assert float(row["train_device_hours"]) > 0 and float(row["params_m"]) > 1
     rec = json.loads((tmp_path / "out" / "recommendation.json").read_text())
-    assert rec["verdict"].startswith(f"Use **{ranking[0]['backbone']}** for colours")
-    assert "random initialisation" in rec["verdict"]
+    # The report's rules: a tie on the best of seeds, a clear lead, or a lead within noise, judged on the trials'
+    # own per-image test predictions.
+    kind, leader = rec["judgement"]["kind"], ranking[0]["backbone"]
+    opening = {"tie": "Tie on colours", "clear": f"Use **{leader}** for colours", "tied": f"**{leader}** and"}[kind]
+    assert rec["verdict"].startswith(opening) and "random initialisation" in rec["verdict"]
+    if kind != "tie":
+        assert rec["judgement"]["verdict"]["rule"] == "paired bootstrap"
     assert any("natural domain" in line and "convnext_tiny" in line for line in rec["prior"])
     html = (tmp_path / "out" / "recommendation.html").read_text()
     assert "Which backbone for colours?" in html and ranking[0]["backbone"] in html

@@ -71,7 +71,7 @@ def test_trial_datasets_cache_holds_every_split_once_and_streams_when_too_big(ra
     datasets, cached = build_trial_datasets(digits_dir, manifest, 0.1, "val", cache_bytes=1e9)
     assert cached and set(datasets) == {"cache"}
     memory = load_splits(datasets["cache"].iterator())
-    counts = {name: len(labels) for name, (_, labels) in memory.items()}
+    counts = {name: len(labels) for name, (_, labels, _) in memory.items()}
     expected_val = sum(holdout_count(k) for k in fraction_thresholds(manifest, 0.1))  # 10% of ~15 per class
     assert counts == {
         "train": split_rows(manifest, "train", 0.1, part="train"),
@@ -91,9 +91,12 @@ def test_trial_datasets_cache_holds_every_split_once_and_streams_when_too_big(ra
 @pytest.mark.slow
 def test_trial_batches_are_the_same_cached_or_streamed_in_what_they_hold(ray_local, digits_dir):
     from rayexp.data.pipeline import TrialBatches, build_trial_datasets
+    from rayexp.orchestrate import split_row_ids
 
     manifest = load_manifest(digits_dir, "digits")
     normalize = Normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"], torch.device("cpu"))
+    ids = split_row_ids(digits_dir, "digits", "test")
+    assert len(ids) == manifest["splits"]["test"]["rows"]
     seen = {}
     for cache_bytes in (1e9, 0):
         datasets, cached = build_trial_datasets(digits_dir, manifest, 0.1, "test", cache_bytes=cache_bytes)
@@ -103,8 +106,13 @@ def test_trial_batches_are_the_same_cached_or_streamed_in_what_they_hold(ray_loc
         assert [len(y) for y in epoch0[:-1]] == [32] * (len(epoch0) - 1)
         again = [y for _, y in batches.train(0)]
         assert all(torch.equal(a, b) for a, b in zip(epoch0, again)), "an epoch's order must be reproducible"
-        test = torch.cat([y for _, y in batches.evaluation("test")()])
-        seen[cached] = (sorted(torch.cat(epoch0).tolist()), test.tolist())
+        evaluation = list(batches.evaluation("test")())
+        assert all(len(batch) == 3 and batch[2].dtype == torch.int64 for batch in evaluation)
+        test = torch.cat([y for _, y, _ in evaluation])
+        rows = list(zip(test.tolist(), torch.cat([ranks for _, _, ranks in evaluation]).tolist()))
+        # (label, rank) names every test row exactly once, cached or streamed.
+        assert len(set(rows)) == len(rows) and sorted(ids[row] for row in rows) == sorted(ids.values())
+        seen[cached] = (sorted(torch.cat(epoch0).tolist()), test.tolist(), rows)
     assert seen[True] == seen[False]
 
 
@@ -137,3 +145,20 @@ def test_trivial_augment_draws_as_torchvision_does():
         torch.manual_seed(seed)
         reference = torch.from_numpy(np.asarray(v2.TrivialAugmentWide()(Image.fromarray(image[0].numpy()))))
         assert torch.equal(trivial_augment(image, seed)[0], reference), seed
+
+
+def test_predictions_csv_names_each_test_row_by_its_id_and_refuses_an_unknown_row(digits_dir):
+    from rayexp.errors import RayexpError
+    from rayexp.orchestrate import predictions_csv, split_row_ids
+
+    table = read_split(digits_dir, "digits", "test", columns=["id", "label", "rank"])
+    labels, ranks = table["label"].to_pylist(), table["rank"].to_pylist()
+    ids = split_row_ids(digits_dir, "digits", "test")
+    predictions = {"label": labels, "prediction": [(label + 1) % 10 for label in labels], "rank": ranks}
+    lines = predictions_csv(predictions, ids).splitlines()
+    assert lines[0] == "id,label,prediction" and len(lines) == len(labels) + 1
+    assert lines[1] == f"{table['id'][0].as_py()},{labels[0]},{(labels[0] + 1) % 10}"
+    with pytest.raises(RayexpError, match="not in the test split"):
+        predictions_csv({**predictions, "rank": [ranks[0] + 10_000] + ranks[1:]}, ids)
+    with pytest.raises(RayexpError, match="distinct rows"):
+        predictions_csv({key: values[1:] for key, values in predictions.items()}, ids)

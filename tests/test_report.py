@@ -24,13 +24,14 @@ def test_missing_cells_are_missing_not_zero(tmp_path):
     summaries = summarize([_row("a", 0, 0.5)], expected=expected)
     missing = [s for s in summaries if s.backbone == "c"]
     assert missing and missing[0].best_of_3 is None and missing[0].n_seeds == 0
-    assert "| digits | 0.1 | c | missing | missing | 0 |" in markdown_table(summaries)
+    assert "| digits | 0.1 | c | missing | missing | 0/1 |" in markdown_table(summaries)
     paths = write_report(summaries, tmp_path)
     with open(paths["csv"]) as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["backbone", "dataset", "domain", "fraction", "best_of_3", "mean", "std", "n_seeds"]
+    assert list(rows[0]) == ["backbone", "dataset", "domain", "fraction", "best_of_3", "mean", "std", "n_seeds", "n_planned", "n_stopped",
+                             "n_capped", "complete", "chance", "above_chance"]
     c_row = [r for r in rows if r["backbone"] == "c"][0]
-    assert c_row["best_of_3"] == "" and c_row["n_seeds"] == "0"
+    assert c_row["best_of_3"] == "" and c_row["n_seeds"] == "0" and c_row["n_planned"] == "1" and c_row["complete"] == "False"
     assert "shown as missing" in paths["markdown"].read_text()
 
 

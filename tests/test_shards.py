@@ -1,21 +1,28 @@
+import hashlib
 import io
 import json
+import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from rayexp.data.catalog import DatasetInfo, get_dataset_info
 from rayexp.data.shards import (
+    MANIFEST,
     Source,
     SourceRecord,
     decode_image,
     fraction_count,
     load_manifest,
+    manifest_fingerprint,
     read_split,
     row_groups_scanned,
     stored_size,
+    verify_dataset,
     write_dataset,
 )
 from rayexp.data.sources import digits
@@ -37,13 +44,14 @@ def _records(per_class=(7, 5, 3), size=(12, 10)):
 
 def test_digits_round_trip(digits_dir):
     manifest = load_manifest(digits_dir, "digits")
-    assert manifest["format_version"] == 2 and manifest["n_classes"] == 10
+    assert manifest["format_version"] == 3 and manifest["n_classes"] == 10
     assert manifest["splits"]["train"]["rows"] + manifest["splits"]["test"]["rows"] == 1797
     assert manifest["splits"]["train"]["rows"] == get_dataset_info("digits").train
     train = read_split(digits_dir, "digits", "train")
     test = read_split(digits_dir, "digits", "test")
-    assert train.schema.names == ["image", "label", "id", "rank"]
+    assert train.schema.names == ["image", "label", "id", "rank", "position"]
     assert str(train.schema.field("label").type) == "int32" and str(train.schema.field("rank").type) == "int32"
+    assert str(train.schema.field("position").type) == "double"
     # every source image is in exactly one split, with its label
     source = {r.id: r for r in digits.load_source("digits").records}
     ids = train["id"].to_pylist() + test["id"].to_pylist()
@@ -72,6 +80,38 @@ def test_fractions_are_stratified_nested_and_keep_one_per_class(digits_dir):
     assert all(np.bincount(np.array(read_split(digits_dir, "digits", "train", 0.001)["label"].to_pylist())) == 1)
     ordered = [subsets[f] for f in (0.001, 0.01, 0.1, 0.5, 1.0)]
     assert all(small < big for small, big in zip(ordered, ordered[1:]))
+
+
+# sha256 (first 16 hex digits) of the sorted ids of digits (seed 0) a fraction selects, as format 2 (stored
+# sorted by rank, pruned by rank) selected them: the stored order and the pruning bound changed, the rows must not.
+FORMAT_2_FRACTION_IDS = {
+    (0.01, "all"): (20, "df9f8b2f1c2dd18b"), (0.01, "train"): (10, "537d27f4d3047237"), (0.01, "val"): (10, "c9cd6cd508ccd679"),
+    (0.1, "all"): (149, "ad791a03c7a62718"), (0.1, "train"): (130, "e44e3510b3859e6d"), (0.1, "val"): (19, "d6b2f2deb21f1540"),
+    (1.0, "all"): (1438, "4c23c56cbaf3d528"), (1.0, "train"): (1295, "4073ab76cb025193"), (1.0, "val"): (143, "84d4e6e99aad3241"),
+}
+
+
+def _ids_digest(ids) -> tuple[int, str]:
+    ids = sorted(ids)
+    return len(ids), hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def test_fraction_rows_are_the_rank_rule_and_unchanged_by_the_stored_order(digits_dir):
+    from rayexp.data.shards import holdout_count
+
+    manifest = load_manifest(digits_dir, "digits")
+    counts = manifest["splits"]["train"]["class_counts"]
+    every = read_split(digits_dir, "digits", "train", columns=["id", "label", "rank"]).to_pydict()
+    for (fraction, part), expected in FORMAT_2_FRACTION_IDS.items():
+        ids = read_split(digits_dir, "digits", "train", fraction, columns=["id"], part=part)["id"].to_pylist()
+        assert _ids_digest(ids) == expected, (fraction, part)
+        # the rule itself, straight from the rank column
+        keep = [fraction_count(n, fraction) for n in counts]
+        held = [holdout_count(k) if part != "all" else 0 for k in keep]
+        lo = [k - h if part == "val" else 0 for k, h in zip(keep, held)]
+        hi = [k if part == "val" else k - h for k, h in zip(keep, held)]
+        rule = {i for i, c, r in zip(every["id"], every["label"], every["rank"]) if lo[c] <= r < hi[c]}
+        assert set(ids) == rule and len(ids) == len(rule), (fraction, part)
 
 
 def test_fraction_count_is_not_fooled_by_float_error():
@@ -173,3 +213,79 @@ def test_a_uri_data_dir_reads_like_a_path(digits_dir):
     assert read_split(uri, "digits", "train", 0.1).num_rows == read_split(digits_dir, "digits", "train", 0.1).num_rows
     with pytest.raises(RayexpError, match="not prepared .* then copy the folder to the bucket"):
         load_manifest(uri, "cifar10")
+
+
+def _as_format_2(folder) -> None:
+    """Turn a prepared dataset into what rayexp wrote in shard format 2: no position column, each split
+    sorted by (rank, label), the manifest's checksums and fingerprint to match."""
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    for meta in manifest["splits"].values():
+        for rel in meta["files"]:
+            table = pq.read_table(folder / rel).drop_columns(["position"])
+            table = table.take(pc.sort_indices(table, sort_keys=[("rank", "ascending"), ("label", "ascending")]))
+            pq.write_table(table, folder / rel, row_group_size=64, compression="none")
+            meta["sha256"][rel] = hashlib.sha256((folder / rel).read_bytes()).hexdigest()
+            meta["bytes"][rel] = (folder / rel).stat().st_size
+    manifest["format_version"] = 2
+    manifest["fingerprint"] = manifest_fingerprint(manifest)
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+def test_a_format_2_dataset_is_refused_by_readers_and_prepared_again(digits_dir, tmp_path, capsys):
+    """``make demo`` runs ``datasets/prepare.py digits`` on machines that may hold digits in format 2."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir / "digits", data / "digits")
+    _as_format_2(data / "digits")
+    old = json.loads((data / "digits" / MANIFEST).read_text())
+    with pytest.raises(RayexpError, match=r"has shard format 2, this rayexp reads 3; .*python datasets/prepare.py digits --force"):
+        load_manifest(data, "digits")
+    with pytest.raises(RayexpError, match="no position column .*python datasets/prepare.py digits --force"):
+        verify_dataset(data / "digits", old)
+    old_train = pa.concat_tables(pq.read_table(data / "digits" / rel) for rel in old["splits"]["train"]["files"]).to_pydict()
+
+    spec = importlib.util.spec_from_file_location("prepare_cli", REPO / "datasets" / "prepare.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    capsys.readouterr()
+    assert cli.main(["digits", "--data-dir", str(data), "--workers", "1"]) == 0
+    out, err = capsys.readouterr()
+    said = [line for line in err.splitlines() if "shard format" in line]
+    assert said == ["[rayexp] digits: prepared in shard format 2, this rayexp reads format 3; preparing it again"], err
+    assert "prepared in" in out and "already prepared" not in out
+    manifest = load_manifest(data, "digits")
+    assert manifest["format_version"] == 3
+    verify_dataset(data / "digits", manifest)
+    # the same rows in every fraction as the format-2 copy's rank rule gave
+    counts = manifest["splits"]["train"]["class_counts"]
+    for fraction in (0.01, 0.1, 1.0):
+        before = {i for i, c, r in zip(old_train["id"], old_train["label"], old_train["rank"]) if r < fraction_count(counts[c], fraction)}
+        assert set(read_split(data, "digits", "train", fraction, columns=["id"])["id"].to_pylist()) == before
+    assert cli.main(["digits", "--data-dir", str(data), "--workers", "1"]) == 0
+    assert "already prepared" in capsys.readouterr().out
+
+
+def test_verification_checks_positions_and_their_order(digits_dir, tmp_path):
+    folder = tmp_path / "digits"
+    shutil.copytree(digits_dir / "digits", folder)
+    manifest = load_manifest(tmp_path, "digits")
+    part = folder / manifest["splits"]["train"]["files"][0]
+    table = pq.read_table(part)
+
+    def rewrite(new):
+        pq.write_table(new, part, row_group_size=64, compression="none")
+
+    counts = np.array(manifest["splits"]["train"]["class_counts"])
+    off = table["rank"].to_numpy() / counts[table["label"].to_numpy()]  # rank / n, not (rank + 0.5) / n: still sorted
+    rewrite(table.set_column(table.schema.get_field_index("position"), "position", pa.array(off)))
+    with pytest.raises(RayexpError, match=r"train split .*position is not \(rank \+ 0.5\) / its class's count; .*--force"):
+        verify_dataset(folder, manifest, checksums=False)
+    rewrite(table.take(pa.array(np.arange(table.num_rows)[::-1])))
+    with pytest.raises(RayexpError, match=r"train split .*not in stratified order.*--force"):
+        verify_dataset(folder, manifest, checksums=False)
+    rewrite(table)
+    verify_dataset(folder, manifest, checksums=False)

@@ -24,6 +24,30 @@ DEFAULTS = SweepDefaults(
 )
 
 
+def _predictions(client, run_id: str, folder: Path) -> list[dict]:
+    """A run's test predictions artifact, as rows with int label and prediction."""
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = Path(client.download_artifacts(run_id, tracking.PREDICTIONS_ARTIFACT, str(folder)))
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and list(rows[0]) == ["id", "label", "prediction"]
+    return [{"id": r["id"], "label": int(r["label"]), "prediction": int(r["prediction"])} for r in rows]
+
+
+def _assert_predictions_match(client, row: dict, data_dir: Path, folder: Path) -> None:
+    """The artifact names every test image once, by id, and its accuracy is the run's best_test_acc."""
+    from rayexp.data.shards import read_split
+
+    predictions = _predictions(client, row["run_id"], folder)
+    test = read_split(data_dir, "digits", "test", columns=["id", "label"])
+    assert sorted(p["id"] for p in predictions) == sorted(test["id"].to_pylist())
+    labels = dict(zip(test["id"].to_pylist(), test["label"].to_pylist()))
+    assert all(labels[p["id"]] == p["label"] for p in predictions)
+    assert sum(p["label"] == p["prediction"] for p in predictions) / len(predictions) == row["best_test_acc"]
+
+
 def _argv(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
     return [
         "--data-dir", str(data_dir), "--storage", str(tmp_path / "storage"),
@@ -58,7 +82,15 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_d
     assert rows["shufflenet_v2_x2_0/digits/0.1/0"]["weights"] == "random"
     from mlflow.tracking import MlflowClient
 
+    from rayexp.data.shards import load_manifest
+
     client = MlflowClient(uri)
+    test_split = load_manifest(digits_dir, "digits")["splits"]["test"]
+    for key, row in rows.items():
+        _assert_predictions_match(client, row, digits_dir, tmp_path / "predictions" / key.replace("/", "-"))
+        trial = client.get_run(row["run_id"])
+        assert float(trial.data.params["test_majority_rate"]) == pytest.approx(max(test_split["class_counts"]) / test_split["rows"])
+        assert "AdamW" in trial.data.tags[tracking.CAPPED_TAG].split(",")  # 2 AdamW epochs can't exhaust patience 2
     run = client.get_run(rows["mobilenet_v3_large/digits/0.1/0"]["run_id"])
     assert run.data.tags["dataset"] == "digits" and run.data.tags["seed"] == "0" and run.data.params["batch_size"] == "64"
     assert run.data.tags["ray_trial_id"] and run.data.tags["node_ip"] and run.data.tags["accelerator"] == "cpu"
@@ -122,6 +154,10 @@ def test_asha_stops_a_clearly_worse_trial_early(ray_local, digits_dir, tmp_path,
     assert rows["mobilenet_v3_large"]["stopped_by"] == "asha" and rows["mobilenet_v3_large"]["epochs_run"] < 4
     assert all(r["status"] == "FINISHED" for r in rows.values())
     assert rows["shufflenet_v2_x2_0"]["best_test_acc"] > rows["mobilenet_v3_large"]["best_test_acc"] + 0.3
+    from mlflow.tracking import MlflowClient
+
+    # The stopped trial never finished by itself: its best epoch's predictions were logged when that epoch ended.
+    _assert_predictions_match(MlflowClient(uri), rows["mobilenet_v3_large"], digits_dir, tmp_path / "stopped")
 
 
 @pytest.mark.slow

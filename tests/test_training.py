@@ -130,6 +130,9 @@ def test_fit_resumes_exactly_from_a_checkpoint():
     assert {k: v for k, v in resumed_final.items() if k not in volatile} == {k: v for k, v in final.items() if k not in volatile}
     assert [m["epoch"] for m in resumed_final["history"]] == [1, 2, 3, 4, 5, 6]
     assert final["switch_epoch"] == 3 and final["epochs_run"] == 6
+    # The best epoch's predictions travel in the checkpoint: the same after a resume, wherever the best was.
+    assert len(final["predictions"]["prediction"]) == 48
+    assert resumed_final["predictions"] == final["predictions"] and resumed_final["capped"] == final["capped"]
 
 
 def test_switch_reloads_the_best_weights():
@@ -174,3 +177,81 @@ def test_bf16_autocast_on_cpu_runs_the_forward_in_bf16():
 def test_bad_precision_is_refused():
     with pytest.raises(RayexpError, match="precision 'fp8'"):
         training.TrainConfig(precision="fp8")
+
+
+def test_a_head_kept_in_fp32_decides_a_near_tie_that_bf16_would_round_away():
+    def near_tie():
+        head = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            head.weight.copy_(torch.tensor([[1.0, 0.0], [1.0039, 0.0]]))  # logits [1.0, 1.0039]: equal in bf16
+        return nn.Sequential(nn.Identity(), head)
+
+    images, labels = torch.tensor([[1.0, 0.0]]), torch.tensor([1])
+    rounded = training.evaluate(near_tie(), [(images, labels)], CPU, "bf16", num_classes=2)
+    assert rounded["predictions"]["prediction"] == [0]  # what autocast alone does to the head
+    model = near_tie()
+    keys = list(model.state_dict())
+    training.keep_fp32(model[1])
+    result = training.evaluate(model, [(images, labels)], CPU, "bf16", num_classes=2)
+    assert result["predictions"]["prediction"] == [1] and result["acc"] == 1.0
+    assert list(model.state_dict()) == keys
+
+
+def test_every_trial_heads_logits_are_fp32_under_bf16_autocast():
+    from rayexp.backbones import create_backbone, get_head, get_spec
+
+    model = create_backbone("shufflenet_v2_x2_0", 3, pretrained=False).eval()
+    training.keep_fp32(get_head(model, get_spec("shufflenet_v2_x2_0")))
+    with torch.no_grad(), training.autocast(CPU, "bf16"):
+        assert model(torch.randn(2, 3, 32, 32)).dtype == torch.float32
+
+
+def test_evaluate_returns_each_images_prediction_in_order_with_its_rank():
+    class Fixed(nn.Module):
+        def forward(self, images):
+            return torch.stack([torch.zeros(len(images)), images[:, 0, 0, 0]], 1)
+
+    images = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0]).view(5, 1, 1, 1).expand(5, 3, 1, 1)
+    labels, ranks = torch.tensor([1, 1, 0, 0, 1]), torch.tensor([7, 3, 0, 2, 5])
+    triples = [(images[:2], labels[:2], ranks[:2]), (images[2:], labels[2:], ranks[2:])]
+    result = training.evaluate(Fixed(), triples, CPU, "fp32", num_classes=2)
+    assert result["predictions"] == {"label": [1, 1, 0, 0, 1], "prediction": [1, 0, 1, 0, 1], "rank": [7, 3, 0, 2, 5]}
+    pairs = training.evaluate(Fixed(), [(images, labels)], CPU, "fp32", num_classes=2)
+    assert "rank" not in pairs["predictions"] and pairs["predictions"]["prediction"] == [1, 0, 1, 0, 1]
+
+
+def test_predictions_of_fit_are_the_best_epochs_and_agree_with_its_confusion_and_accuracy():
+    x, y = _data()
+    ranks = torch.arange(48) * 3  # any distinct ids of the test rows
+    tests = [(x[i : i + 16], y[i : i + 16], ranks[i : i + 16]) for i in range(0, 48, 16)]
+    cfg = training.TrainConfig(max_epochs=4, patience=10, lr=5e-2)
+    final = training.fit(_model(), lambda e: _batches(x, y, 16, e), lambda: tests, cfg, CPU, 2)
+    predictions = final["predictions"]
+    assert predictions["rank"] == ranks.tolist() and predictions["label"] == y[:48].tolist()
+    confusion = [[0, 0], [0, 0]]
+    for label, prediction in zip(predictions["label"], predictions["prediction"]):
+        confusion[label][prediction] += 1
+    assert confusion == final["confusion"]
+    correct = sum(label == prediction for label, prediction in zip(predictions["label"], predictions["prediction"]))
+    assert correct / 48 == pytest.approx(final["best_test_acc"])
+
+
+def test_phases_that_hit_max_epochs_within_patience_are_capped():
+    x, y = _data()
+    _, final, ckpt = _fit(_model(), training.TrainConfig(max_epochs=2, patience=50, lr=1e-2), x, y)
+    assert final["capped"] == ["AdamW", "SGD"] and ckpt["progress"]["capped"] == ["AdamW", "SGD"]
+    _, single, _ = _fit(_model(), training.TrainConfig(max_epochs=2, patience=50, lr=1e-2, dualopt=False), x, y)
+    assert single["capped"] == ["AdamW"]
+
+
+def test_a_phase_ended_by_patience_is_not_capped_even_at_max_epochs():
+    torch.manual_seed(0)
+    frozen = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))  # lr 0 and no BatchNorm: the same accuracy every epoch
+    x, y = _data()
+    cfg = training.TrainConfig(max_epochs=2, patience=1, lr=0.0, sgd_lr=0.0)
+    history, final, _ = _fit(frozen, cfg, x, y)
+    assert [m["epochs_without_improvement"] for m in history] == [0, 1, 1]  # plateau at epoch 2, the cap too
+    assert final["capped"] == []
+    progress = training.Progress()
+    _run_script(progress, training.TrainConfig(max_epochs=3, patience=2), [0.5, 0.6, 0.7, 0.7, 0.7])
+    assert progress.capped == ["AdamW"] and progress.done

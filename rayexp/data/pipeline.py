@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from rayexp.data.shards import rank_ranges, split_paths
+from rayexp.data.shards import position_bounds, rank_ranges, split_paths
 from rayexp.errors import RayexpError
 
 
@@ -72,7 +72,9 @@ def decode_resize_batch(
     The resize ignores aspect ratio, as the paper's protocol does. ``torchvision.io`` decodes a shard's
     JPEG or PNG in about half the time PIL takes, and the resize runs on the decoded tensor without a
     copy back to PIL. A corrupt image or a label outside ``0..n_classes-1`` raises :class:`ShardDataError`
-    naming the shard file (``path``) and the row's ``id`` when the batch has those columns.
+    naming the shard file (``path``) and the row's ``id`` when the batch has those columns. A ``rank``
+    column passes through (int64): with the label it names the row in its split, so that an evaluation's
+    predictions can be written against the rows' ids.
     """
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2.functional import resize
@@ -104,6 +106,8 @@ def decode_resize_batch(
             chw = resize(chw, [height, width], antialias=True)
         images[i] = chw.permute(1, 2, 0).numpy()
     out = {"image": images, "label": labels}
+    if "rank" in batch:
+        out["rank"] = batch["rank"].astype(np.int64)
     if split is not None:
         out["split"] = np.full(len(images), CACHE_SPLITS.index(split), dtype=np.int8)
     return out
@@ -129,7 +133,8 @@ def configure_data_context(data_cpus: float):
 def ray_fraction_expr(manifest: dict, fraction: float, part: str = "all"):
     """The rule of :func:`rayexp.data.shards.fraction_filter` as a Ray Data expression.
 
-    Ray Data pushes it down into the Parquet scan, so row groups outside the fraction are not read.
+    Ray Data pushes it down into the Parquet scan, so row groups whose ``position`` statistics lie outside
+    the fraction are not read.
     """
     from ray.data.expressions import col, lit
 
@@ -140,7 +145,11 @@ def ray_fraction_expr(manifest: dict, fraction: float, part: str = "all"):
         if lo:
             term = term & (col("rank") >= lit(lo))
         expr = term if expr is None else expr | term
-    return (col("rank") < lit(max(hi for _, _, hi in ranges))) & expr
+    lo_position, hi_position = position_bounds(ranges, manifest["splits"]["train"]["class_counts"])
+    prune = col("position") < lit(hi_position)
+    if lo_position > 0:
+        prune = (col("position") >= lit(lo_position)) & prune
+    return prune & expr
 
 
 def build_split_dataset(
@@ -162,7 +171,7 @@ def build_split_dataset(
     blocks = max(1, math.ceil(manifest["splits"][split]["rows"] / DECODE_BLOCK_ROWS))
     paths = split_paths(data_dir, manifest, split)
     dataset = ray.data.read_parquet(paths, override_num_blocks=blocks, include_paths=True)
-    dataset = dataset.select_columns(["image", "label", "rank", "id", "path"])
+    dataset = dataset.select_columns(["image", "label", "rank", "position", "id", "path"])
     if split == "train" and (fraction < 1.0 or part != "all"):
         dataset = dataset.filter(expr=ray_fraction_expr(manifest, fraction, part))
     return dataset.map_batches(
@@ -279,35 +288,41 @@ class Normalizer:
 Batch = dict[str, torch.Tensor]
 
 
-def load_splits(iterator, read_batch_size: int = 1024) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def load_splits(iterator, read_batch_size: int = 1024) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Every row of a trial's ``cache`` dataset (see :func:`build_trial_datasets`), as split name ->
-    (uint8 N,H,W,3 images, labels).
+    (uint8 N,H,W,3 images, labels, ranks), each in the order the pipeline gave it.
 
     One pass through the pipeline, decoding in parallel in Ray Data's tasks; afterwards the splits live
     in this process and no epoch decodes again.
     """
-    images, labels, splits = [], [], []
+    images, labels, ranks, splits = [], [], [], []
     for batch in iterator.iter_batches(batch_size=read_batch_size, batch_format="numpy"):
         images.append(batch["image"])
         labels.append(batch["label"])
+        ranks.append(batch["rank"])
         splits.append(batch["split"])
     if not images:
         raise ValueError("the trial's data yielded no rows")
     all_images, all_labels = torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels).astype(np.int64))
+    all_ranks = torch.from_numpy(np.concatenate(ranks).astype(np.int64))
     codes = torch.from_numpy(np.concatenate(splits))
-    return {name: (all_images[codes == i], all_labels[codes == i]) for i, name in enumerate(CACHE_SPLITS) if bool((codes == i).any())}
+    return {
+        name: (all_images[codes == i], all_labels[codes == i], all_ranks[codes == i])
+        for i, name in enumerate(CACHE_SPLITS) if bool((codes == i).any())
+    }
 
 
-def memory_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle_seed: int | None = None) -> Iterator[Batch]:
-    """Batches of an in-memory split; a full shuffle seeded by ``shuffle_seed``, or in order when None."""
+def memory_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle_seed: int | None = None, ranks: torch.Tensor | None = None,
+) -> Iterator[Batch]:
+    """Batches of an in-memory split; a full shuffle seeded by ``shuffle_seed``, or in order when None.
+    With ``ranks``, each batch has its rows' ``rank`` too."""
     n = len(labels)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)) if shuffle_seed is not None else None
+    columns = {"image": images, "label": labels, **({"rank": ranks} if ranks is not None else {})}
     for start in range(0, n, batch_size):
-        if order is None:
-            yield {"image": images[start:start + batch_size], "label": labels[start:start + batch_size]}
-        else:
-            rows = order[start:start + batch_size]
-            yield {"image": images[rows], "label": labels[rows]}
+        rows = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+        yield {name: column[rows] for name, column in columns.items()}
 
 
 def threaded_map(work: Callable[[int, Batch], object], batches: Iterable[Batch], threads: int = 1, ahead: int | None = None) -> Iterator:
@@ -350,7 +365,9 @@ class TrialBatches:
     permutation; otherwise every epoch streams from the ``train`` iterator with a seeded local shuffle
     buffer. Training batches are augmented when ``augment``, then normalised by ``normalize``, in
     ``threads`` threads ahead of the training loop; on a GPU the normalisation stays on the device (the
-    uint8 batch crosses PCIe, four times smaller than float).
+    uint8 batch crosses PCIe, four times smaller than float). Training yields ``(images, labels)``;
+    evaluation yields ``(images, labels, ranks)``, the ranks on the CPU, so that each prediction can be
+    traced to its row of the split.
     """
 
     def __init__(
@@ -365,7 +382,7 @@ class TrialBatches:
     ) -> None:
         self.iterators, self.cached, self.batch_size, self.seed = iterators, "cache" in iterators, batch_size, seed
         self.normalize, self.augment, self.threads, self.shuffle_buffer = normalize, augment, threads, shuffle_buffer
-        self._memory: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._memory: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._loading: Future | None = None
         if self.cached:
             loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayexp-cache")
@@ -373,7 +390,7 @@ class TrialBatches:
             loader.shutdown(wait=False)
 
     @property
-    def memory(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def memory(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The in-memory splits (waits for the load to finish); empty when not cached."""
         if self._loading is not None:
             self._memory, self._loading = self._loading.result(), None
@@ -383,32 +400,38 @@ class TrialBatches:
         """Epoch ``epoch``'s shuffled, augmented, normalised training batches: the same every time it is asked for."""
         seed = epoch_seed(self.seed, epoch)
         if self.cached:
-            batches: Iterable[Batch] = memory_batches(*self.memory["train"], self.batch_size, shuffle_seed=seed)
+            images, labels, _ = self.memory["train"]
+            batches: Iterable[Batch] = memory_batches(images, labels, self.batch_size, shuffle_seed=seed)
         else:
             batches = self.iterators["train"].iter_torch_batches(
                 batch_size=self.batch_size, local_shuffle_buffer_size=self.shuffle_buffer, local_shuffle_seed=seed, device="cpu",
             )
         return self._batches(batches, augment_seed=seed if self.augment else None)
 
-    def _batches(self, source: Iterable[Batch], augment_seed: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(self, source: Iterable[Batch], augment_seed: int | None, ranks: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
         on_cpu = self.normalize.device.type == "cpu"
+
+        def finish(batch: Batch) -> tuple[torch.Tensor, ...]:
+            return (*self.normalize(batch), batch["rank"]) if ranks else self.normalize(batch)
 
         def work(index: int, batch: Batch):
             if augment_seed is not None:
                 batch = augment_batch(batch, augment_seed, index)
-            return self.normalize(batch) if on_cpu else batch
+            return finish(batch) if on_cpu else batch
 
         for result in threaded_map(work, source, self.threads):
-            yield result if on_cpu else self.normalize(result)
+            yield result if on_cpu else finish(result)
 
-    def evaluation(self, split: str) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
-        """A function giving ``split``'s batches in order, normalised, unaugmented (what :func:`rayexp.training.fit` takes)."""
+    def evaluation(self, split: str) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """A function giving ``split``'s batches in order, normalised, unaugmented, as ``(images, labels,
+        ranks)`` (what :func:`rayexp.training.fit` takes)."""
 
-        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
             if self.cached:
-                source: Iterable[Batch] = memory_batches(*self.memory[split], self.batch_size)
+                images, labels, ranks = self.memory[split]
+                source: Iterable[Batch] = memory_batches(images, labels, self.batch_size, ranks=ranks)
             else:
                 source = self.iterators[split].iter_torch_batches(batch_size=self.batch_size, device="cpu")
-            return self._batches(source, augment_seed=None)
+            return self._batches(source, augment_seed=None, ranks=True)
 
         return batches

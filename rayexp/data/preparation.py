@@ -10,6 +10,7 @@ import importlib
 import numbers
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -18,11 +19,13 @@ from types import ModuleType
 from rayexp.data.catalog import CATALOG, DatasetInfo, get_dataset_info
 from rayexp.data.download import download
 from rayexp.data.shards import (
+    FORMAT_VERSION,
     Source,
     dataset_dir,
     is_prepared,
     leftover_name,
     load_manifest,
+    outdated_format,
     remove_stale_leftovers,
     storage_error,
     verify_dataset,
@@ -112,14 +115,20 @@ def prepare(
     """Prepare ``name`` into ``data_dir``; returns its manifest (the existing one if already prepared).
 
     A folder of ``name`` without a manifest is not prepared (an unfinished or damaged copy) and is
-    replaced. Scratch folders left in ``data_dir`` by killed runs are removed first, a live run's kept.
+    replaced; one prepared in an older shard format is prepared again, saying so in one line. Scratch
+    folders left in ``data_dir`` by killed runs are removed first, a live run's kept.
     """
     check_settings(seed, workers)
     if split not in SPLIT_MODES:
         raise RayexpError(f"--split {split!r}: use one of {', '.join(SPLIT_MODES)}")
     info = dataset_info(name, str(source) if source else None, domain)
     if is_prepared(data_dir, info.name) and not force:
-        return load_manifest(data_dir, info.name)
+        old = outdated_format(data_dir, info.name)
+        if old is None:
+            return load_manifest(data_dir, info.name)
+        force = True
+        print(f"[rayexp] {info.name}: prepared in shard format {old}, this rayexp reads format {FORMAT_VERSION}; "
+              "preparing it again", file=sys.stderr)
     if allow_outside and info.source != "folder":
         raise RayexpError(f"--allow-outside-paths is for a CSV of your own images; {info.name} is read by its own source")
     module = source_module(info)
