@@ -98,6 +98,9 @@ def _cheapest(names: Sequence[str], ranked: Sequence[Ranked]) -> str:
     return f" ({cheapest.backbone} has the fewest parameters: {cheapest.params_m} M)."
 
 
+_RANDOM_INIT = " These backbones trained from random initialisation (no pretrained weights), so this is not a fine-tuning result."
+
+
 def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None) -> str:
     """The answer in plain words, from :func:`rayexp.results.judge`: use the leader when its lead is clear,
     a tie to be settled on cost, or no answer when nothing learned."""
@@ -108,8 +111,9 @@ def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None)
     kind = judgement.kind
     if kind == "chance":
         leader = judgement.leaders[0]
-        return (f"No backbone learned on {dataset}: the best mean test accuracy, {pct(max(s.mean or 0.0 for s in judgement.leaders))}%, is not clearly "
+        text = (f"No backbone learned on {dataset}: the best mean test accuracy, {pct(max(s.mean or 0.0 for s in judgement.leaders))}%, is not clearly "
                 f"above chance ({chance_text(leader)}). Nothing is recommended: check the labels and the data check, train longer, or add data.")
+        return text + (_RANDOM_INIT if "random" in (first.weights or "") else "")
     standing = f"{_spread(first)}% mean test accuracy over {first.n_seeds} seed(s), best {pct(first.best)}%."
     if kind == "tie":
         names = [s.backbone for s in judgement.leaders]
@@ -129,7 +133,7 @@ def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None)
     if incomplete:
         text += " Incomplete: " + "; ".join(f"{r.backbone} {r.cell.incompleteness}" for r in incomplete) + ", so its final accuracy may be higher."
     if "random" in (first.weights or ""):
-        text += " These backbones trained from random initialisation (no pretrained weights), so this is not a fine-tuning result."
+        text += _RANDOM_INIT
     return text
 
 

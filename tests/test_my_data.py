@@ -122,12 +122,15 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
         assert float(row["mean"]) == pytest.approx(np.mean(accs)) and float(row["best_of_seeds"]) == max(accs)
         assert float(row["train_device_hours"]) > 0 and float(row["params_m"]) > 1
     rec = json.loads((tmp_path / "out" / "recommendation.json").read_text())
-    # The report's rules: a tie on the best of seeds, a clear lead, or a lead within noise, judged on the trials'
-    # own per-image test predictions.
+    # The report's rules, judged on the trials' own per-image test predictions. Here, from random init in a few
+    # optimizer steps, both backbones sit at exactly 1/3 on the 24 test images: no backbone may be recommended.
     kind, leader = rec["judgement"]["kind"], ranking[0]["backbone"]
-    opening = {"tie": "Tie on colours", "clear": f"Use **{leader}** for colours", "tied": f"**{leader}** and"}[kind]
+    opening = {"chance": "No backbone learned on colours", "tie": "Tie on colours", "clear": f"Use **{leader}** for colours",
+               "tied": f"**{leader}** and", "unknown": f"**{leader}** leads"}[kind]
     assert rec["verdict"].startswith(opening) and "random initialisation" in rec["verdict"]
-    if kind != "tie":
+    if kind == "chance":
+        assert "Use " not in rec["verdict"] and all(row["above_chance"] == "False" for row in ranking)
+    elif kind != "tie":
         assert rec["judgement"]["verdict"]["rule"] == "paired bootstrap"
     assert any("natural domain" in line and "convnext_tiny" in line for line in rec["prior"])
     html = (tmp_path / "out" / "recommendation.html").read_text()
