@@ -385,6 +385,24 @@ def _by_seed(rows: Sequence[dict]) -> dict[int, dict]:
     return {int(r["seed"]): r for r in rows if r.get("status") == "FINISHED" and r.get("best_test_acc") is not None}
 
 
+def _predictions_problem(pairs: Sequence[tuple[dict, Predictions]]) -> str:
+    """Why these trials' predictions cannot be compared image by image, or "": they must cover the same test
+    images with the same labels, and each must score exactly its run's ``best_test_acc`` (a file edited, or
+    left one epoch behind by a worker killed between the two writes, does not)."""
+    reference = pairs[0][1]
+    order = reference.ids
+    at = {image: i for i, image in enumerate(reference.ids)}
+    for row, found in pairs:
+        if found.correct(order) is None:
+            return "their predictions are on different test images"
+        index = np.fromiter((at[image] for image in found.ids), dtype=np.int64, count=len(found.ids))
+        if not np.array_equal(reference.labels[index], found.labels):
+            return "their predictions disagree on the test images' labels"
+        if abs(float(np.mean(found.labels == found.predictions)) - row["best_test_acc"]) > 1e-9:
+            return f"the predictions of {row.get('key') or row['backbone']} do not score its recorded accuracy"
+    return ""
+
+
 def compare(first: CellSummary, second: CellSummary, rows: Sequence[dict], load: PredictionLoader | None = None) -> Verdict:
     """Does ``first`` lead ``second`` on the same test images and seeds? The one rule behind every
     "clear lead" and "treat them as tied", in the sweep report and in the recommendation alike.
@@ -409,14 +427,14 @@ def compare(first: CellSummary, second: CellSummary, rows: Sequence[dict], load:
     if load is not None:
         loaded = [(load(a[s]), load(b[s])) for s in common]
         if all(p is not None and q is not None for p, q in loaded):
-            order = loaded[0][0].ids
-            correct = [(p.correct(order), q.correct(order)) for p, q in loaded]
-            if all(x is not None and y is not None for x, y in correct):
+            note = _predictions_problem([(a[s], p) for s, (p, _) in zip(common, loaded)] + [(b[s], q) for s, (_, q) in zip(common, loaded)])
+            if not note:
+                order = loaded[0][0].ids
+                correct = [(p.correct(order), q.correct(order)) for p, q in loaded]
                 difference, low, high = paired_bootstrap(np.stack([x for x, _ in correct]), np.stack([y for _, y in correct]))
                 outcome = "clear" if low > 0 else "tied"
                 inputs = f"the same {len(order)} test images x {len(common)} seeds"
                 return Verdict(first.backbone, second.backbone, outcome, difference, low, high, "paired bootstrap", inputs)
-            note = "their predictions are on different test images"
         else:
             note = "no per-image test predictions for every seed"
     differences = accuracy[:, 0] - accuracy[:, 1]

@@ -95,6 +95,10 @@ def test_the_paired_verdict_sees_a_clear_lead_and_a_true_tie_that_seed_spread_mi
     assert fallback.rule == "summary rule" and fallback.outcome == "tied"
     partial = compare(summaries["a"], summaries["b"], rows, lambda row: None if row["run_id"] == "b-2" else load(row))
     assert partial.rule == "summary rule" and "no per-image test predictions for every seed" in partial.note
+    stale = compare(summaries["a"], summaries["b"], [{**r, "best_test_acc": 0.5} if r["run_id"] == "a-1" else r for r in rows], load)
+    assert stale.rule == "summary rule" and "a/neu/1.0/1 do not score its recorded accuracy" in stale.note
+    relabelled = Predictions(planted["b-0"].ids, (planted["b-0"].labels + 1) % 6, (planted["b-0"].predictions + 1) % 6)
+    assert "disagree on the test images' labels" in compare(summaries["a"], summaries["b"], rows, lambda row: relabelled if row["run_id"] == "b-0" else load(row)).note
     other_images = compare(summaries["a"], summaries["b"], rows, lambda row: Predictions(("x",), np.zeros(1), np.zeros(1)) if row["run_id"] == "b-0" else load(row))
     assert "different test images" in other_images.note
 
