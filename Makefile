@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --progress-bar off -e '.[test]'
 	touch $(STAMP)
 
+# --retrain-changed: a demo run by an earlier rayexp (other shards or protocol) is retrained, its old runs kept
+# in MLflow marked superseded, instead of stopping the demo.
 demo: $(STAMP)
 	$(PY) datasets/prepare.py digits
-	$(PY) sweeps/demo.py
+	$(PY) sweeps/demo.py --retrain-changed
 
 test: $(STAMP)
 	$(PY) -m pytest

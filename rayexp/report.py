@@ -208,8 +208,12 @@ def recommendations(summaries: Sequence[CellSummary], judgements: Sequence[Judge
             runner = f"; next {ranking.rows[1][0]} ({ranking.rows[1][1]:.1f})" if len(ranking.rows) > 1 else ""
             clear = sum(1 for j in at_top.values() if j.kind == "clear" and j.leaders[0].backbone == best[0] and j.leaders[0].domain == ranking.domain)
             datasets = sum(1 for j in at_top.values() if j.leaders[0].domain == ranking.domain and j.kind != "chance")
-            text = (f"**{ranking.domain}**: use **{best[0]}** — mean rank {best[1]:.1f} {where.format(n=best[2])}{runner}; "
-                    f"a clear lead on {clear} of {datasets} dataset(s)")
+            if clear or len(ranking.rows) == 1:
+                text = (f"**{ranking.domain}**: use **{best[0]}** — mean rank {best[1]:.1f} {where.format(n=best[2])}{runner}; "
+                        f"a clear lead on {clear} of {datasets} dataset(s)")
+            else:  # first on ranks, but clearly ahead nowhere: no "use"
+                text = (f"**{ranking.domain}**: no clear leader — {best[0]} ranks first (mean rank {best[1]:.1f} {where.format(n=best[2])}{runner}), "
+                        f"but its lead is clear on none of {datasets} dataset(s): treat the top as tied")
         if ranking.at_chance:
             text += f"; left out, no backbone above chance: {', '.join(ranking.at_chance)}"
         if ranking.incomplete:

@@ -129,6 +129,7 @@ def test_report_and_recommendation_give_one_verdict_from_predictions_in_mlflow(t
     text = paths["report_md"].read_text()
     assert "neu at 1.0: **resnet50**" in text and "a clear lead" in text and "paired bootstrap over the same 420 test images x 3 seeds" in text
     assert "Verdict: the leader's lead over the runner-up is clear when a paired bootstrap" in text  # the rule, stated
+    assert "**surface defect**: use **resnet50** — mean rank 1.0 over 1 dataset(s) at 1.0; next swin_t (2.0); a clear lead on 1 of 1" in text
     rec = json.loads(build_recommendation(uri, "exp", "neu", "surface defect", tmp_path / "rec", log_to_mlflow=False)["json"].read_text())
     assert rec["judgement"]["kind"] == "clear" and rec["verdict"].startswith("Use **resnet50** for neu")
     assert rec["judgement"]["verdict"]["rule"] == "paired bootstrap"
@@ -177,6 +178,9 @@ def test_incomplete_cells_are_marked_in_every_table(tmp_path):
     text = paths["report_md"].read_text()
     assert "95.00†" in text and "1 of 2 cell(s) are incomplete" in text
     assert "Incomplete: swin_t 2/3 seeds, 1 stopped early" in text and "1 incomplete cell(s)" in text
+    # First on ranks but clearly ahead nowhere: the domain gets no "use".
+    assert "**surface defect**: no clear leader — swin_t ranks first" in text and "clear on none of 1 dataset(s)" in text
+    assert "use **" not in text
     # A later sweep planning more seeds widens the cell's planned seeds.
     tracking.ensure_cell_runs(uri, "exp", cells[:1], {"neu": "surface defect"}, seeds={cells[0]: [3]})
     assert {c[0]: c[4] for c in tracking.fetch_cells(uri, "exp")}["resnet50"] == (0, 1, 2, 3)
