@@ -55,8 +55,11 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def rank_backbones(results: Sequence[dict], dataset: str, fraction: float, backbones: Sequence[str] = ()) -> list[Ranked]:
-    """Every backbone with a run (or listed in ``backbones``) on ``dataset`` at ``fraction``, best first.
+def rank_backbones(
+    results: Sequence[dict], dataset: str, fraction: float, backbones: Sequence[str] = (), seeds: Sequence[int] = (),
+) -> list[Ranked]:
+    """Every backbone with a run (or listed in ``backbones``) on ``dataset`` at ``fraction``, best first;
+    ``seeds`` are the seeds planned for each, so that a cell missing one is marked incomplete.
 
     Order: :func:`rayexp.results.scored` (the best of the seeds; ties by mean, then name), each with its
     average rank; backbones with no finished seed come last, unranked.
@@ -64,7 +67,7 @@ def rank_backbones(results: Sequence[dict], dataset: str, fraction: float, backb
     from rayexp.backbones import REGISTRY
 
     rows = [r for r in results if r["dataset"] == dataset and float(r["fraction"]) == fraction]
-    cells = summarize(rows, expected=[TrialKey(b, dataset, fraction, 0) for b in backbones])
+    cells = summarize(rows, expected=[TrialKey(b, dataset, fraction, seed) for b in backbones for seed in (seeds or (0,))])
     ranked_cells = scored(cells, dataset, fraction)
     ranks = average_ranks({c.backbone: c.best_of_3 for c in ranked_cells})
     ranked = []
@@ -223,10 +226,11 @@ def recommend(
     fractions = sorted({float(r["fraction"]) for r in results if r["dataset"] == dataset} | {k.fraction for k in expected})
     top = fractions[-1] if fractions else 1.0
     backbones = sorted({k.backbone for k in expected})
-    ranked = rank_backbones(results, dataset, top, backbones)
+    seeds = sorted({k.seed for k in expected})
+    ranked = rank_backbones(results, dataset, top, backbones, seeds)
     ran = {r["key"] for r in results}
     not_run = [str(k) for k in expected if str(k) not in ran]
-    curves = {f: rank_backbones(results, dataset, f, backbones) for f in fractions} if len(fractions) > 1 else {}
+    curves = {f: rank_backbones(results, dataset, f, backbones, seeds) for f in fractions} if len(fractions) > 1 else {}
     mine = [r for r in results if r["dataset"] == dataset]
     judgement = judge(summarize(mine, expected=[k for k in expected if k.dataset == dataset]), mine, dataset, top, load)
     return Recommendation(dataset, domain, top, ranked, verdict(ranked, dataset, judgement), prior_text(domain, ranked), not_run, curves, check,

@@ -205,3 +205,13 @@ def test_a_dataset_where_nothing_learned_is_left_out_of_the_domain_ranking():
     assert judge(summaries, rows, "gc10", 1.0).kind == "chance"
     rec = recommend([{**r, "dataset": "gc10"} for r in rows if r["dataset"] == "gc10"], "gc10", "surface defect")
     assert rec.verdict.startswith("No backbone learned on gc10")
+
+
+def test_a_seed_the_budget_never_started_marks_the_recommendations_cell_incomplete():
+    rows = [_row("resnet50", s, 0.9, dataset="mine") for s in range(2)] + [_row("swin_t", 0, 0.95, dataset="mine")]
+    expected = [TrialKey(b, "mine", 1.0, s) for b in ("resnet50", "swin_t") for s in range(2)]
+    rec = recommend(rows, "mine", "medical", expected)
+    cells = {r.backbone: r.cell for r in rec.ranked}
+    assert cells["swin_t"].n_planned == 2 and not cells["swin_t"].complete and cells["resnet50"].complete
+    assert "Incomplete: swin_t 1/2 seeds" in rec.verdict and rec.not_run == ["swin_t/mine/1.0/1"]
+
