@@ -262,6 +262,11 @@ def _train(config: dict) -> None:
         with ray_checkpoint.as_directory() as folder:
             # Our own checkpoint (it holds NumPy RNG state, which weights_only refuses), from the trial's storage.
             checkpoint = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        if checkpoint.get("identity") != identity:
+            # Left by a training of other data or settings (a key retrained with --retrain-changed, or an older
+            # rayexp): continuing it would report its old numbers under this run's fingerprints.
+            print(f"[rayexp] {key}: the checkpoint in its Train run was made from other data or settings; training from the start", flush=True)
+            checkpoint = None
 
     cached = "cache" in config["datasets"]
     batches = TrialBatches(
@@ -317,7 +322,7 @@ def _train(config: dict) -> None:
         run = tracking.TrialRun.open(s["tracking_uri"], s["experiment"], str(key), tags, params, parent_run_id=parent)
 
     def on_epoch(metrics: dict, make_checkpoint) -> None:
-        state = make_checkpoint()
+        state = {**make_checkpoint(), "identity": identity}  # what it was trained from: resumed only for the same
         if run is not None:
             run.log_metrics(metrics, step=metrics["epoch"])
             if metrics["epochs_without_improvement"] == 0:  # a new best: a trial stopped from outside keeps it

@@ -109,6 +109,15 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_d
     assert "2 of 2 trials already finished" in capsys.readouterr().out
     assert len(tracking.fetch_trial_results(uri, "e2e")) == 2
 
+    # Another protocol, retrained in place: the key trains from the start, never from the old training's
+    # finished checkpoint, which would report the old numbers under the new fingerprints.
+    key = "shufflenet_v2_x2_0/digits/0.1/0"
+    assert main(DEFAULTS, _argv(tmp_path, digits_dir, "--backbones", "shufflenet_v2_x2_0", "--max-epochs", "1", "--retrain-changed")) == 0
+    assert "1 trial(s) were run from other data or settings" in capsys.readouterr().out
+    (again,) = [r for r in tracking.fetch_trial_results(uri, "e2e") if r["key"] == key]
+    assert again["run_id"] != rows[key]["run_id"] and again["epochs_run"] == 2
+    assert [step for step, _ in tracking.metric_history(uri, again["run_id"], "test_acc")] == [1, 2]
+
 
 @pytest.mark.parametrize(
     "extra, message",
