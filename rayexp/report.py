@@ -18,7 +18,7 @@ import numpy as np
 
 from rayexp.grid import TrialKey, format_fraction
 from rayexp.results import (
-    CellSummary, Judgement, PredictionLoader, Predictions, average_ranks, chance_text, current_results, dataset_ranks, domain_rankings,
+    CellSummary, DomainRanking, Judgement, PredictionLoader, Predictions, average_ranks, chance_text, current_results, dataset_ranks, domain_rankings,
     judge, places, rules_text, scored, summarize,
 )
 
@@ -363,6 +363,15 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], ti
     return buffer.getvalue()
 
 
+def _table1_row(ranking: DomainRanking) -> tuple[list[str], str]:
+    """Table 1's cells for one domain: the top three with mean ranks, and its notes (tie, incomplete, at chance)."""
+    named = ([f"{b} ({r:.1f})" for b, r, _ in ranking.rows[:3]] + ["-"] * 3)[:3]
+    notes = [("tie: " + ", ".join(ranking.leaders)) if len(ranking.leaders) > 1 else "",
+             f"{len(ranking.incomplete)} incomplete cell(s)" if ranking.incomplete else "",
+             ("at chance: " + ", ".join(ranking.at_chance)) if ranking.at_chance else ""]
+    return named, "; ".join(n for n in notes if n)
+
+
 def header_lines(summaries: Sequence[CellSummary], results: Sequence[dict]) -> list[str]:
     """What a reader must know before the numbers: the selection rule in force, how ranks, ties, verdicts
     and chance are computed, and how many cells are incomplete, capped or at chance."""
@@ -407,11 +416,8 @@ def render_markdown(title: str, summaries: Sequence[CellSummary], costs: list[di
     top = max((s.fraction for s in summaries), default=1.0)
     table1 = ""
     for ranking in domain_rankings(summaries, top):
-        named = [f"{b} ({r:.1f})" for b, r, _ in ranking.rows[:3]] + ["-"] * 3
-        note = "; ".join(x for x in (("tie: " + ", ".join(ranking.leaders)) if len(ranking.leaders) > 1 else "",
-                                     f"{len(ranking.incomplete)} incomplete cell(s)" if ranking.incomplete else "",
-                                     ("at chance: " + ", ".join(ranking.at_chance)) if ranking.at_chance else "") if x)
-        table1 += f"| {ranking.domain} | " + " | ".join(named[:3]) + f" | {note} |\n"
+        named, note = _table1_row(ranking)
+        table1 += f"| {ranking.domain} | " + " | ".join(named) + f" | {note} |\n"
     parts.append(f"## Top backbones per domain (mean rank at fraction {format_fraction(top)})\n\n| domain | 1st | 2nd | 3rd | notes |\n|---|---|---|---|---|\n" + table1)
     rho = _rho_text(correlation)
     parts.append(f"## Does ImageNet accuracy predict fine-tuning accuracy?\n\n{rho}.\n")
@@ -463,11 +469,8 @@ def render_html(title: str, summaries: Sequence[CellSummary], costs: list[dict],
     top = max((s.fraction for s in summaries), default=1.0)
     out.append(f"<h2>Top backbones per domain (mean rank at fraction {format_fraction(top)})</h2><table><tr><th>domain</th><th>1st</th><th>2nd</th><th>3rd</th><th>notes</th></tr>")
     for ranking in domain_rankings(summaries, top):
-        named = [f"{b} ({r:.1f})" for b, r, _ in ranking.rows[:3]] + ["-"] * 3
-        notes = [("tie: " + ", ".join(ranking.leaders)) if len(ranking.leaders) > 1 else "",
-                 f"{len(ranking.incomplete)} incomplete cell(s)" if ranking.incomplete else "",
-                 ("at chance: " + ", ".join(ranking.at_chance)) if ranking.at_chance else ""]
-        out.append(f"<tr><td>{esc(ranking.domain)}</td>" + "".join(f"<td>{esc(n)}</td>" for n in named[:3]) + f"<td>{esc('; '.join(n for n in notes if n))}</td></tr>")
+        named, note = _table1_row(ranking)
+        out.append(f"<tr><td>{esc(ranking.domain)}</td>" + "".join(f"<td>{esc(n)}</td>" for n in named) + f"<td>{esc(note)}</td></tr>")
     out.append("</table>")
     rho = _rho_text(correlation)
     out.append(f"<h2>Does ImageNet accuracy predict fine-tuning accuracy?</h2><p>{esc(rho)}.</p>")
