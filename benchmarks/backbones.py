@@ -20,7 +20,9 @@ from rayexp.backbones import create_backbone, list_backbones
 from rayexp.training import autocast, resolve_precision
 
 
-def images_per_second(name: str, size: int, batch: int, steps: int, warmup: int, device: torch.device, precision: str, channels_last: bool) -> float:
+def images_per_second(
+    name: str, size: int, batch: int, steps: int, warmup: int, device: torch.device, precision: str, channels_last: bool
+) -> float:
     model = create_backbone(name, num_classes=100, pretrained=False).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -71,10 +73,14 @@ def main() -> None:
     precision = args.precision or (resolve_precision("auto", device) if gpu else "bf16")
     names = ["resnet50"] + [n for n in args.backbones if n != "resnet50"]
     where = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"# forward+backward, {size}x{size}, batch {batch}, {precision}, channels_last={not args.no_channels_last}, {steps} steps, on {where}")
+    print(
+        f"# forward+backward, {size}x{size}, batch {batch}, {precision}, channels_last={not args.no_channels_last}, {steps} steps, on {where}"
+    )
     rates = {}
     for name in names:
-        rates[name] = images_per_second(name, size, batch, steps, args.warmup, device, precision, not args.no_channels_last)
+        rates[name] = images_per_second(
+            name, size, batch, steps, args.warmup, device, precision, not args.no_channels_last
+        )
         print(f"{name:<22} {rates[name]:10.1f} img/s   x{rates[name] / rates['resnet50']:.2f} vs resnet50", flush=True)
     for name in names:
         print(f"ratio {name} {rates[name] / rates['resnet50']:.3f}")

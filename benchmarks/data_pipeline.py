@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from prepare import generate  # benchmarks/prepare.py: the same generated JPEGs
+
 from rayexp.data.pipeline import Normalizer, TrialBatches, build_trial_datasets, configure_data_context
 from rayexp.data.preparation import prepare
 from rayexp.data.shards import read_split
@@ -57,11 +57,21 @@ def dataloader_arm(src: Path, workers: int, batch: int, epochs: int, mean, std) 
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([
-        transforms.Resize((SIZE, SIZE)), transforms.TrivialAugmentWide(), transforms.ToTensor(), transforms.Normalize(mean, std),
-    ])
-    loader = DataLoader(datasets.ImageFolder(src, transform=transform), batch_size=batch, shuffle=True,
-                        num_workers=workers, persistent_workers=workers > 0)
+    transform = transforms.Compose(
+        [
+            transforms.Resize((SIZE, SIZE)),
+            transforms.TrivialAugmentWide(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    loader = DataLoader(
+        datasets.ImageFolder(src, transform=transform),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
 
     def batches(epoch: int):
         torch.manual_seed(epoch)
@@ -70,16 +80,21 @@ def dataloader_arm(src: Path, workers: int, batch: int, epochs: int, mean, std) 
     return drain(epochs, batches)
 
 
-def rayexp_arm(data_dir: Path, manifest: dict, workers: int, batch: int, epochs: int, cache_gb: float) -> tuple[float, list[float], bool]:
+def rayexp_arm(
+    data_dir: Path, manifest: dict, workers: int, batch: int, epochs: int, cache_gb: float
+) -> tuple[float, list[float], bool]:
     import ray.data
 
     ray.data.DataContext.get_current().execution_options = configure_data_context(workers)  # as trial_driver does
     datasets, cached = build_trial_datasets(data_dir, manifest, 1.0, "test", cache_gb * 1e9)
     start = time.perf_counter()
     batches = TrialBatches(
-        {name: ds.iterator() for name, ds in datasets.items()}, batch_size=batch, seed=0,
+        {name: ds.iterator() for name, ds in datasets.items()},
+        batch_size=batch,
+        seed=0,
         normalize=Normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"], torch.device("cpu")),
-        augment=True, threads=batch_threads(1, workers, cached),  # as a trial's worker (1 CPU) sets it
+        augment=True,
+        threads=batch_threads(1, workers, cached),  # as a trial's worker (1 CPU) sets it
     )
     _, rates = drain(epochs, batches.train)
     return time.perf_counter() - start, rates, cached  # the cache's fill (overlapping epoch 1) included
@@ -88,7 +103,9 @@ def rayexp_arm(data_dir: Path, manifest: dict, workers: int, batch: int, epochs:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=2000)
-    p.add_argument("--workers", type=int, default=2, help="data CPUs in both arms (DataLoader workers; Ray Data CPU limit)")
+    p.add_argument(
+        "--workers", type=int, default=2, help="data CPUs in both arms (DataLoader workers; Ray Data CPU limit)"
+    )
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--epochs", type=int, default=10, help="a DualOpt trial runs at least 2 x patience = 20")
     args = p.parse_args()
@@ -120,15 +137,23 @@ def main() -> None:
         # warm them up untimed, as the DataLoader's persistent workers are started before its clock too.
         rayexp_arm(tmp / "data", manifest, args.workers, args.batch, 1, cache_gb=0.0)
         print("# (a) rayexp, cached ...", flush=True)
-        cached_s, cached_rates, cached = rayexp_arm(tmp / "data", manifest, args.workers, args.batch, args.epochs, cache_gb=4.0)
+        cached_s, cached_rates, cached = rayexp_arm(
+            tmp / "data", manifest, args.workers, args.batch, args.epochs, cache_gb=4.0
+        )
         print("# (a) rayexp, streamed (decode every epoch) ...", flush=True)
-        streamed_s, streamed_rates, _ = rayexp_arm(tmp / "data", manifest, args.workers, args.batch, args.epochs, cache_gb=0.0)
+        streamed_s, streamed_rates, _ = rayexp_arm(
+            tmp / "data", manifest, args.workers, args.batch, args.epochs, cache_gb=0.0
+        )
         ray.shutdown()
 
     images = n * args.epochs
-    print(f"\n# {n} training images (~500 px JPEGs) x {args.epochs} epochs -> {SIZE}x{SIZE}, TrivialAugmentWide, normalised; "
-          f"batch {args.batch}; {args.workers} data CPUs + the consumer; machine: {os.cpu_count()} CPUs")
-    print(f"# rayexp preparation (one-off, {args.workers} processes): {prepare_s:.1f} s, {n / prepare_s * (args.images / n):.0f} images/s")
+    print(
+        f"\n# {n} training images (~500 px JPEGs) x {args.epochs} epochs -> {SIZE}x{SIZE}, TrivialAugmentWide, normalised; "
+        f"batch {args.batch}; {args.workers} data CPUs + the consumer; machine: {os.cpu_count()} CPUs"
+    )
+    print(
+        f"# rayexp preparation (one-off, {args.workers} processes): {prepare_s:.1f} s, {n / prepare_s * (args.images / n):.0f} images/s"
+    )
     print(f"{'arm':<34}{'img/s all':>10}{'per epoch':>30}")
     for name, seconds, rates in (
         ("(b) DataLoader + ImageFolder", loader_s, loader_rates),

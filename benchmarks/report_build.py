@@ -36,7 +36,9 @@ def write_store(uri: str, experiment: str, max_test: int) -> int:
     datasets = sorted(n for n in CATALOG if n != "digits")
     backbones = sorted(REGISTRY)
     cells = [(b, d, f) for b in backbones for d in datasets for f in PAPER_FRACTIONS]
-    parents = tracking.ensure_cell_runs(uri, experiment, cells, {d: CATALOG[d].domain for d in datasets}, seeds={c: PAPER_SEEDS for c in cells})
+    parents = tracking.ensure_cell_runs(
+        uri, experiment, cells, {d: CATALOG[d].domain for d in datasets}, seeds={c: PAPER_SEEDS for c in cells}
+    )
     rng = np.random.default_rng(0)
     skill = {b: rng.uniform(0.0, 0.08) for b in backbones}
     written = 0
@@ -49,20 +51,56 @@ def write_store(uri: str, experiment: str, max_test: int) -> int:
                 for f in PAPER_FRACTIONS:
                     for seed in PAPER_SEEDS:
                         key = TrialKey(b, d, f, seed)
-                        p_right = 1.0 if (d == "neu" and f == 1.0 and b in backbones[:5]) else min(1.0, 0.55 + 0.4 * f ** 0.3 - skill[b] + rng.normal(0, 0.01))
+                        p_right = (
+                            1.0
+                            if (d == "neu" and f == 1.0 and b in backbones[:5])
+                            else min(1.0, 0.55 + 0.4 * f**0.3 - skill[b] + rng.normal(0, 0.01))
+                        )
                         right = rng.random(n) < p_right
                         acc = float(right.mean())
-                        tags = {tracking.KIND_TAG: "trial", "key": str(key), "backbone": b, "dataset": d, "domain": info.domain,
-                                "fraction": repr(f), "seed": str(seed), "selection": "test", tracking.DATA_TAG: f"sha256:{d}",
-                                tracking.PROTOCOL_TAG: "sha256:protocol", tracking.PARENT_TAG: parents[tracking.cell_name(b, d, f)]}
+                        tags = {
+                            tracking.KIND_TAG: "trial",
+                            "key": str(key),
+                            "backbone": b,
+                            "dataset": d,
+                            "domain": info.domain,
+                            "fraction": repr(f),
+                            "seed": str(seed),
+                            "selection": "test",
+                            tracking.DATA_TAG: f"sha256:{d}",
+                            tracking.PROTOCOL_TAG: "sha256:protocol",
+                            tracking.PARENT_TAG: parents[tracking.cell_name(b, d, f)],
+                        }
                         run_id = client.create_run(experiment_id, run_name=str(key), tags=tags).info.run_id
                         now = int(time.time() * 1000)
-                        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in {"best_test_acc": acc, "train_seconds": 600.0, "test_images_per_s": 900.0, "train_images_per_s": 300.0}.items()],
-                                         params=[Param(k, str(v)) for k, v in {"weights": "IMAGENET1K_V1", "test_rows": n, "num_classes": info.n_classes, "test_majority_rate": 1 / info.n_classes}.items()],
-                                         tags=[RunTag("accelerator", "NVIDIA H200")])
+                        client.log_batch(
+                            run_id,
+                            metrics=[
+                                Metric(k, v, now, 0)
+                                for k, v in {
+                                    "best_test_acc": acc,
+                                    "train_seconds": 600.0,
+                                    "test_images_per_s": 900.0,
+                                    "train_images_per_s": 300.0,
+                                }.items()
+                            ],
+                            params=[
+                                Param(k, str(v))
+                                for k, v in {
+                                    "weights": "IMAGENET1K_V1",
+                                    "test_rows": n,
+                                    "num_classes": info.n_classes,
+                                    "test_majority_rate": 1 / info.n_classes,
+                                }.items()
+                            ],
+                            tags=[RunTag("accelerator", "NVIDIA H200")],
+                        )
                         predictions = np.where(right, labels, (labels + 1) % info.n_classes)
                         path = Path(folder) / tracking.PREDICTIONS_ARTIFACT
-                        path.write_text("id,label,prediction\n" + "".join(f"{d}-{i},{y},{q}\n" for i, (y, q) in enumerate(zip(labels, predictions))))
+                        path.write_text(
+                            "id,label,prediction\n"
+                            + "".join(f"{d}-{i},{y},{q}\n" for i, (y, q) in enumerate(zip(labels, predictions)))
+                        )
                         client.log_artifact(run_id, str(path))
                         client.set_terminated(run_id, status="FINISHED")
                         written += 1
@@ -72,7 +110,9 @@ def write_store(uri: str, experiment: str, max_test: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-test", type=int, default=2000, help="test images per dataset, at most (the catalog's count when smaller)")
+    parser.add_argument(
+        "--max-test", type=int, default=2000, help="test images per dataset, at most (the catalog's count when smaller)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         uri = f"sqlite:///{folder}/mlflow.db"
@@ -86,7 +126,11 @@ def main() -> None:
         start = time.perf_counter()
         paths = report.build_report(uri, "full-grid", Path(folder) / "paired", log_to_mlflow=True)
         paired_s = time.perf_counter() - start
-        lines = [line for line in paths["report_md"].read_text().splitlines() if line.startswith("- neu at 1.0") or line.startswith("- **surface defect**")]
+        lines = [
+            line
+            for line in paths["report_md"].read_text().splitlines()
+            if line.startswith("- neu at 1.0") or line.startswith("- **surface defect**")
+        ]
         print("\n".join(lines))
         print(f"report, summary rule only: {summary_s:.1f} s")
         print(f"report, paired verdicts from predictions (and logged to MLflow): {paired_s:.1f} s")

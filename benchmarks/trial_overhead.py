@@ -42,7 +42,12 @@ def plain_training(data_dir: Path, key: TrialKey, batch_size: int) -> float:
         table = read_split(data_dir, key.dataset, split, fraction, columns=["image", "label"])
         from PIL import Image
 
-        images = np.stack([np.asarray(Image.fromarray(decode_image(b)).resize(size[::-1], Image.Resampling.BILINEAR)) for b in table["image"].to_pylist()])
+        images = np.stack(
+            [
+                np.asarray(Image.fromarray(decode_image(b)).resize(size[::-1], Image.Resampling.BILINEAR))
+                for b in table["image"].to_pylist()
+            ]
+        )
         return torch.from_numpy(images), torch.tensor(table["label"].to_pylist())
 
     train_images, train_labels = tensors("train", key.fraction)
@@ -54,7 +59,9 @@ def plain_training(data_dir: Path, key: TrialKey, batch_size: int) -> float:
 
     def train_batches(epoch: int):
         seed = epoch_seed(key.seed, epoch)
-        return map(normalize, augmented(memory_batches(train_images, train_labels, batch_size, shuffle_seed=seed), seed))
+        return map(
+            normalize, augmented(memory_batches(train_images, train_labels, batch_size, shuffle_seed=seed), seed)
+        )
 
     def test_batches():
         return map(normalize, memory_batches(test_images, test_labels, batch_size))
@@ -87,9 +94,18 @@ def main() -> None:
     from rayexp.orchestrate import SweepConfig, _init_ray, run_sweep
 
     cfg = SweepConfig(
-        keys=keys, experiment="overhead", data_dir=str(data_dir), storage=str(work / "ray_results"),
-        tracking_uri=tracking.resolve_tracking_uri(f"sqlite:///{work / 'mlflow.db'}"), weights={args.backbone: "random"},
-        max_epochs=1, patience=1, batch_size=args.batch_size, precision="fp32", dualopt=False, device="cpu",
+        keys=keys,
+        experiment="overhead",
+        data_dir=str(data_dir),
+        storage=str(work / "ray_results"),
+        tracking_uri=tracking.resolve_tracking_uri(f"sqlite:///{work / 'mlflow.db'}"),
+        weights={args.backbone: "random"},
+        max_epochs=1,
+        patience=1,
+        batch_size=args.batch_size,
+        precision="fp32",
+        dualopt=False,
+        device="cpu",
         data_fingerprints={"digits": load_manifest(data_dir, "digits")["fingerprint"]},
     )
     start = time.perf_counter()
@@ -105,8 +121,10 @@ def main() -> None:
 
     n = len(keys)
     overhead = (sweep - plain) / n
-    print(f"\n# {n} trials of {args.backbone} on digits x {args.fraction} ({len(read_split(data_dir, 'digits', 'train', args.fraction, columns=['label']))} training images), "
-          f"1 epoch, batch {args.batch_size}, CPU ({os.cpu_count()} cores)")
+    print(
+        f"\n# {n} trials of {args.backbone} on digits x {args.fraction} ({len(read_split(data_dir, 'digits', 'train', args.fraction, columns=['label']))} training images), "
+        f"1 epoch, batch {args.batch_size}, CPU ({os.cpu_count()} cores)"
+    )
     print(f"{'arm':<28}{'total s':>10}{'s/trial':>10}")
     print(f"{'plain PyTorch, sequential':<28}{plain:>10.1f}{plain / n:>10.1f}")
     print(f"{'rayexp sweep (Tune+Train)':<28}{sweep:>10.1f}{sweep / n:>10.1f}")

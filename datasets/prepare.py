@@ -63,15 +63,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", nargs="?", help="dataset to prepare (a catalog name, or a new name with --source)")
     p.add_argument("--list", action="store_true", help="list every dataset and whether it is prepared")
     p.add_argument("--download", action="store_true", help="download the source files (checksums verified)")
-    p.add_argument("--source", default=None, help="a local copy: a folder, an archive, or (own data) an image folder or CSV")
+    p.add_argument(
+        "--source", default=None, help="a local copy: a folder, an archive, or (own data) an image folder or CSV"
+    )
     p.add_argument("--domain", default=None, help="domain of a user's own dataset (e.g. medical)")
-    p.add_argument("--data-dir", default=str(default_data_dir()), help="where prepared datasets live (default: %(default)s)")
-    p.add_argument("--split", default="default", choices=SPLIT_MODES, help="'paper' reproduces the paper's counts where rayexp's clean split differs")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of stratified splits and of the fraction ranks (recorded), 0 to 2**32-1")
-    p.add_argument("--workers", type=int, default=default_workers(), help="processes encoding images (default: %(default)s)")
-    p.add_argument("--allow-outside-paths", action="store_true", help="a CSV source's image paths may lie outside the CSV's folder (by default they must not)")
-    p.add_argument("--skip-corrupt", action="store_true", help="leave out images that cannot be decoded (counted and listed in the manifest) instead of stopping")
+    p.add_argument(
+        "--data-dir", default=str(default_data_dir()), help="where prepared datasets live (default: %(default)s)"
+    )
+    p.add_argument(
+        "--split",
+        default="default",
+        choices=SPLIT_MODES,
+        help="'paper' reproduces the paper's counts where rayexp's clean split differs",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of stratified splits and of the fraction ranks (recorded), 0 to 2**32-1",
+    )
+    p.add_argument(
+        "--workers", type=int, default=default_workers(), help="processes encoding images (default: %(default)s)"
+    )
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="a CSV source's image paths may lie outside the CSV's folder (by default they must not)",
+    )
+    p.add_argument(
+        "--skip-corrupt",
+        action="store_true",
+        help="leave out images that cannot be decoded (counted and listed in the manifest) instead of stopping",
+    )
     p.add_argument("--force", action="store_true", help="prepare again even if already prepared")
     args = p.parse_args(argv)
     try:
@@ -82,13 +105,28 @@ def main(argv: list[str] | None = None) -> int:
             p.error("give a dataset name, or --list")
         check_settings(args.seed, args.workers)  # before anything is read or written
         # a dataset of an older shard format is prepared again (prepare says so), as with --force
-        if is_prepared(args.data_dir, args.name) and not args.force and outdated_format(args.data_dir, args.name) is None:
-            print(f"{args.name} is already prepared in {dataset_dir(args.data_dir, args.name)} (use --force to redo it)")
+        if (
+            is_prepared(args.data_dir, args.name)
+            and not args.force
+            and outdated_format(args.data_dir, args.name) is None
+        ):
+            print(
+                f"{args.name} is already prepared in {dataset_dir(args.data_dir, args.name)} (use --force to redo it)"
+            )
             return 0
         start = time.perf_counter()
         manifest = prepare(
-            args.name, args.data_dir, source=args.source, download_files=args.download, domain=args.domain, allow_outside=args.allow_outside_paths,
-            split=args.split, seed=args.seed, force=args.force, workers=args.workers, skip_corrupt=args.skip_corrupt,
+            args.name,
+            args.data_dir,
+            source=args.source,
+            download_files=args.download,
+            domain=args.domain,
+            allow_outside=args.allow_outside_paths,
+            split=args.split,
+            seed=args.seed,
+            force=args.force,
+            workers=args.workers,
+            skip_corrupt=args.skip_corrupt,
         )
         print(f"prepared in {time.perf_counter() - start:.1f}s\n" + summary(manifest, args.data_dir))
         return 0

@@ -47,41 +47,139 @@ def build_parser(defaults: SweepDefaults, with_datasets: bool = True) -> argpars
     p = argparse.ArgumentParser(description=defaults.description, formatter_class=_HelpFormatter)
     p.add_argument("--backbones", nargs="+", default=list(defaults.backbones), help="backbone names (see README)")
     if with_datasets:
-        p.add_argument("--datasets", nargs="+", default=list(defaults.datasets), help="dataset names (python datasets/prepare.py --list)")
-    p.add_argument("--fractions", nargs="+", type=float, default=list(defaults.fractions), help="fractions of the training split, in (0, 1]")
+        p.add_argument(
+            "--datasets",
+            nargs="+",
+            default=list(defaults.datasets),
+            help="dataset names (python datasets/prepare.py --list)",
+        )
+    p.add_argument(
+        "--fractions",
+        nargs="+",
+        type=float,
+        default=list(defaults.fractions),
+        help="fractions of the training split, in (0, 1]",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
     p.add_argument("--data-dir", default=str(default_data_dir()), help="folder of prepared datasets")
-    p.add_argument("--storage", default=str(Path("ray_results").resolve()), help="Tune/Train storage: a local folder or a bucket URI")
-    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db", help="MLflow tracking URI; relative SQLite paths are made absolute")
+    p.add_argument(
+        "--storage",
+        default=str(Path("ray_results").resolve()),
+        help="Tune/Train storage: a local folder or a bucket URI",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default="sqlite:///mlflow.db",
+        help="MLflow tracking URI; relative SQLite paths are made absolute",
+    )
     p.add_argument("--experiment", default=defaults.experiment, help="MLflow experiment and Tune run name")
     p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
-    p.add_argument("--max-epochs", type=int, default=defaults.max_epochs, help="safety cap on epochs per DualOpt phase (AdamW, then SGD)")
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=defaults.max_epochs,
+        help="safety cap on epochs per DualOpt phase (AdamW, then SGD)",
+    )
     p.add_argument("--patience", type=int, default=defaults.patience, help="epochs without improvement before stopping")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch (default: the backbone's registry value)")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16/fp16 on GPU, fp32 on CPU")
-    p.add_argument("--selection", default=defaults.selection, choices=["test", "val"], help="monitor test accuracy (the paper) or a held-out 10%% of the training rows")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="training batch (default: the backbone's registry value)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        help="auto: bf16/fp16 on GPU, fp32 on CPU",
+    )
+    p.add_argument(
+        "--selection",
+        default=defaults.selection,
+        choices=["test", "val"],
+        help="monitor test accuracy (the paper) or a held-out 10%% of the training rows",
+    )
     p.add_argument("--no-dualopt", dest="dualopt", action="store_false", help="AdamW only: skip DualOpt's SGD phase")
-    p.add_argument("--normalize", default="dataset", choices=["dataset", "imagenet"], help="per-dataset mean/std from the manifest, or ImageNet's")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no TrivialAugmentWide even where the protocol has it")
-    p.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"], help="fifo: every trial runs its full protocol (a fair comparison); asha: budget mode, stops weak backbones early per (dataset, fraction)")
+    p.add_argument(
+        "--normalize",
+        default="dataset",
+        choices=["dataset", "imagenet"],
+        help="per-dataset mean/std from the manifest, or ImageNet's",
+    )
+    p.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="no TrivialAugmentWide even where the protocol has it",
+    )
+    p.add_argument(
+        "--scheduler",
+        default="fifo",
+        choices=["fifo", "asha"],
+        help="fifo: every trial runs its full protocol (a fair comparison); asha: budget mode, stops weak backbones early per (dataset, fraction)",
+    )
     p.add_argument("--grace-period", type=int, default=5, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep the top 1/N at each rung")
     p.add_argument("--trial-time-budget", type=float, default=None, help="stop each trial after this many seconds")
-    p.add_argument("--trial-epoch-budget", type=int, default=None, help="stop each trial after this many epochs (both phases)")
-    p.add_argument("--weights-dir", default=None, help="folder of pretrained weight files (air-gapped clusters); else $RAYEXP_WEIGHTS_DIR, then torch's cache")
-    p.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"], help="auto: GPUs when the cluster has some now; gpu: always (an autoscaling cluster adds GPU nodes on demand)")
-    p.add_argument("--worker-cpus", type=float, default=None, help="CPUs held by each trial's training worker (default 2 with a GPU, 1 without)")
-    p.add_argument("--data-cpus", type=float, default=None, help="CPUs per trial for its Ray Data decode tasks (default 10 with a GPU: 12 vCPU per A100; 1 without)")
-    p.add_argument("--gpus-per-trial", "--gpu-per-trial", type=float, default=1.0, help="GPUs per trial; a fraction lets small (1%%) trials share a GPU")
+    p.add_argument(
+        "--trial-epoch-budget", type=int, default=None, help="stop each trial after this many epochs (both phases)"
+    )
+    p.add_argument(
+        "--weights-dir",
+        default=None,
+        help="folder of pretrained weight files (air-gapped clusters); else $RAYEXP_WEIGHTS_DIR, then torch's cache",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "gpu", "cpu"],
+        help="auto: GPUs when the cluster has some now; gpu: always (an autoscaling cluster adds GPU nodes on demand)",
+    )
+    p.add_argument(
+        "--worker-cpus",
+        type=float,
+        default=None,
+        help="CPUs held by each trial's training worker (default 2 with a GPU, 1 without)",
+    )
+    p.add_argument(
+        "--data-cpus",
+        type=float,
+        default=None,
+        help="CPUs per trial for its Ray Data decode tasks (default 10 with a GPU: 12 vCPU per A100; 1 without)",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        "--gpu-per-trial",
+        type=float,
+        default=1.0,
+        help="GPUs per trial; a fraction lets small (1%%) trials share a GPU",
+    )
     p.add_argument("--accelerator-type", default=None, help="run trials only on this accelerator (e.g. A100-80G)")
-    p.add_argument("--cache-gb", type=float, default=None, help="decode a trial's images once into its worker's memory when they fit in this many GB (default 4, or 32 on GPUs; 0: decode every epoch)")
-    p.add_argument("--compile", action="store_true", help="torch.compile each trial's model (GPU; the first epoch pays the compilation)")
+    p.add_argument(
+        "--cache-gb",
+        type=float,
+        default=None,
+        help="decode a trial's images once into its worker's memory when they fit in this many GB (default 4, or 32 on GPUs; 0: decode every epoch)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each trial's model (GPU; the first epoch pays the compilation)",
+    )
     p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
     p.add_argument("--log-models", action="store_true", help="log each trial's best weights to MLflow (large)")
     p.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep: unfinished trials resume from their checkpoints (finished keys are always skipped)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep: unfinished trials resume from their checkpoints (finished keys are always skipped)",
+    )
     p.add_argument("--retry-errored", action="store_true", help="rerun only the trials that errored")
-    p.add_argument("--retrain-changed", action="store_true", help="retrain, in this experiment, the keys whose runs were made from other data or settings (their old runs are kept, marked superseded); without it such a sweep stops")
+    p.add_argument(
+        "--retrain-changed",
+        action="store_true",
+        help="retrain, in this experiment, the keys whose runs were made from other data or settings (their old runs are kept, marked superseded); without it such a sweep stops",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the trial count and keys, start nothing")
     return p
 
@@ -90,8 +188,16 @@ def code_version() -> str:
     """The git commit of this checkout (with -dirty for uncommitted changes), or 'unknown'."""
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     if commit.returncode != 0:
@@ -104,7 +210,9 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None) -> int:
     return guarded(_run, defaults, build_parser(defaults).parse_args(argv))
 
 
-def guarded(run: Callable[[SweepDefaults, argparse.Namespace], int], defaults: SweepDefaults, args: argparse.Namespace) -> int:
+def guarded(
+    run: Callable[[SweepDefaults, argparse.Namespace], int], defaults: SweepDefaults, args: argparse.Namespace
+) -> int:
     """``run(defaults, args)``, with a :class:`RayexpError` printed as one clear line and exit code 2."""
     try:
         return run(defaults, args)
@@ -122,7 +230,9 @@ def check_common(args: argparse.Namespace) -> None:
     """What every sweep checks before anything else, all problems at once: the passes asked for, the
     backbone names, and every value that would fail every trial the same way once Ray had started."""
     if args.resume and args.retry_errored:
-        raise RayexpError("--resume and --retry-errored are separate passes: continue the interrupted trials first, then retry the errored ones")
+        raise RayexpError(
+            "--resume and --retry-errored are separate passes: continue the interrupted trials first, then retry the errored ones"
+        )
     for name in args.backbones:
         get_spec(name)
     problems = [p for p in (check(args) for check in VALUE_CHECKS) if p]
@@ -187,7 +297,9 @@ def check_writable(location: str, option: str) -> None:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".rayexp-write-test-"):
             pass
     except OSError as exc:
-        raise RayexpError(f"{option} {location} is not a writable folder ({exc.strerror or exc}); choose one this user can write") from None
+        raise RayexpError(
+            f"{option} {location} is not a writable folder ({exc.strerror or exc}); choose one this user can write"
+        ) from None
 
 
 def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
@@ -198,7 +310,9 @@ def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
             get_dataset_info(name)  # a prepared dataset of one's own needs no catalog entry
     keys = expand_grid(args.backbones, args.datasets, args.fractions, args.seeds)
     if args.dry_run:
-        print(f"{len(keys)} trials ({len(args.backbones)} backbones x {len(args.datasets)} datasets x {len(set(args.fractions))} fractions x {len(set(args.seeds))} seeds)")
+        print(
+            f"{len(keys)} trials ({len(args.backbones)} backbones x {len(args.datasets)} datasets x {len(set(args.fractions))} fractions x {len(set(args.seeds))} seeds)"
+        )
         for key in keys:
             print(key)
         return 0
@@ -206,10 +320,19 @@ def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     from rayexp.orchestrate import run_sweep
 
     outcome = run_sweep(cfg)
-    return print_outcome(defaults, args, keys, tracking_uri, outcome, Path(args.out or Path("reports") / args.experiment))
+    return print_outcome(
+        defaults, args, keys, tracking_uri, outcome, Path(args.out or Path("reports") / args.experiment)
+    )
 
 
-def sweep_config(defaults: SweepDefaults, args: argparse.Namespace, keys: list, datasets: Sequence[str], data_dir: str, fallback_to_random: bool | None = None):
+def sweep_config(
+    defaults: SweepDefaults,
+    args: argparse.Namespace,
+    keys: list,
+    datasets: Sequence[str],
+    data_dir: str,
+    fallback_to_random: bool | None = None,
+):
     """Preflight (datasets, input sizes, validation rows, weights, the MLflow store), then the sweep's
     :class:`~rayexp.orchestrate.SweepConfig` and the resolved tracking URI. Nothing starts on failure."""
     from rayexp import preflight, tracking
@@ -267,7 +390,9 @@ def sweep_config(defaults: SweepDefaults, args: argparse.Namespace, keys: list, 
     return cfg, tracking_uri
 
 
-def print_outcome(defaults: SweepDefaults, args: argparse.Namespace, keys: list, tracking_uri: str, outcome: dict, out_dir: Path) -> int:
+def print_outcome(
+    defaults: SweepDefaults, args: argparse.Namespace, keys: list, tracking_uri: str, outcome: dict, out_dir: Path
+) -> int:
     """Build the sweep's report, print its table, what stopped early and what errored; the exit code."""
     from rayexp import report, tracking
     from rayexp.results import current_results

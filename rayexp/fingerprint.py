@@ -26,7 +26,6 @@ from rayexp.tracking import BATCH_TAG, DATA_TAG, PROTOCOL_TAG, SETTINGS_TAG, WEI
 from rayexp.training import TrainConfig
 
 
-
 def protocol_settings(
     *,
     max_epochs: int,
@@ -89,7 +88,9 @@ def changes(recorded: dict[str, str], expected: dict[str, str]) -> list[str]:
         except json.JSONDecodeError:
             old = {}
         new = json.loads(expected[SETTINGS_TAG])
-        diffs = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        diffs = [
+            f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+        ]
         out.append("the protocol changed (" + (", ".join(diffs) or "settings unknown") + ")")
     for tag, what in ((WEIGHTS_TAG, "weights"), (BATCH_TAG, "batch size")):
         if recorded.get(tag) != expected[tag]:

@@ -80,14 +80,21 @@ class SweepConfig:
     def protocol(self) -> dict:
         """The protocol settings every trial's results depend on (:func:`rayexp.fingerprint.protocol_settings`)."""
         return fingerprint.protocol_settings(
-            max_epochs=self.max_epochs, patience=self.patience, precision=self.precision, selection=self.selection,
-            dualopt=self.dualopt, normalize=self.normalize, augment=self.augment,
+            max_epochs=self.max_epochs,
+            patience=self.patience,
+            precision=self.precision,
+            selection=self.selection,
+            dualopt=self.dualopt,
+            normalize=self.normalize,
+            augment=self.augment,
         )
 
     def identity(self, key: TrialKey) -> dict[str, str]:
         """The fingerprint tags ``key``'s run gets in this sweep."""
         batch = self.batch_size or get_spec(key.backbone).batch_size
-        return fingerprint.trial_identity(self.data_fingerprints[key.dataset], self.protocol(), self.weights[key.backbone], batch)
+        return fingerprint.trial_identity(
+            self.data_fingerprints[key.dataset], self.protocol(), self.weights[key.backbone], batch
+        )
 
     def cpus(self, use_gpu: bool) -> tuple[float, float]:
         """(training worker CPUs, Ray Data CPUs) per trial."""
@@ -139,8 +146,17 @@ def batch_threads(worker_cpus: float, data_cpus: float, cached: bool) -> int:
 # Errors that come out the same every time they are retried: bad data or settings, a bug, a batch that does
 # not fit (never halved). They fail the trial at once; Train's FailureConfig retries only the rest (a lost
 # worker or node, a storage hiccup).
-DETERMINISTIC_ERRORS = (RayexpError, ValueError, TypeError, IndexError, KeyError, AttributeError, AssertionError,
-                        ZeroDivisionError, NotImplementedError)
+DETERMINISTIC_ERRORS = (
+    RayexpError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    AssertionError,
+    ZeroDivisionError,
+    NotImplementedError,
+)
 # torch.OutOfMemoryError (without importing torch here), and Ray Data's wrapper of an error a map function raised
 DETERMINISTIC_NAMES = ("OutOfMemoryError", "UserCodeException")
 # How a rayexp error raised in a Ray task reads once it crossed processes: Ray keeps the remote traceback as
@@ -197,7 +213,13 @@ def _record_failure(s: dict, key: TrialKey, exc: BaseException) -> str:
     message = error_message(exc)
     try:
         parent = s["cell_runs"].get(tracking.cell_name(*key.cell))
-        tags = {"backbone": key.backbone, "dataset": key.dataset, "fraction": repr(key.fraction), "seed": str(key.seed), **s["extra_tags"]}
+        tags = {
+            "backbone": key.backbone,
+            "dataset": key.dataset,
+            "fraction": repr(key.fraction),
+            "seed": str(key.seed),
+            **s["extra_tags"],
+        }
         tracking.fail_trial_run(s["tracking_uri"], s["experiment"], str(key), message, tags, parent)
     except Exception as log_error:  # noqa: BLE001 - the trial's own error matters more than logging it
         print(f"[rayexp] could not record the failure of {key} in MLflow: {log_error}")
@@ -241,10 +263,16 @@ def _train(config: dict) -> None:
     # A GPU assigned by Ray but not visible to this PyTorch (a logical GPU, a CPU build) trains on the CPU.
     device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
     batch_size = int(s["batch_size"] or spec.batch_size)
-    identity = fingerprint.trial_identity(manifest["fingerprint"], s["protocol"], s["weights"][key.backbone], batch_size)
+    identity = fingerprint.trial_identity(
+        manifest["fingerprint"], s["protocol"], s["weights"][key.backbone], batch_size
+    )
     cfg = training.TrainConfig(
-        max_epochs=s["max_epochs"], patience=s["patience"], precision=s["precision"],
-        selection=s["selection"], dualopt=s["dualopt"], seed=key.seed,
+        max_epochs=s["max_epochs"],
+        patience=s["patience"],
+        precision=s["precision"],
+        selection=s["selection"],
+        dualopt=s["dualopt"],
+        seed=key.seed,
     )
     augment = augments(manifest, s["augment"])
     pretrained = s["weights"][key.backbone] == "pretrained"
@@ -265,14 +293,20 @@ def _train(config: dict) -> None:
         if checkpoint.get("identity") != identity:
             # Left by a training of other data or settings (a key retrained with --retrain-changed, or an older
             # rayexp): continuing it would report its old numbers under this run's fingerprints.
-            print(f"[rayexp] {key}: the checkpoint in its Train run was made from other data or settings; training from the start", flush=True)
+            print(
+                f"[rayexp] {key}: the checkpoint in its Train run was made from other data or settings; training from the start",
+                flush=True,
+            )
             checkpoint = None
 
     cached = "cache" in config["datasets"]
     batches = TrialBatches(
-        {name: ray.train.get_dataset_shard(name) for name in config["datasets"]}, batch_size=batch_size, seed=key.seed,
+        {name: ray.train.get_dataset_shard(name) for name in config["datasets"]},
+        batch_size=batch_size,
+        seed=key.seed,
         normalize=Normalizer(*normalization(manifest, s["normalize"]), device),
-        augment=augment, threads=batch_threads(s["worker_cpus"], s["data_cpus"], cached),
+        augment=augment,
+        threads=batch_threads(s["worker_cpus"], s["data_cpus"], cached),
         shuffle_buffer=min(config["train_rows"], 1024),
     )
 
@@ -332,7 +366,14 @@ def _train(config: dict) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     final = training.fit(
-        model, batches.train, batches.evaluation("test"), cfg, device, manifest["n_classes"], on_epoch, checkpoint,
+        model,
+        batches.train,
+        batches.evaluation("test"),
+        cfg,
+        device,
+        manifest["n_classes"],
+        on_epoch,
+        checkpoint,
         val_batches=batches.evaluation("val") if cfg.selection == "val" else None,
     )
     confusion, history = final.pop("confusion"), final.pop("history")
@@ -348,16 +389,23 @@ def _train(config: dict) -> None:
             run.set_tags({tracking.CAPPED_TAG: ",".join(capped)})
         run.finish(final)
     # best_acc and epoch again, so that a scheduler sees the trial's last word.
-    ray.train.report({**final, "best_acc": final.get("best_val_acc", final["best_test_acc"]), "epoch": final["epochs_run"]})
+    ray.train.report(
+        {**final, "best_acc": final.get("best_val_acc", final["best_test_acc"]), "epoch": final["epochs_run"]}
+    )
 
 
-def log_trial_artifacts(run, config: dict, params: dict, history: list[dict], confusion: list, classes: list[str]) -> None:
+def log_trial_artifacts(
+    run, config: dict, params: dict, history: list[dict], confusion: list, classes: list[str]
+) -> None:
     """The resolved config, the per-epoch history as CSV and the best epoch's confusion matrix as PNG."""
     import csv
 
     from rayexp.report import confusion_png
 
-    run.log_dict({"key": config["key"], "params": params, "settings": config["settings"], "manifest": config["manifest"]}, "config.json")
+    run.log_dict(
+        {"key": config["key"], "params": params, "settings": config["settings"], "manifest": config["manifest"]},
+        "config.json",
+    )
     if history:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
@@ -394,10 +442,14 @@ def predictions_csv(predictions: dict, ids: dict[tuple[int, int], str]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "label", "prediction"])
     named = set()
-    for label, prediction, rank in zip(predictions["label"], predictions["prediction"], predictions["rank"], strict=True):
+    for label, prediction, rank in zip(
+        predictions["label"], predictions["prediction"], predictions["rank"], strict=True
+    ):
         row_id = ids.get((label, rank))
         if row_id is None:
-            raise RayexpError(f"a test prediction's row (label {label}, rank {rank}) is not in the test split; no predictions were written")
+            raise RayexpError(
+                f"a test prediction's row (label {label}, rank {rank}) is not in the test split; no predictions were written"
+            )
         named.add(row_id)
         writer.writerow([row_id, label, prediction])
     if len(named) != len(predictions["label"]) or len(named) != len(ids):
@@ -467,11 +519,18 @@ def _drive(key: TrialKey, s: dict) -> None:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
-            "key": str(key), "settings": s, "manifest": manifest, "train_rows": train_rows, "datasets": list(datasets),
+            "key": str(key),
+            "settings": s,
+            "manifest": manifest,
+            "train_rows": train_rows,
+            "datasets": list(datasets),
             "trial_id": ray.tune.get_context().get_trial_id(),
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=1, use_gpu=use_gpu, resources_per_worker=worker_resources, accelerator_type=s["accelerator_type"] or None,
+            num_workers=1,
+            use_gpu=use_gpu,
+            resources_per_worker=worker_resources,
+            accelerator_type=s["accelerator_type"] or None,
         ),
         # One worker needs no collectives; gloo also runs where a "GPU" is only a logical resource.
         torch_config=TorchConfig(backend="gloo"),
@@ -495,7 +554,10 @@ def _drive(key: TrialKey, s: dict) -> None:
     # left the error in its FAILED MLflow run; a run that did not finish is a failed trial either way.
     record = tracking.trial_record(s["tracking_uri"], s["experiment"], str(key))
     if record is None or record["status"] != "FINISHED":
-        raise RayexpError((record or {}).get("tags", {}).get(tracking.ERROR_TAG) or f"trial {key} ended without finishing its MLflow run")
+        raise RayexpError(
+            (record or {}).get("tags", {}).get(tracking.ERROR_TAG)
+            or f"trial {key} ended without finishing its MLflow run"
+        )
 
 
 # Every trial starts a Train controller, a worker and a few helper actors, so a small machine runs more
@@ -516,7 +578,9 @@ def _init_ray(cfg: SweepConfig) -> None:
         total = cfg.num_cpus or os.cpu_count() or 1
         slots = max(1, int(total // sum(cfg.cpus(use_gpu=False))))
         # The dashboard stays on: Train V2 frees a finished trial's worker resources through it.
-        ray.init(num_cpus=total, resources={DRIVER_RESOURCE: slots}, include_dashboard=True, _system_config=LOCAL_RAY_CONFIG)
+        ray.init(
+            num_cpus=total, resources={DRIVER_RESOURCE: slots}, include_dashboard=True, _system_config=LOCAL_RAY_CONFIG
+        )
 
 
 def _keep_ray_data_stats_actor() -> None:
@@ -582,8 +646,12 @@ def make_scheduler(cfg: SweepConfig):
             key = TrialKey.parse(trial.config["key"])
             if (key.dataset, key.fraction) not in self.groups:
                 self.groups[(key.dataset, key.fraction)] = AsyncHyperBandScheduler(
-                    time_attr="epoch", metric="best_acc", mode="max", max_t=2 * cfg.max_epochs,
-                    grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor,
+                    time_attr="epoch",
+                    metric="best_acc",
+                    mode="max",
+                    max_t=2 * cfg.max_epochs,
+                    grace_period=cfg.grace_period,
+                    reduction_factor=cfg.reduction_factor,
                 )
             return self.groups[(key.dataset, key.fraction)]
 
@@ -615,7 +683,9 @@ def update_cell_summary(uri: str, experiment: str, backbone: str, dataset: str, 
     from rayexp.results import current_results, summarize
 
     # Only this cell's runs: called after every trial, it must not read the whole sweep each time.
-    rows, _ = current_results(tracking.fetch_trial_results(uri, experiment, backbone=backbone, dataset=dataset, fraction=repr(fraction)))
+    rows, _ = current_results(
+        tracking.fetch_trial_results(uri, experiment, backbone=backbone, dataset=dataset, fraction=repr(fraction))
+    )
     (summary,) = summarize(rows) or [None]
     if summary is None or summary.n_seeds == 0:
         return None
@@ -655,7 +725,9 @@ def _sweep_stopper_class():
         """Per-trial budgets (seconds, epochs) and the sweep's own: device-hours and epochs summed over all
         trials. When the sweep's budget is spent Tune stops the running trials and starts no more."""
 
-        def __init__(self, trial_seconds=None, trial_epochs=None, device_hours=None, epochs=None, devices_per_trial=1.0) -> None:
+        def __init__(
+            self, trial_seconds=None, trial_epochs=None, device_hours=None, epochs=None, devices_per_trial=1.0
+        ) -> None:
             self.trial_seconds, self.trial_epochs = trial_seconds, trial_epochs
             self.device_seconds = device_hours * 3600 if device_hours else None
             self.epochs, self.devices_per_trial = epochs, devices_per_trial
@@ -668,7 +740,9 @@ def _sweep_stopper_class():
                 self.used_seconds += result.get("time_this_iter_s", 0.0) * self.devices_per_trial
                 if self.spent_at is None and self.stop_all():
                     self.spent_at = result.get("timestamp")
-                    print(f"[rayexp] the sweep's budget is spent ({self.used_epochs} epochs, {self.used_seconds / 3600:.3f} device-hours): stopping")
+                    print(
+                        f"[rayexp] the sweep's budget is spent ({self.used_epochs} epochs, {self.used_seconds / 3600:.3f} device-hours): stopping"
+                    )
             return bool(
                 (self.trial_seconds and result.get("time_total_s", 0.0) >= self.trial_seconds)
                 or (self.trial_epochs and result.get("epoch", 0) >= self.trial_epochs)
@@ -689,8 +763,11 @@ def make_stop(cfg: SweepConfig, use_gpu: bool = False):
     if not any((cfg.trial_time_budget_s, cfg.trial_epoch_budget, cfg.budget_device_hours, cfg.budget_epochs)):
         return None
     return _sweep_stopper_class()(
-        trial_seconds=cfg.trial_time_budget_s, trial_epochs=cfg.trial_epoch_budget, device_hours=cfg.budget_device_hours,
-        epochs=cfg.budget_epochs, devices_per_trial=cfg.gpus_per_trial if use_gpu else 1.0,
+        trial_seconds=cfg.trial_time_budget_s,
+        trial_epochs=cfg.trial_epoch_budget,
+        device_hours=cfg.budget_device_hours,
+        epochs=cfg.budget_epochs,
+        devices_per_trial=cfg.gpus_per_trial if use_gpu else 1.0,
     )
 
 
@@ -747,14 +824,19 @@ def select_trials(cfg: SweepConfig) -> tuple[list[TrialKey], int]:
         reasons = sorted({reason for changes in stale.values() for reason in changes})
         raise RayexpError(
             f"{len(stale)} trial(s) of MLflow experiment {cfg.experiment!r} were run from other data or settings than "
-            f"this sweep's (e.g. {next(iter(stale))}):\n" + "\n".join(f"  - {r}" for r in reasons)
+            f"this sweep's (e.g. {next(iter(stale))}):\n"
+            + "\n".join(f"  - {r}" for r in reasons)
             + f"\nNothing was started. Their results would not be comparable with new ones: start a new experiment "
             f"(--experiment {cfg.experiment}-2), or retrain those keys here with --retrain-changed (their old runs are "
             "kept in MLflow, marked superseded and left out of the results)"
         )
     if stale:
-        print(f"[rayexp] --retrain-changed: {len(stale)} trial(s) were run from other data or settings; training them again")
-        tracking.supersede_runs(cfg.tracking_uri, [records[k]["run_id"] for k in stale], "; ".join(next(iter(stale.values()))))
+        print(
+            f"[rayexp] --retrain-changed: {len(stale)} trial(s) were run from other data or settings; training them again"
+        )
+        tracking.supersede_runs(
+            cfg.tracking_uri, [records[k]["run_id"] for k in stale], "; ".join(next(iter(stale.values())))
+        )
         records = {k: v for k, v in records.items() if k not in stale}
     status = {k: v["status"] for k, v in records.items()}
     keys = [str(k) for k in cfg.keys]
@@ -776,7 +858,9 @@ def select_trials(cfg: SweepConfig) -> tuple[list[TrialKey], int]:
                 f"e.g. {interrupted[0]}): pass --resume to continue them from their checkpoints, or choose a new --experiment"
             )
         if errored:
-            print(f"[rayexp] {len(errored)} trial(s) errored in an earlier run and are left out (e.g. {errored[0]}); rerun them with --retry-errored")
+            print(
+                f"[rayexp] {len(errored)} trial(s) errored in an earlier run and are left out (e.g. {errored[0]}); rerun them with --retry-errored"
+            )
         todo = [k for k in keys if k not in finished and k not in errored]
         if interrupted:
             print(f"[rayexp] resuming {len(interrupted)} interrupted trial(s) from their checkpoints")
@@ -807,7 +891,9 @@ def _run_locked(cfg: SweepConfig) -> dict:
     planned: dict[tuple[str, str, float], list[int]] = {}
     for key in cfg.keys:
         planned.setdefault(key.cell, []).append(key.seed)
-    cfg.cell_runs = tracking.ensure_cell_runs(cfg.tracking_uri, cfg.experiment, sorted({k.cell for k in todo}), domains, seeds=planned)
+    cfg.cell_runs = tracking.ensure_cell_runs(
+        cfg.tracking_uri, cfg.experiment, sorted({k.cell for k in todo}), domains, seeds=planned
+    )
     _init_ray(cfg)
     if cfg.address:
         preflight_cluster(cfg, sorted(domains))
@@ -822,7 +908,9 @@ def _run_locked(cfg: SweepConfig) -> dict:
     settings = cfg.trial_settings(use_gpu)
     stopper = make_stop(cfg, use_gpu)
     tuner = ray.tune.Tuner(
-        ray.tune.with_resources(ray.tune.with_parameters(trial_driver, settings=settings), {"cpu": 0, DRIVER_RESOURCE: 1}),
+        ray.tune.with_resources(
+            ray.tune.with_parameters(trial_driver, settings=settings), {"cpu": 0, DRIVER_RESOURCE: 1}
+        ),
         param_space={"key": ray.tune.grid_search([str(k) for k in todo])},
         tune_config=ray.tune.TuneConfig(
             max_concurrent_trials=concurrency,
@@ -832,7 +920,9 @@ def _run_locked(cfg: SweepConfig) -> dict:
             trial_dirname_creator=lambda trial: TrialKey.parse(trial.config["key"]).dirname,
         ),
         run_config=ray.tune.RunConfig(
-            name=cfg.experiment, storage_path=cfg.storage, stop=stopper,
+            name=cfg.experiment,
+            storage_path=cfg.storage,
+            stop=stopper,
             callbacks=[CellSummaryCallback(cfg.tracking_uri, cfg.experiment)],
             # A trial function's error is deterministic (bad data, a bug): lost workers and nodes are retried
             # inside the trial, by Train's FailureConfig.
@@ -840,7 +930,10 @@ def _run_locked(cfg: SweepConfig) -> dict:
         ),
     )
     grid = tuner.fit()
-    recorded = {k: v["tags"].get(tracking.ERROR_TAG) for k, v in tracking.trial_records(cfg.tracking_uri, cfg.experiment).items()}
+    recorded = {
+        k: v["tags"].get(tracking.ERROR_TAG)
+        for k, v in tracking.trial_records(cfg.tracking_uri, cfg.experiment).items()
+    }
     errored, stopped, not_started = [], [], []
     for result in grid:
         key, metrics = result.config["key"], result.metrics or {}
@@ -854,7 +947,13 @@ def _run_locked(cfg: SweepConfig) -> dict:
                 stopped.append((key, metrics.get("epoch"), metrics.get("best_acc"), reason))
     for cell in sorted({k.cell for k in todo}):  # stopped trials were closed only now
         update_cell_summary(cfg.tracking_uri, cfg.experiment, *cell)
-    return {"ran": [str(k) for k in todo], "errored": errored, "stopped": stopped, "not_started": not_started, "skipped": skipped}
+    return {
+        "ran": [str(k) for k in todo],
+        "errored": errored,
+        "stopped": stopped,
+        "not_started": not_started,
+        "skipped": skipped,
+    }
 
 
 def stop_reason(cfg: SweepConfig, stopper, metrics: dict) -> str:

@@ -24,14 +24,19 @@ def check_datasets(datasets: Sequence[str], data_dir: str) -> dict[str, dict]:
     for name in datasets:
         if not is_prepared(data_dir, name):
             get_dataset_info(name)  # an unknown name is an error of its own
-            problems.append(f"  - {name}: not prepared in {data_dir}; run: python datasets/prepare.py {name} --data-dir {data_dir}")
+            problems.append(
+                f"  - {name}: not prepared in {data_dir}; run: python datasets/prepare.py {name} --data-dir {data_dir}"
+            )
             continue
         try:
             manifest = load_manifest(data_dir, name)
             start = time.perf_counter()
             verify_dataset(dataset_location(data_dir, name), manifest)
             size = sum(b for meta in manifest["splits"].values() for b in meta["bytes"].values())
-            print(f"[rayexp] {name}: {size / 1e6:.1f} MB of shards verified in {time.perf_counter() - start:.1f}s", flush=True)
+            print(
+                f"[rayexp] {name}: {size / 1e6:.1f} MB of shards verified in {time.perf_counter() - start:.1f}s",
+                flush=True,
+            )
         except RayexpError as exc:
             problems.append(f"  - {exc}")
             continue
@@ -49,7 +54,9 @@ def check_input_sizes(backbones: Sequence[str], manifests: dict[str, dict]) -> N
         for name, manifest in manifests.items():
             h, w = manifest["input_size"]
             if min(h, w) < spec.min_input or (spec.builder == "wavemix_192_16" and (h % 32 or w % 32)):
-                problems.append(f"  - {backbone} cannot train on {name} at {h}x{w} (smallest side {spec.min_input}{', multiples of 32' if spec.builder == 'wavemix_192_16' else ''})")
+                problems.append(
+                    f"  - {backbone} cannot train on {name} at {h}x{w} (smallest side {spec.min_input}{', multiples of 32' if spec.builder == 'wavemix_192_16' else ''})"
+                )
     if problems:
         raise RayexpError("input sizes the backbones cannot take:\n" + "\n".join(problems))
 
@@ -92,12 +99,20 @@ def check_selection(keys, manifests: dict[str, dict], selection: str) -> None:
         single = [manifest["classes"][c] for c, k in enumerate(fraction_thresholds(manifest, fraction)) if k < 2]
         if single:
             names = ", ".join(single[:5]) + (f" and {len(single) - 5} more" if len(single) > 5 else "")
-            problems.append(f"  - {dataset} at fraction {fraction}: {len(single)} class(es) have a single training row, none to hold out ({names})")
+            problems.append(
+                f"  - {dataset} at fraction {fraction}: {len(single)} class(es) have a single training row, none to hold out ({names})"
+            )
     if problems:
-        raise RayexpError("selection=val needs a validation row in every class:\n" + "\n".join(problems) + "\n  use a larger fraction or --selection test")
+        raise RayexpError(
+            "selection=val needs a validation row in every class:\n"
+            + "\n".join(problems)
+            + "\n  use a larger fraction or --selection test"
+        )
 
 
-def node_problems(data_dir: str, datasets: list[str], pretrained: list[str], weights_dir: str | None, tracking_uri: str, offline: bool) -> list[str]:
+def node_problems(
+    data_dir: str, datasets: list[str], pretrained: list[str], weights_dir: str | None, tracking_uri: str, offline: bool
+) -> list[str]:
     """What this node cannot do for a sweep: read the datasets, find the weights, reach MLflow.
 
     Runs on every node of a cluster (as a Ray task) before any trial starts; returns problems, not raises,
@@ -126,7 +141,7 @@ def node_problems(data_dir: str, datasets: list[str], pretrained: list[str], wei
             tracking.check_server(tracking_uri)
         except RayexpError as exc:
             problems.append(str(exc))
-    elif tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
+    elif tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).exists():
         problems.append(
             f"the MLflow store {tracking_uri} is a file this node cannot see; on a multi-node cluster run an MLflow "
             "server (cluster.yaml starts one on the head) and pass --tracking-uri http://<head>:5000"

@@ -79,7 +79,9 @@ PRIORS: dict[str, Prior] = {
     ),
 }
 
-LIGHTWEIGHT = "For on-device models the paper prefers ShuffleNetV2 to MobileNetV3 (MobileNetV3 did better on medical images)."
+LIGHTWEIGHT = (
+    "For on-device models the paper prefers ShuffleNetV2 to MobileNetV3 (MobileNetV3 did better on medical images)."
+)
 
 
 def prior_for(domain: str) -> tuple[Prior, bool]:

@@ -23,11 +23,35 @@ from typing import Sequence
 from rayexp.grid import TrialKey, format_fraction
 from rayexp.priors import LIGHTWEIGHT, prior_for
 from rayexp.report import MISSING, figure_accuracy_vs_fraction, pct, prediction_loader
-from rayexp.results import CellSummary, Judgement, PredictionLoader, average_ranks, chance_text, current_results, judge, rules_text, scored, summarize
+from rayexp.results import (
+    CellSummary,
+    Judgement,
+    PredictionLoader,
+    average_ranks,
+    chance_text,
+    current_results,
+    judge,
+    rules_text,
+    scored,
+    summarize,
+)
 
 RANKING_COLUMNS = (
-    "rank", "backbone", "mean", "std", "best_of_seeds", "n_seeds", "n_planned", "complete", "above_chance", "params_m",
-    "train_device_hours", "train_images_per_s", "inference_images_per_s", "stopped_early", "weights",
+    "rank",
+    "backbone",
+    "mean",
+    "std",
+    "best_of_seeds",
+    "n_seeds",
+    "n_planned",
+    "complete",
+    "above_chance",
+    "params_m",
+    "train_device_hours",
+    "train_images_per_s",
+    "inference_images_per_s",
+    "stopped_early",
+    "weights",
 )
 
 
@@ -56,7 +80,11 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def rank_backbones(
-    results: Sequence[dict], dataset: str, fraction: float, backbones: Sequence[str] = (), seeds: Sequence[int] = (),
+    results: Sequence[dict],
+    dataset: str,
+    fraction: float,
+    backbones: Sequence[str] = (),
+    seeds: Sequence[int] = (),
 ) -> list[Ranked]:
     """Every backbone with a run (or listed in ``backbones``) on ``dataset`` at ``fraction``, best first;
     ``seeds`` are the seeds planned for each, so that a cell missing one is marked incomplete.
@@ -67,23 +95,41 @@ def rank_backbones(
     from rayexp.backbones import REGISTRY
 
     rows = [r for r in results if r["dataset"] == dataset and float(r["fraction"]) == fraction]
-    cells = summarize(rows, expected=[TrialKey(b, dataset, fraction, seed) for b in backbones for seed in (seeds or (0,))])
+    cells = summarize(
+        rows, expected=[TrialKey(b, dataset, fraction, seed) for b in backbones for seed in (seeds or (0,))]
+    )
     ranked_cells = scored(cells, dataset, fraction)
     ranks = average_ranks({c.backbone: c.best_of_3 for c in ranked_cells})
     ranked = []
     for cell in ranked_cells + sorted((c for c in cells if c.best_of_3 is None), key=lambda c: c.backbone):
         runs = [r for r in rows if r["backbone"] == cell.backbone and r.get("status") == "FINISHED"]
         spec = REGISTRY.get(cell.backbone)
-        ranked.append(Ranked(
-            backbone=cell.backbone, mean=cell.mean, std=cell.std, best=cell.best_of_3, n_seeds=cell.n_seeds,
-            params_m=spec.params_m if spec else None,
-            device_hours=sum(r.get("train_seconds") or 0.0 for r in runs) / 3600,
-            train_images_per_s=_mean([r.get("train_images_per_s") for r in runs]),
-            inference_images_per_s=_mean([r.get("inference_images_per_s") for r in runs]),
-            stopped=[{"seed": r["seed"], "epochs_run": r.get("epochs_run"), "best_test_acc": r.get("best_test_acc"), "stopped_by": r["stopped_by"]}
-                     for r in sorted(runs, key=lambda r: r["seed"]) if r.get("stopped_by")],
-            weights=cell.weights, rank=ranks.get(cell.backbone), cell=cell,
-        ))
+        ranked.append(
+            Ranked(
+                backbone=cell.backbone,
+                mean=cell.mean,
+                std=cell.std,
+                best=cell.best_of_3,
+                n_seeds=cell.n_seeds,
+                params_m=spec.params_m if spec else None,
+                device_hours=sum(r.get("train_seconds") or 0.0 for r in runs) / 3600,
+                train_images_per_s=_mean([r.get("train_images_per_s") for r in runs]),
+                inference_images_per_s=_mean([r.get("inference_images_per_s") for r in runs]),
+                stopped=[
+                    {
+                        "seed": r["seed"],
+                        "epochs_run": r.get("epochs_run"),
+                        "best_test_acc": r.get("best_test_acc"),
+                        "stopped_by": r["stopped_by"],
+                    }
+                    for r in sorted(runs, key=lambda r: r["seed"])
+                    if r.get("stopped_by")
+                ],
+                weights=cell.weights,
+                rank=ranks.get(cell.backbone),
+                cell=cell,
+            )
+        )
     return ranked
 
 
@@ -101,7 +147,9 @@ def _cheapest(names: Sequence[str], ranked: Sequence[Ranked]) -> str:
     return f" ({cheapest.backbone} has the fewest parameters: {cheapest.params_m} M)."
 
 
-_RANDOM_INIT = " These backbones trained from random initialisation (no pretrained weights), so this is not a fine-tuning result."
+_RANDOM_INIT = (
+    " These backbones trained from random initialisation (no pretrained weights), so this is not a fine-tuning result."
+)
 
 
 def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None) -> str:
@@ -114,27 +162,40 @@ def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None)
     kind = judgement.kind
     if kind == "chance":
         leader = judgement.leaders[0]
-        text = (f"No backbone learned on {dataset}: the best mean test accuracy, {pct(max(s.mean or 0.0 for s in judgement.leaders))}%, is not clearly "
-                f"above chance ({chance_text(leader)}). Nothing is recommended: check the labels and the data check, train longer, or add data.")
+        text = (
+            f"No backbone learned on {dataset}: the best mean test accuracy, {pct(max(s.mean or 0.0 for s in judgement.leaders))}%, is not clearly "
+            f"above chance ({chance_text(leader)}). Nothing is recommended: check the labels and the data check, train longer, or add data."
+        )
         return text + (_RANDOM_INIT if "random" in (first.weights or "") else "")
     standing = f"{_spread(first)}% mean test accuracy over {first.n_seeds} seed(s), best {pct(first.best)}%."
     if kind == "tie":
         names = [s.backbone for s in judgement.leaders]
-        text = f"Tie on {dataset}: {', '.join(names)} score {pct(judgement.leaders[0].best_of_3)}% best of seeds each; choose on cost" + _cheapest(names, ranked)
+        text = (
+            f"Tie on {dataset}: {', '.join(names)} score {pct(judgement.leaders[0].best_of_3)}% best of seeds each; choose on cost"
+            + _cheapest(names, ranked)
+        )
     elif kind == "alone":
         text = f"Use **{first.backbone}** for {dataset}: {standing} It is the only backbone with a finished seed."
     elif kind == "clear":
         text = f"Use **{first.backbone}** for {dataset}: {standing} Its lead over {judgement.runner_up.backbone}: {judgement.verdict.text()}."
     elif kind == "unknown":
-        text = (f"**{first.backbone}** leads on {dataset}: {standing} {judgement.runner_up.backbone} is close behind, and the "
-                f"{judgement.verdict.text()}.")
+        text = (
+            f"**{first.backbone}** leads on {dataset}: {standing} {judgement.runner_up.backbone} is close behind, and the "
+            f"{judgement.verdict.text()}."
+        )
     else:
         second = judgement.runner_up.backbone
-        text = (f"**{first.backbone}** and {second} are tied on {dataset}: {first.backbone} {standing} The difference is "
-                f"{judgement.verdict.text()}; choose between them on cost" + _cheapest([first.backbone, second], ranked))
+        text = (
+            f"**{first.backbone}** and {second} are tied on {dataset}: {first.backbone} {standing} The difference is "
+            f"{judgement.verdict.text()}; choose between them on cost" + _cheapest([first.backbone, second], ranked)
+        )
     incomplete = [r for r in done[:2] if r.cell is not None and not r.cell.complete]
     if incomplete:
-        text += " Incomplete: " + "; ".join(f"{r.backbone} {r.cell.incompleteness}" for r in incomplete) + ", so its final accuracy may be higher."
+        text += (
+            " Incomplete: "
+            + "; ".join(f"{r.backbone} {r.cell.incompleteness}" for r in incomplete)
+            + ", so its final accuracy may be higher."
+        )
     if "random" in (first.weights or ""):
         text += _RANDOM_INIT
     return text
@@ -143,10 +204,14 @@ def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None)
 def prior_text(domain: str, ranked: Sequence[Ranked]) -> list[str]:
     """The paper's prior for ``domain`` and how the measured ranking compares with it."""
     prior, specific = prior_for(domain)
-    lines = [f"The paper's prior for {'the ' + domain + ' domain' if specific else 'a domain it did not study (' + domain + '), its general advice'} "
-             f"(from its text; its tables were lost): favoured {', '.join(prior.favoured)}"
-             + (f"; cautioned against {', '.join(prior.cautioned)}" if prior.cautioned else "") + ".",
-             f"“{prior.evidence}”", LIGHTWEIGHT]
+    lines = [
+        f"The paper's prior for {'the ' + domain + ' domain' if specific else 'a domain it did not study (' + domain + '), its general advice'} "
+        f"(from its text; its tables were lost): favoured {', '.join(prior.favoured)}"
+        + (f"; cautioned against {', '.join(prior.cautioned)}" if prior.cautioned else "")
+        + ".",
+        f"“{prior.evidence}”",
+        LIGHTWEIGHT,
+    ]
     done = [r.backbone for r in ranked if r.mean is not None]
     if done:
         top = done[: min(3, len(done))]
@@ -169,11 +234,25 @@ def write_ranking_csv(ranked: Sequence[Ranked], path: Path) -> None:
         writer.writerow(RANKING_COLUMNS)
         for i, r in enumerate(ranked, 1):
             cell = r.cell
-            writer.writerow([
-                "" if r.rank is None else f"{r.rank:g}", r.backbone, r.mean, r.std, r.best, r.n_seeds, cell.n_planned if cell else "",
-                cell.complete if cell else "", "" if cell is None or cell.above_chance is None else cell.above_chance, r.params_m,
-                round(r.device_hours, 5), r.train_images_per_s, r.inference_images_per_s, len(r.stopped), r.weights,
-            ])
+            writer.writerow(
+                [
+                    "" if r.rank is None else f"{r.rank:g}",
+                    r.backbone,
+                    r.mean,
+                    r.std,
+                    r.best,
+                    r.n_seeds,
+                    cell.n_planned if cell else "",
+                    cell.complete if cell else "",
+                    "" if cell is None or cell.above_chance is None else cell.above_chance,
+                    r.params_m,
+                    round(r.device_hours, 5),
+                    r.train_images_per_s,
+                    r.inference_images_per_s,
+                    len(r.stopped),
+                    r.weights,
+                ]
+            )
 
 
 def _stopped_text(stop: dict) -> str:
@@ -181,19 +260,36 @@ def _stopped_text(stop: dict) -> str:
 
 
 def _table(ranked: Sequence[Ranked]) -> tuple[list[str], list[list[str]]]:
-    head = ["rank", "backbone", "test acc % (mean ± std)", "best of seeds %", "seeds", "params (M)",
-            "train device-hours", "train img/s", "inference img/s", "stopped early"]
+    head = [
+        "rank",
+        "backbone",
+        "test acc % (mean ± std)",
+        "best of seeds %",
+        "seeds",
+        "params (M)",
+        "train device-hours",
+        "train img/s",
+        "inference img/s",
+        "stopped early",
+    ]
     rows = []
     for r in ranked:
         seeds = str(r.n_seeds) if r.cell is None or r.cell.n_planned <= r.n_seeds else f"{r.n_seeds}/{r.cell.n_planned}"
         chance = " (not above chance)" if r.cell is not None and r.cell.above_chance is False else ""
-        rows.append([
-            f"{r.rank:g}" if r.rank is not None else "-", r.backbone, _spread(r), pct(r.best) + chance, seeds,
-            "" if r.params_m is None else f"{r.params_m:g}", f"{r.device_hours:.4f}",
-            "" if r.train_images_per_s is None else f"{r.train_images_per_s:.0f}",
-            "" if r.inference_images_per_s is None else f"{r.inference_images_per_s:.0f}",
-            ", ".join(_stopped_text(s) for s in r.stopped if s["epochs_run"] is not None),
-        ])
+        rows.append(
+            [
+                f"{r.rank:g}" if r.rank is not None else "-",
+                r.backbone,
+                _spread(r),
+                pct(r.best) + chance,
+                seeds,
+                "" if r.params_m is None else f"{r.params_m:g}",
+                f"{r.device_hours:.4f}",
+                "" if r.train_images_per_s is None else f"{r.train_images_per_s:.0f}",
+                "" if r.inference_images_per_s is None else f"{r.inference_images_per_s:.0f}",
+                ", ".join(_stopped_text(s) for s in r.stopped if s["epochs_run"] is not None),
+            ]
+        )
     return head, rows
 
 
@@ -218,12 +314,18 @@ class Recommendation:
 
 
 def recommend(
-    results: Sequence[dict], dataset: str, domain: str, expected: Sequence[TrialKey] = (), check: dict | None = None,
+    results: Sequence[dict],
+    dataset: str,
+    domain: str,
+    expected: Sequence[TrialKey] = (),
+    check: dict | None = None,
     load: PredictionLoader | None = None,
 ) -> Recommendation:
     """The recommendation's content from trial results (``tracking.fetch_trial_results``); ``load`` gives a
     trial's test predictions for the paired verdict (without it, the summary rule, said as such)."""
-    fractions = sorted({float(r["fraction"]) for r in results if r["dataset"] == dataset} | {k.fraction for k in expected})
+    fractions = sorted(
+        {float(r["fraction"]) for r in results if r["dataset"] == dataset} | {k.fraction for k in expected}
+    )
     top = fractions[-1] if fractions else 1.0
     backbones = sorted({k.backbone for k in expected})
     seeds = sorted({k.seed for k in expected})
@@ -233,21 +335,43 @@ def recommend(
     curves = {f: rank_backbones(results, dataset, f, backbones, seeds) for f in fractions} if len(fractions) > 1 else {}
     mine = [r for r in results if r["dataset"] == dataset]
     judgement = judge(summarize(mine, expected=[k for k in expected if k.dataset == dataset]), mine, dataset, top, load)
-    return Recommendation(dataset, domain, top, ranked, verdict(ranked, dataset, judgement), prior_text(domain, ranked), not_run, curves, check,
-                          judgement=judgement)
+    return Recommendation(
+        dataset,
+        domain,
+        top,
+        ranked,
+        verdict(ranked, dataset, judgement),
+        prior_text(domain, ranked),
+        not_run,
+        curves,
+        check,
+        judgement=judgement,
+    )
 
 
 def render_markdown(rec: Recommendation, figure: Path | None) -> str:
     head, rows = _table(rec.ranked)
-    parts = [f"# Which backbone for {rec.dataset}?\n", f"## Verdict\n\n{rec.verdict}\n",
-             f"## Ranking at fraction {format_fraction(rec.fraction)}\n",
-             "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "".join("| " + " | ".join(row) + " |\n" for row in rows),
-             "## The paper's prior\n\n" + "\n\n".join(rec.prior) + "\n", f"## How this was decided\n\n{rec.rules}\n"]
+    parts = [
+        f"# Which backbone for {rec.dataset}?\n",
+        f"## Verdict\n\n{rec.verdict}\n",
+        f"## Ranking at fraction {format_fraction(rec.fraction)}\n",
+        "| "
+        + " | ".join(head)
+        + " |\n|"
+        + "---|" * len(head)
+        + "\n"
+        + "".join("| " + " | ".join(row) + " |\n" for row in rows),
+        "## The paper's prior\n\n" + "\n\n".join(rec.prior) + "\n",
+        f"## How this was decided\n\n{rec.rules}\n",
+    ]
     if rec.left_out:
         parts.insert(2, "**Left out:** " + " ".join(rec.left_out) + "\n")
     stopped = [r for r in rec.ranked if r.stopped]
     if stopped or rec.not_run:
-        lines = [f"- {r.backbone}: " + "; ".join(_stopped_text(s) for s in r.stopped if s["epochs_run"] is not None) for r in stopped]
+        lines = [
+            f"- {r.backbone}: " + "; ".join(_stopped_text(s) for s in r.stopped if s["epochs_run"] is not None)
+            for r in stopped
+        ]
         if rec.not_run:
             lines.append(f"- never started (the budget was spent first): {', '.join(rec.not_run)}")
         parts.append("## Stopped early\n\n" + "\n".join(lines) + "\n")
@@ -266,24 +390,49 @@ def render_html(rec: Recommendation, figure: Path | None) -> str:
         return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
 
     head, rows = _table(rec.ranked)
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Which backbone for {html.escape(rec.dataset)}?</title><style>"
-           "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
-           "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(2),th:nth-child(2){text-align:left}"
-           "tr.first td{background:#c6efce;font-weight:bold}.verdict{font-size:1.15em}pre{background:#f6f6f6;padding:1em}</style></head><body>",
-           f"<h1>Which backbone for {html.escape(rec.dataset)}?</h1>", f"<p class='verdict'>{bold(rec.verdict)}</p>",
-           f"<h2>Ranking at fraction {format_fraction(rec.fraction)}</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
-    out += [f"<tr class='{'first' if i == 0 and row[0] != '-' else ''}'>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for i, row in enumerate(rows)]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Which backbone for {html.escape(rec.dataset)}?</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(2),th:nth-child(2){text-align:left}"
+        "tr.first td{background:#c6efce;font-weight:bold}.verdict{font-size:1.15em}pre{background:#f6f6f6;padding:1em}</style></head><body>",
+        f"<h1>Which backbone for {html.escape(rec.dataset)}?</h1>",
+        f"<p class='verdict'>{bold(rec.verdict)}</p>",
+        f"<h2>Ranking at fraction {format_fraction(rec.fraction)}</h2><table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + "</tr>",
+    ]
+    out += [
+        f"<tr class='{'first' if i == 0 and row[0] != '-' else ''}'>"
+        + "".join(f"<td>{html.escape(c)}</td>" for c in row)
+        + "</tr>"
+        for i, row in enumerate(rows)
+    ]
     if rec.left_out:
         out.insert(3, "<p><b>Left out:</b> " + html.escape(" ".join(rec.left_out)) + "</p>")
     out.append("</table><h2>The paper's prior</h2>" + "".join(f"<p>{html.escape(line)}</p>" for line in rec.prior))
     out.append(f"<h2>How this was decided</h2><p>{html.escape(rec.rules)}</p>")
     if rec.not_run or any(r.stopped for r in rec.ranked):
-        out.append("<h2>Stopped early</h2><ul>" + "".join(
-            f"<li>{html.escape(r.backbone)}: " + "; ".join(html.escape(_stopped_text(s)) for s in r.stopped if s["epochs_run"] is not None) + "</li>"
-            for r in rec.ranked if r.stopped) + (f"<li>never started (the budget was spent first): {html.escape(', '.join(rec.not_run))}</li>" if rec.not_run else "") + "</ul>")
+        out.append(
+            "<h2>Stopped early</h2><ul>"
+            + "".join(
+                f"<li>{html.escape(r.backbone)}: "
+                + "; ".join(html.escape(_stopped_text(s)) for s in r.stopped if s["epochs_run"] is not None)
+                + "</li>"
+                for r in rec.ranked
+                if r.stopped
+            )
+            + (
+                f"<li>never started (the budget was spent first): {html.escape(', '.join(rec.not_run))}</li>"
+                if rec.not_run
+                else ""
+            )
+            + "</ul>"
+        )
     if figure is not None:
         data = base64.b64encode(figure.read_bytes()).decode()
-        out.append(f"<h2>Accuracy vs training-set size</h2><img alt='accuracy vs fraction' src='data:image/png;base64,{data}'>")
+        out.append(
+            f"<h2>Accuracy vs training-set size</h2><img alt='accuracy vs fraction' src='data:image/png;base64,{data}'>"
+        )
     if rec.check is not None:
         out.append("<h2>Data check</h2><pre>" + html.escape("\n".join(rec.check.get("lines", []))) + "</pre>")
     out.append("</body></html>")
@@ -291,8 +440,14 @@ def render_html(rec: Recommendation, figure: Path | None) -> str:
 
 
 def build_recommendation(
-    uri: str, experiment: str, dataset: str, domain: str, out_dir: str | Path, expected: Sequence[TrialKey] = (),
-    check: dict | None = None, log_to_mlflow: bool = True,
+    uri: str,
+    experiment: str,
+    dataset: str,
+    domain: str,
+    out_dir: str | Path,
+    expected: Sequence[TrialKey] = (),
+    check: dict | None = None,
+    log_to_mlflow: bool = True,
 ) -> dict[str, Path]:
     """Write ``recommendation.html``, ``recommendation.md``, ``ranking.csv`` (and with several fractions
     ``learning_curves.csv`` and ``accuracy_vs_fraction.png``) to ``out_dir``; log them to the sweep's
@@ -323,20 +478,40 @@ def build_recommendation(
         paths["data_check"] = out / "data_check.json"
     (out / "recommendation.md").write_text(render_markdown(rec, figure))
     (out / "recommendation.html").write_text(render_html(rec, figure))
-    (out / "recommendation.json").write_text(json.dumps({
-        "dataset": rec.dataset, "domain": rec.domain, "fraction": rec.fraction, "verdict": rec.verdict,
-        "ranking": [asdict(r) for r in rec.ranked], "not_run": rec.not_run, "prior": rec.prior, "left_out": rec.left_out,
-        "judgement": None if rec.judgement is None else {
-            "kind": rec.judgement.kind, "leaders": [s.backbone for s in rec.judgement.leaders],
-            "verdict": None if rec.judgement.verdict is None else asdict(rec.judgement.verdict),
-        },
-        "rules": rec.rules,
-    }, indent=1, default=str))
+    (out / "recommendation.json").write_text(
+        json.dumps(
+            {
+                "dataset": rec.dataset,
+                "domain": rec.domain,
+                "fraction": rec.fraction,
+                "verdict": rec.verdict,
+                "ranking": [asdict(r) for r in rec.ranked],
+                "not_run": rec.not_run,
+                "prior": rec.prior,
+                "left_out": rec.left_out,
+                "judgement": None
+                if rec.judgement is None
+                else {
+                    "kind": rec.judgement.kind,
+                    "leaders": [s.backbone for s in rec.judgement.leaders],
+                    "verdict": None if rec.judgement.verdict is None else asdict(rec.judgement.verdict),
+                },
+                "rules": rec.rules,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     paths["json"] = out / "recommendation.json"
     if log_to_mlflow:
         run = tracking.summary_run(uri, experiment)
         for path in paths.values():
             run.log_bytes(path.read_bytes(), f"recommendation/{path.name}")
         best = next((r for r in rec.ranked if r.mean is not None), None)
-        run.finish({"backbones_ranked": sum(r.mean is not None for r in rec.ranked), **({"best_mean_test_acc": best.mean} if best else {})})
+        run.finish(
+            {
+                "backbones_ranked": sum(r.mean is not None for r in rec.ranked),
+                **({"best_mean_test_acc": best.mean} if best else {}),
+            }
+        )
     return paths

@@ -18,8 +18,21 @@ import numpy as np
 
 from rayexp.grid import TrialKey, format_fraction
 from rayexp.results import (
-    CellSummary, DomainRanking, Judgement, PredictionLoader, Predictions, average_ranks, chance_text, current_results, dataset_ranks, domain_rankings,
-    judge, places, rules_text, scored, summarize,
+    CellSummary,
+    DomainRanking,
+    Judgement,
+    PredictionLoader,
+    Predictions,
+    average_ranks,
+    chance_text,
+    current_results,
+    dataset_ranks,
+    domain_rankings,
+    judge,
+    places,
+    rules_text,
+    scored,
+    summarize,
 )
 
 MISSING = "missing"
@@ -27,12 +40,35 @@ INCOMPLETE_MARK = "†"  # fewer seeds finished than planned, or a seed stopped 
 CHANCE_MARK = "°"  # mean accuracy not clearly above chance
 
 SUMMARY_COLUMNS = (
-    "backbone", "dataset", "domain", "fraction", "best_of_3", "mean", "std", "n_seeds", "n_planned", "n_stopped", "n_capped",
-    "complete", "chance", "above_chance",
+    "backbone",
+    "dataset",
+    "domain",
+    "fraction",
+    "best_of_3",
+    "mean",
+    "std",
+    "n_seeds",
+    "n_planned",
+    "n_stopped",
+    "n_capped",
+    "complete",
+    "chance",
+    "above_chance",
 )
 RANKS_COLUMNS = (
-    "domain", "dataset", "fraction", "backbone", "rank", "best_of_3", "mean", "std", "n_seeds", "n_planned", "n_stopped",
-    "complete", "above_chance",
+    "domain",
+    "dataset",
+    "fraction",
+    "backbone",
+    "rank",
+    "best_of_3",
+    "mean",
+    "std",
+    "n_seeds",
+    "n_planned",
+    "n_stopped",
+    "complete",
+    "above_chance",
 )
 
 
@@ -49,8 +85,10 @@ def marks(s: CellSummary | None) -> str:
 
 
 def legend() -> str:
-    return (f"{INCOMPLETE_MARK} incomplete cell (fewer seeds finished than planned, or a seed stopped early by a scheduler or budget); "
-            f"{CHANCE_MARK} not clearly above chance.")
+    return (
+        f"{INCOMPLETE_MARK} incomplete cell (fewer seeds finished than planned, or a seed stopped early by a scheduler or budget); "
+        f"{CHANCE_MARK} not clearly above chance."
+    )
 
 
 def _csv_value(value: object) -> object:
@@ -64,11 +102,15 @@ def markdown_table(summaries: Sequence[CellSummary]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
-        spread = "missing" if s.mean is None else f"{100 * s.mean:.2f}" + ("" if s.std is None else f" ± {100 * s.std:.2f}")
+        spread = (
+            "missing" if s.mean is None else f"{100 * s.mean:.2f}" + ("" if s.std is None else f" ± {100 * s.std:.2f}")
+        )
         seeds = f"{s.n_seeds}/{s.n_planned}" if s.n_planned > s.n_seeds else str(s.n_seeds)
         seeds += f", {s.n_stopped} stopped early" if s.n_stopped else ""
         chance = "" if s.chance is None else f"{100 * s.chance:.2f}"
-        lines.append(f"| {s.dataset} | {format_fraction(s.fraction)} | {s.backbone} | {pct(s.best_of_3)}{marks(s)} | {spread} | {seeds} | {s.weights or '-'} | {chance} |")
+        lines.append(
+            f"| {s.dataset} | {format_fraction(s.fraction)} | {s.backbone} | {pct(s.best_of_3)}{marks(s)} | {spread} | {seeds} | {s.weights or '-'} | {chance} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -103,7 +145,9 @@ def write_report(summaries: Sequence[CellSummary], out_dir: str | Path, title: s
     write_ranks_csv(summaries, paths["ranks"])
     missing = sum(1 for s in summaries if s.n_seeds == 0)
     note = f"\n{missing} cell(s) have no finished seed yet and are shown as missing.\n" if missing else ""
-    paths["markdown"].write_text(f"# {title}\n\nTop-1 test accuracy per (backbone, dataset, fraction). {legend()}\n\n{markdown_table(summaries)}{note}")
+    paths["markdown"].write_text(
+        f"# {title}\n\nTop-1 test accuracy per (backbone, dataset, fraction). {legend()}\n\n{markdown_table(summaries)}{note}"
+    )
     return paths
 
 
@@ -145,15 +189,17 @@ def cost_rows(results: Sequence[dict]) -> list[dict]:
         rates = [r["train_images_per_s"] for r in runs if r.get("train_images_per_s")]
         accelerators = sorted({r.get("accelerator") or "?" for r in runs})
         spec = REGISTRY.get(backbone)
-        rows.append({
-            "backbone": backbone,
-            "params_m": spec.params_m if spec else None,
-            "weights_mb": round(spec.params_m * 4, 1) if spec else None,
-            "device_hours": round(seconds / 3600, 4),
-            "images_per_s": round(statistics.fmean(rates), 1) if rates else None,
-            "accelerator": ", ".join(accelerators),
-            "trials": len(runs),
-        })
+        rows.append(
+            {
+                "backbone": backbone,
+                "params_m": spec.params_m if spec else None,
+                "weights_mb": round(spec.params_m * 4, 1) if spec else None,
+                "device_hours": round(seconds / 3600, 4),
+                "images_per_s": round(statistics.fmean(rates), 1) if rates else None,
+                "accelerator": ", ".join(accelerators),
+                "trials": len(runs),
+            }
+        )
     return rows
 
 
@@ -162,7 +208,11 @@ def _names(cells: Sequence[CellSummary]) -> str:
 
 
 def _incomplete_note(*cells: CellSummary | None) -> str:
-    parts = [f"{s.backbone} {s.incompleteness}" for s in cells if s is not None and s.best_of_3 is not None and not s.complete]
+    parts = [
+        f"{s.backbone} {s.incompleteness}"
+        for s in cells
+        if s is not None and s.best_of_3 is not None and not s.complete
+    ]
     return f" Incomplete: {'; '.join(parts)}." if parts else ""
 
 
@@ -171,17 +221,23 @@ def judgement_line(j: Judgement) -> str:
     where = f"{j.dataset} at {format_fraction(j.fraction)}"
     first = j.leaders[0]
     if j.kind == "chance":
-        return (f"no backbone learned on {where}: the best mean accuracy, {pct(max(s.mean or 0.0 for s in j.leaders))}%, is not clearly above "
-                f"chance ({chance_text(first)}); nothing is recommended here.")
+        return (
+            f"no backbone learned on {where}: the best mean accuracy, {pct(max(s.mean or 0.0 for s in j.leaders))}%, is not clearly above "
+            f"chance ({chance_text(first)}); nothing is recommended here."
+        )
     if j.kind == "tie":
-        return (f"{where}: tie: {_names(j.leaders)} ({pct(first.best_of_3)}% best of seeds each): equal on the paper's score, "
-                f"choose on cost.{_incomplete_note(*j.leaders)}")
+        return (
+            f"{where}: tie: {_names(j.leaders)} ({pct(first.best_of_3)}% best of seeds each): equal on the paper's score, "
+            f"choose on cost.{_incomplete_note(*j.leaders)}"
+        )
     text = f"{where}: **{first.backbone}** ({pct(first.best_of_3)}% best of {first.n_seeds}, mean {pct(first.mean)}"
     text += (f" ± {100 * first.std:.2f}" if first.std is not None else "") + ")"
     if j.runner_up is None:
         return text + f", the only backbone with a finished seed.{_incomplete_note(first)}"
     second = j.runner_up
-    text += f", ahead of {second.backbone} by {100 * (first.best_of_3 - second.best_of_3):.2f} points — {j.verdict.text()}"
+    text += (
+        f", ahead of {second.backbone} by {100 * (first.best_of_3 - second.best_of_3):.2f} points — {j.verdict.text()}"
+    )
     return text + "." + _incomplete_note(first, second)
 
 
@@ -198,26 +254,40 @@ def recommendations(summaries: Sequence[CellSummary], judgements: Sequence[Judge
         where = f"over {{n}} dataset(s) at {format_fraction(top)}"
         if not ranking.rows:
             if ranking.at_chance:
-                lines.append(f"**{ranking.domain}**: no recommendation — no backbone learned on {', '.join(ranking.at_chance)} at {format_fraction(top)}.")
+                lines.append(
+                    f"**{ranking.domain}**: no recommendation — no backbone learned on {', '.join(ranking.at_chance)} at {format_fraction(top)}."
+                )
             continue
         leaders = ranking.leaders
         best = ranking.rows[0]
         if len(leaders) > 1:
-            text = f"**{ranking.domain}**: tie: {', '.join(leaders)} — mean rank {best[1]:.1f} {where.format(n=best[2])}"
+            text = (
+                f"**{ranking.domain}**: tie: {', '.join(leaders)} — mean rank {best[1]:.1f} {where.format(n=best[2])}"
+            )
         else:
             runner = f"; next {ranking.rows[1][0]} ({ranking.rows[1][1]:.1f})" if len(ranking.rows) > 1 else ""
-            clear = sum(1 for j in at_top.values() if j.kind == "clear" and j.leaders[0].backbone == best[0] and j.leaders[0].domain == ranking.domain)
+            clear = sum(
+                1
+                for j in at_top.values()
+                if j.kind == "clear" and j.leaders[0].backbone == best[0] and j.leaders[0].domain == ranking.domain
+            )
             datasets = sum(1 for j in at_top.values() if j.leaders[0].domain == ranking.domain and j.kind != "chance")
             if clear or len(ranking.rows) == 1:
-                text = (f"**{ranking.domain}**: use **{best[0]}** — mean rank {best[1]:.1f} {where.format(n=best[2])}{runner}; "
-                        f"a clear lead on {clear} of {datasets} dataset(s)")
+                text = (
+                    f"**{ranking.domain}**: use **{best[0]}** — mean rank {best[1]:.1f} {where.format(n=best[2])}{runner}; "
+                    f"a clear lead on {clear} of {datasets} dataset(s)"
+                )
             else:  # first on ranks, but clearly ahead nowhere: no "use"
-                text = (f"**{ranking.domain}**: no clear leader — {best[0]} ranks first (mean rank {best[1]:.1f} {where.format(n=best[2])}{runner}), "
-                        f"but its lead is clear on none of {datasets} dataset(s): treat the top as tied")
+                text = (
+                    f"**{ranking.domain}**: no clear leader — {best[0]} ranks first (mean rank {best[1]:.1f} {where.format(n=best[2])}{runner}), "
+                    f"but its lead is clear on none of {datasets} dataset(s): treat the top as tied"
+                )
         if ranking.at_chance:
             text += f"; left out, no backbone above chance: {', '.join(ranking.at_chance)}"
         if ranking.incomplete:
-            text += f"; {len(ranking.incomplete)} incomplete cell(s): {', '.join(ranking.incomplete[:5])}" + (" …" if len(ranking.incomplete) > 5 else "")
+            text += f"; {len(ranking.incomplete)} incomplete cell(s): {', '.join(ranking.incomplete[:5])}" + (
+                " …" if len(ranking.incomplete) > 5 else ""
+            )
         lines.append(text + ".")
     lines += [judgement_line(j) for j in judgements]
     return lines
@@ -250,8 +320,21 @@ def domain_tables(summaries: Sequence[CellSummary]) -> list[dict]:
             place = {d: places({s.backbone: s.best_of_3 for s in scored(summaries, d, fraction)}) for d in datasets}
             rows = []
             for backbone in backbones:
-                rows.append((backbone, [(_cell_text(cells.get((backbone, d, fraction))), place[d].get(backbone)) for d in datasets]))
-            tables.append({"domain": domain, "fraction": fraction, "datasets": datasets, "rows": rows, "chance": _chance_row(summaries, datasets)})
+                rows.append(
+                    (
+                        backbone,
+                        [(_cell_text(cells.get((backbone, d, fraction))), place[d].get(backbone)) for d in datasets],
+                    )
+                )
+            tables.append(
+                {
+                    "domain": domain,
+                    "fraction": fraction,
+                    "datasets": datasets,
+                    "rows": rows,
+                    "chance": _chance_row(summaries, datasets),
+                }
+            )
     return tables
 
 
@@ -262,8 +345,19 @@ def fraction_tables(summaries: Sequence[CellSummary]) -> list[dict]:
     out = []
     for dataset in sorted({s.dataset for s in summaries}):
         backbones = sorted({s.backbone for s in summaries if s.dataset == dataset})
-        rows = [(b, [pct(getattr(cells.get((b, dataset, f)), "best_of_3", None)) + marks(cells.get((b, dataset, f))) for f in fractions]) for b in backbones]
-        out.append({"dataset": dataset, "fractions": fractions, "rows": rows, "chance": _chance_row(summaries, [dataset])[0]})
+        rows = [
+            (
+                b,
+                [
+                    pct(getattr(cells.get((b, dataset, f)), "best_of_3", None)) + marks(cells.get((b, dataset, f)))
+                    for f in fractions
+                ],
+            )
+            for b in backbones
+        ]
+        out.append(
+            {"dataset": dataset, "fractions": fractions, "rows": rows, "chance": _chance_row(summaries, [dataset])[0]}
+        )
     return out
 
 
@@ -366,9 +460,11 @@ def confusion_png(confusion: Sequence[Sequence[int]], classes: Sequence[str], ti
 def _table1_row(ranking: DomainRanking) -> tuple[list[str], str]:
     """Table 1's cells for one domain: the top three with mean ranks, and its notes (tie, incomplete, at chance)."""
     named = ([f"{b} ({r:.1f})" for b, r, _ in ranking.rows[:3]] + ["-"] * 3)[:3]
-    notes = [("tie: " + ", ".join(ranking.leaders)) if len(ranking.leaders) > 1 else "",
-             f"{len(ranking.incomplete)} incomplete cell(s)" if ranking.incomplete else "",
-             ("at chance: " + ", ".join(ranking.at_chance)) if ranking.at_chance else ""]
+    notes = [
+        ("tie: " + ", ".join(ranking.leaders)) if len(ranking.leaders) > 1 else "",
+        f"{len(ranking.incomplete)} incomplete cell(s)" if ranking.incomplete else "",
+        ("at chance: " + ", ".join(ranking.at_chance)) if ranking.at_chance else "",
+    ]
     return named, "; ".join(n for n in notes if n)
 
 
@@ -377,53 +473,98 @@ def header_lines(summaries: Sequence[CellSummary], results: Sequence[dict]) -> l
     and chance are computed, and how many cells are incomplete, capped or at chance."""
     selection = next((s.selection for s in summaries if s.n_seeds), "test")
     lines = [
-        "Model selection: " + ("**val** — each trial's best epoch is chosen on a held-out validation split of its training rows; "
-                               "its test accuracy is reported." if selection == "val" else
-                               "**test** — each trial's best epoch is chosen on the test split, as the paper did; optimistic, "
-                               "and the same for every backbone."),
+        "Model selection: "
+        + (
+            "**val** — each trial's best epoch is chosen on a held-out validation split of its training rows; "
+            "its test accuracy is reported."
+            if selection == "val"
+            else "**test** — each trial's best epoch is chosen on the test split, as the paper did; optimistic, "
+            "and the same for every backbone."
+        ),
         rules_text(selection),
     ]
     scored_cells = [s for s in summaries if s.best_of_3 is not None]
     incomplete = sum(1 for s in scored_cells if not s.complete)
     if incomplete:
-        lines.append(f"{incomplete} of {len(scored_cells)} cell(s) are incomplete ({INCOMPLETE_MARK}): fewer seeds finished than planned, "
-                     "or a seed was stopped early; their best of seeds is lower in expectation than a complete cell's.")
+        lines.append(
+            f"{incomplete} of {len(scored_cells)} cell(s) are incomplete ({INCOMPLETE_MARK}): fewer seeds finished than planned, "
+            "or a seed was stopped early; their best of seeds is lower in expectation than a complete cell's."
+        )
     capped = sum(1 for r in results if r.get("status") == "FINISHED" and r.get("capped"))
     if capped:
-        lines.append(f"{capped} trial(s) hit the --max-epochs cap in a DualOpt phase (tagged `capped`): that phase ended at the cap, "
-                     "not by patience, so the accuracy may be lower than the protocol would reach.")
+        lines.append(
+            f"{capped} trial(s) hit the --max-epochs cap in a DualOpt phase (tagged `capped`): that phase ended at the cap, "
+            "not by patience, so the accuracy may be lower than the protocol would reach."
+        )
     at_chance = sum(1 for s in scored_cells if s.above_chance is False)
     if at_chance:
-        lines.append(f"{at_chance} cell(s) are not clearly above chance ({CHANCE_MARK}); no backbone is recommended from them.")
+        lines.append(
+            f"{at_chance} cell(s) are not clearly above chance ({CHANCE_MARK}); no backbone is recommended from them."
+        )
     return lines + [legend()]
 
 
-def render_markdown(title: str, summaries: Sequence[CellSummary], costs: list[dict], correlation: dict, recs: list[str], figures: list[Path],
-                    left_out: Sequence[str] = (), header: Sequence[str] = ()) -> str:
-    parts = [f"# {title}\n", "Top-1 test accuracy (%), best of the seeds with mean ± std in brackets; every cell in a top-three place per dataset in bold.\n"]
+def render_markdown(
+    title: str,
+    summaries: Sequence[CellSummary],
+    costs: list[dict],
+    correlation: dict,
+    recs: list[str],
+    figures: list[Path],
+    left_out: Sequence[str] = (),
+    header: Sequence[str] = (),
+) -> str:
+    parts = [
+        f"# {title}\n",
+        "Top-1 test accuracy (%), best of the seeds with mean ± std in brackets; every cell in a top-three place per dataset in bold.\n",
+    ]
     parts += [f"{line}\n" for line in header]
     if left_out:
-        parts.append("**Runs not in these tables, or not verified** (a report holds one protocol and one version of each dataset):\n\n" + "\n".join(f"- {n}" for n in left_out) + "\n")
+        parts.append(
+            "**Runs not in these tables, or not verified** (a report holds one protocol and one version of each dataset):\n\n"
+            + "\n".join(f"- {n}" for n in left_out)
+            + "\n"
+        )
     parts.append("## Recommendation\n\n" + "\n".join(f"- {line}" for line in recs) + "\n")
     for table in domain_tables(summaries):
-        parts.append(f"## {table['domain']} — fraction {format_fraction(table['fraction'])}\n\n" + _md_domain_table(table))
+        parts.append(
+            f"## {table['domain']} — fraction {format_fraction(table['fraction'])}\n\n" + _md_domain_table(table)
+        )
     fractions_md = []
     for table in fraction_tables(summaries):
-        head = "| backbone | " + " | ".join(format_fraction(f) for f in table["fractions"]) + " |\n|---|" + "---|" * len(table["fractions"]) + "\n"
+        head = (
+            "| backbone | "
+            + " | ".join(format_fraction(f) for f in table["fractions"])
+            + " |\n|---|"
+            + "---|" * len(table["fractions"])
+            + "\n"
+        )
         chance = "| *chance* | " + " | ".join([table["chance"]] * len(table["fractions"])) + " |\n"
-        fractions_md.append(f"### {table['dataset']}\n\n" + head + "".join(f"| {b} | " + " | ".join(v) + " |\n" for b, v in table["rows"]) + chance)
+        fractions_md.append(
+            f"### {table['dataset']}\n\n"
+            + head
+            + "".join(f"| {b} | " + " | ".join(v) + " |\n" for b, v in table["rows"])
+            + chance
+        )
     parts.append("## Accuracy by training fraction\n\n" + "\n".join(fractions_md))
     top = max((s.fraction for s in summaries), default=1.0)
     table1 = ""
     for ranking in domain_rankings(summaries, top):
         named, note = _table1_row(ranking)
         table1 += f"| {ranking.domain} | " + " | ".join(named) + f" | {note} |\n"
-    parts.append(f"## Top backbones per domain (mean rank at fraction {format_fraction(top)})\n\n| domain | 1st | 2nd | 3rd | notes |\n|---|---|---|---|---|\n" + table1)
+    parts.append(
+        f"## Top backbones per domain (mean rank at fraction {format_fraction(top)})\n\n| domain | 1st | 2nd | 3rd | notes |\n|---|---|---|---|---|\n"
+        + table1
+    )
     rho = _rho_text(correlation)
     parts.append(f"## Does ImageNet accuracy predict fine-tuning accuracy?\n\n{rho}.\n")
-    parts.append("## Cost\n\n| backbone | params (M) | weights (MB, fp32) | device hours | train images/s | accelerator | trials |\n|---|---|---|---|---|---|---|\n" + "".join(
-        f"| {c['backbone']} | {c['params_m']} | {c['weights_mb']} | {c['device_hours']} | {c['images_per_s'] if c['images_per_s'] is not None else MISSING} | {c['accelerator']} | {c['trials']} |\n" for c in costs
-    ))
+    parts.append(
+        "## Cost\n\n| backbone | params (M) | weights (MB, fp32) | device hours | train images/s | accelerator | trials |\n|---|---|---|---|---|---|---|\n"
+        + "".join(
+            f"| {c['backbone']} | {c['params_m']} | {c['weights_mb']} | {c['device_hours']} | {c['images_per_s'] if c['images_per_s'] is not None else MISSING} | {c['accelerator']} | {c['trials']} |\n"
+            for c in costs
+        )
+    )
     parts.append("## Figures\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in figures))
     missing = sum(1 for s in summaries if s.n_seeds == 0)
     if missing:
@@ -431,8 +572,16 @@ def render_markdown(title: str, summaries: Sequence[CellSummary], costs: list[di
     return "\n".join(parts)
 
 
-def render_html(title: str, summaries: Sequence[CellSummary], costs: list[dict], recs: list[str], correlation: dict, figures: list[Path],
-                left_out: Sequence[str] = (), header: Sequence[str] = ()) -> str:
+def render_html(
+    title: str,
+    summaries: Sequence[CellSummary],
+    costs: list[dict],
+    recs: list[str],
+    correlation: dict,
+    figures: list[Path],
+    left_out: Sequence[str] = (),
+    header: Sequence[str] = (),
+) -> str:
     """One self-contained page (styles inline, figures embedded) with the same content as the Markdown."""
     import base64
     import html
@@ -443,43 +592,85 @@ def render_html(title: str, summaries: Sequence[CellSummary], costs: list[dict],
     def bold(text: str) -> str:
         return re.sub(r"`(.+?)`", r"<code>\1</code>", re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", esc(text)))
 
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
-           "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
-           "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th:first-child,td:first-child{text-align:left}"
-           "td.top1{background:#c6efce;font-weight:bold}td.top2{background:#e2f5e6;font-weight:bold}td.top3{background:#f1faf3;font-weight:bold}"
-           "td.missing{color:#999;font-style:italic}tr.chance td{color:#666;font-style:italic}.rules{color:#333;font-size:0.9em}</style></head><body>",
-           f"<h1>{esc(title)}</h1>",
-           "<p>Top-1 test accuracy (%), best of the seeds with mean ± std in brackets; every cell in a top-three place per dataset highlighted.</p>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
+        "body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th:first-child,td:first-child{text-align:left}"
+        "td.top1{background:#c6efce;font-weight:bold}td.top2{background:#e2f5e6;font-weight:bold}td.top3{background:#f1faf3;font-weight:bold}"
+        "td.missing{color:#999;font-style:italic}tr.chance td{color:#666;font-style:italic}.rules{color:#333;font-size:0.9em}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        "<p>Top-1 test accuracy (%), best of the seeds with mean ± std in brackets; every cell in a top-three place per dataset highlighted.</p>",
+    ]
     out += [f"<p class='rules'>{bold(line)}</p>" for line in header]
     if left_out:
-        out.append("<p class='left-out'><b>Runs not in these tables, or not verified</b> (a report holds one protocol and one version of each dataset):</p><ul>"
-                   + "".join(f"<li>{esc(n)}</li>" for n in left_out) + "</ul>")
+        out.append(
+            "<p class='left-out'><b>Runs not in these tables, or not verified</b> (a report holds one protocol and one version of each dataset):</p><ul>"
+            + "".join(f"<li>{esc(n)}</li>" for n in left_out)
+            + "</ul>"
+        )
     out.append("<h2>Recommendation</h2><ul>" + "".join(f"<li>{bold(line)}</li>" for line in recs) + "</ul>")
     for table in domain_tables(summaries):
-        out.append(f"<h2>{esc(table['domain'])} — fraction {format_fraction(table['fraction'])}</h2><table><tr><th>backbone</th>" + "".join(f"<th>{esc(d)}</th>" for d in table["datasets"]) + "</tr>")
+        out.append(
+            f"<h2>{esc(table['domain'])} — fraction {format_fraction(table['fraction'])}</h2><table><tr><th>backbone</th>"
+            + "".join(f"<th>{esc(d)}</th>" for d in table["datasets"])
+            + "</tr>"
+        )
         for backbone, row in table["rows"]:
-            tds = "".join(f"<td class='{'missing' if t == MISSING else (f'top{r}' if r and r <= 3 else '')}'>{esc(t)}</td>" for t, r in row)
+            tds = "".join(
+                f"<td class='{'missing' if t == MISSING else (f'top{r}' if r and r <= 3 else '')}'>{esc(t)}</td>"
+                for t, r in row
+            )
             out.append(f"<tr><td>{esc(backbone)}</td>{tds}</tr>")
-        out.append("<tr class='chance'><td>chance</td>" + "".join(f"<td>{esc(c)}</td>" for c in table["chance"]) + "</tr></table>")
+        out.append(
+            "<tr class='chance'><td>chance</td>"
+            + "".join(f"<td>{esc(c)}</td>" for c in table["chance"])
+            + "</tr></table>"
+        )
     out.append("<h2>Accuracy by training fraction</h2>")
     for table in fraction_tables(summaries):
-        out.append(f"<h3>{esc(table['dataset'])}</h3><table><tr><th>backbone</th>" + "".join(f"<th>{format_fraction(f)}</th>" for f in table["fractions"]) + "</tr>")
-        out += [f"<tr><td>{esc(b)}</td>" + "".join(f"<td class='{'missing' if v == MISSING else ''}'>{esc(v)}</td>" for v in values) + "</tr>" for b, values in table["rows"]]
-        out.append("<tr class='chance'><td>chance</td>" + f"<td>{esc(table['chance'])}</td>" * len(table["fractions"]) + "</tr></table>")
+        out.append(
+            f"<h3>{esc(table['dataset'])}</h3><table><tr><th>backbone</th>"
+            + "".join(f"<th>{format_fraction(f)}</th>" for f in table["fractions"])
+            + "</tr>"
+        )
+        out += [
+            f"<tr><td>{esc(b)}</td>"
+            + "".join(f"<td class='{'missing' if v == MISSING else ''}'>{esc(v)}</td>" for v in values)
+            + "</tr>"
+            for b, values in table["rows"]
+        ]
+        out.append(
+            "<tr class='chance'><td>chance</td>"
+            + f"<td>{esc(table['chance'])}</td>" * len(table["fractions"])
+            + "</tr></table>"
+        )
     top = max((s.fraction for s in summaries), default=1.0)
-    out.append(f"<h2>Top backbones per domain (mean rank at fraction {format_fraction(top)})</h2><table><tr><th>domain</th><th>1st</th><th>2nd</th><th>3rd</th><th>notes</th></tr>")
+    out.append(
+        f"<h2>Top backbones per domain (mean rank at fraction {format_fraction(top)})</h2><table><tr><th>domain</th><th>1st</th><th>2nd</th><th>3rd</th><th>notes</th></tr>"
+    )
     for ranking in domain_rankings(summaries, top):
         named, note = _table1_row(ranking)
-        out.append(f"<tr><td>{esc(ranking.domain)}</td>" + "".join(f"<td>{esc(n)}</td>" for n in named) + f"<td>{esc(note)}</td></tr>")
+        out.append(
+            f"<tr><td>{esc(ranking.domain)}</td>"
+            + "".join(f"<td>{esc(n)}</td>" for n in named)
+            + f"<td>{esc(note)}</td></tr>"
+        )
     out.append("</table>")
     rho = _rho_text(correlation)
     out.append(f"<h2>Does ImageNet accuracy predict fine-tuning accuracy?</h2><p>{esc(rho)}.</p>")
-    out.append("<h2>Cost</h2><table><tr><th>backbone</th><th>params (M)</th><th>weights (MB, fp32)</th><th>device hours</th><th>train images/s</th><th>accelerator</th><th>trials</th></tr>")
-    out += [f"<tr><td>{esc(c['backbone'])}</td><td>{c['params_m']}</td><td>{c['weights_mb']}</td><td>{c['device_hours']}</td><td>{c['images_per_s'] if c['images_per_s'] is not None else MISSING}</td><td>{esc(c['accelerator'])}</td><td>{c['trials']}</td></tr>" for c in costs]
+    out.append(
+        "<h2>Cost</h2><table><tr><th>backbone</th><th>params (M)</th><th>weights (MB, fp32)</th><th>device hours</th><th>train images/s</th><th>accelerator</th><th>trials</th></tr>"
+    )
+    out += [
+        f"<tr><td>{esc(c['backbone'])}</td><td>{c['params_m']}</td><td>{c['weights_mb']}</td><td>{c['device_hours']}</td><td>{c['images_per_s'] if c['images_per_s'] is not None else MISSING}</td><td>{esc(c['accelerator'])}</td><td>{c['trials']}</td></tr>"
+        for c in costs
+    ]
     out.append("</table><h2>Figures</h2>")
     for path in figures:
         data = base64.b64encode(path.read_bytes()).decode()
-        out.append(f"<figure><img alt='{esc(path.stem)}' src='data:image/png;base64,{data}'><figcaption>{esc(path.stem)}</figcaption></figure>")
+        out.append(
+            f"<figure><img alt='{esc(path.stem)}' src='data:image/png;base64,{data}'><figcaption>{esc(path.stem)}</figcaption></figure>"
+        )
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -496,13 +687,17 @@ def prediction_loader(uri: str) -> PredictionLoader:
             return None
         if run_id not in cache:
             found = tracking.fetch_predictions(uri, run_id)
-            cache[run_id] = None if found is None else Predictions(tuple(found[0]), np.asarray(found[1]), np.asarray(found[2]))
+            cache[run_id] = (
+                None if found is None else Predictions(tuple(found[0]), np.asarray(found[1]), np.asarray(found[2]))
+            )
         return cache[run_id]
 
     return load
 
 
-def judgements(summaries: Sequence[CellSummary], results: Sequence[dict], load: PredictionLoader | None) -> list[Judgement]:
+def judgements(
+    summaries: Sequence[CellSummary], results: Sequence[dict], load: PredictionLoader | None
+) -> list[Judgement]:
     """Every dataset at every fraction judged by :func:`rayexp.results.judge`, largest fraction first."""
     out = []
     for dataset in sorted({s.dataset for s in summaries}):
@@ -521,7 +716,12 @@ def planned_keys(cells: Sequence[tuple], expected: Sequence[TrialKey] = ()) -> l
 
 
 def build_report(
-    uri: str, experiment: str, out_dir: str | Path, expected: Sequence[TrialKey] = (), log_to_mlflow: bool = True, paired: bool = True,
+    uri: str,
+    experiment: str,
+    out_dir: str | Path,
+    expected: Sequence[TrialKey] = (),
+    log_to_mlflow: bool = True,
+    paired: bool = True,
 ) -> dict[str, Path]:
     """Rebuild the whole report of ``experiment`` from MLflow into ``out_dir`` (and its summary run).
 
@@ -554,16 +754,21 @@ def build_report(
         writer.writerows(costs)
     recs = recommendations(summaries, judgements(summaries, results, prediction_loader(uri) if paired else None))
     header = header_lines(summaries, results)
-    (out / "report.md").write_text(render_markdown(title, summaries, costs, correlation, recs, figures, left_out, header))
+    (out / "report.md").write_text(
+        render_markdown(title, summaries, costs, correlation, recs, figures, left_out, header)
+    )
     (out / "report.html").write_text(render_html(title, summaries, costs, recs, correlation, figures, left_out, header))
     paths.update({"report_md": out / "report.md", "html": out / "report.html", "cost": out / "cost.csv"})
     paths.update({p.stem: p for p in figures})
     if log_to_mlflow:
         run = tracking.summary_run(uri, experiment)
         run.log_artifacts(out, "report")
-        run.finish({
-            "cells": len(summaries), "cells_missing": sum(1 for s in summaries if s.n_seeds == 0),
-            "cells_incomplete": sum(1 for s in summaries if s.best_of_3 is not None and not s.complete),
-            "trials_finished": sum(1 for r in results if r.get("status") == "FINISHED"),
-        })
+        run.finish(
+            {
+                "cells": len(summaries),
+                "cells_missing": sum(1 for s in summaries if s.n_seeds == 0),
+                "cells_incomplete": sum(1 for s in summaries if s.best_of_3 is not None and not s.complete),
+                "trials_finished": sum(1 for r in results if r.get("status") == "FINISHED"),
+            }
+        )
     return paths

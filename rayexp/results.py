@@ -39,8 +39,14 @@ def current_results(rows: Iterable[dict]) -> tuple[list[dict], list[str]]:
     finished = [r for r in rows if r.get("status") == "FINISHED"]
     marked = [r for r in finished if r.get("data_fingerprint") and r.get("protocol_fingerprint")]
     if not marked:
-        notes = [f"{len(finished)} finished run(s) record no data or protocol fingerprint (an older rayexp made them): "
-                 "nothing shows they were trained on the same data with the same settings"] if finished else []
+        notes = (
+            [
+                f"{len(finished)} finished run(s) record no data or protocol fingerprint (an older rayexp made them): "
+                "nothing shows they were trained on the same data with the same settings"
+            ]
+            if finished
+            else []
+        )
         return rows, notes
 
     def newest(candidates: list[dict]) -> dict:
@@ -48,7 +54,9 @@ def current_results(rows: Iterable[dict]) -> tuple[list[dict], list[str]]:
 
     protocol = newest(marked)["protocol_fingerprint"]
     data = {
-        dataset: newest([r for r in marked if r["dataset"] == dataset and r["protocol_fingerprint"] == protocol])["data_fingerprint"]
+        dataset: newest([r for r in marked if r["dataset"] == dataset and r["protocol_fingerprint"] == protocol])[
+            "data_fingerprint"
+        ]
         for dataset in sorted({r["dataset"] for r in marked if r["protocol_fingerprint"] == protocol})
     }
     kept, left = [], {"protocol": 0, "data": 0, "none": 0}
@@ -65,13 +73,22 @@ def current_results(rows: Iterable[dict]) -> tuple[list[dict], list[str]]:
             kept.append(row)
     notes = []
     if left["protocol"]:
-        notes.append(f"{left['protocol']} finished run(s) left out: trained with another protocol than the newest run's "
-                     f"({short(protocol)}); compare the protocol_settings tag in MLflow")
+        notes.append(
+            f"{left['protocol']} finished run(s) left out: trained with another protocol than the newest run's "
+            f"({short(protocol)}); compare the protocol_settings tag in MLflow"
+        )
     if left["data"]:
-        changed = sorted({r["dataset"] for r in finished if r.get("data_fingerprint") and r["dataset"] in data
-                          and r["data_fingerprint"] != data[r["dataset"]]})
-        notes.append(f"{left['data']} finished run(s) left out: trained on an earlier version of "
-                     + ", ".join(f"{d} (current data {short(data[d])})" for d in changed))
+        changed = sorted(
+            {
+                r["dataset"]
+                for r in finished
+                if r.get("data_fingerprint") and r["dataset"] in data and r["data_fingerprint"] != data[r["dataset"]]
+            }
+        )
+        notes.append(
+            f"{left['data']} finished run(s) left out: trained on an earlier version of "
+            + ", ".join(f"{d} (current data {short(data[d])})" for d in changed)
+        )
     if left["none"]:
         notes.append(f"{left['none']} finished run(s) left out: they record no fingerprint (an older rayexp made them)")
     return kept, notes
@@ -85,7 +102,9 @@ class CellSummary:
     dataset: str
     domain: str
     fraction: float
-    best_of_3: float | None  # the paper's score: best of the seeds; with selection=val, the test accuracy of the best-val seed
+    best_of_3: (
+        float | None
+    )  # the paper's score: best of the seeds; with selection=val, the test accuracy of the best-val seed
     mean: float | None
     std: float | None  # sample standard deviation over seeds; None with fewer than two
     n_seeds: int  # seeds finished
@@ -301,7 +320,9 @@ def domain_rankings(summaries: Sequence[CellSummary], fraction: float) -> list[D
             ranking.incomplete += [f"{s.backbone} on {dataset} ({s.incompleteness})" for s in cells if not s.complete]
             for backbone, rank in average_ranks({s.backbone: s.best_of_3 for s in cells}).items():
                 collected.setdefault(backbone, []).append(rank)
-        ranking.rows = sorted(((b, statistics.fmean(r), len(r)) for b, r in collected.items()), key=lambda t: (round(t[1], 9), t[0]))
+        ranking.rows = sorted(
+            ((b, statistics.fmean(r), len(r)) for b, r in collected.items()), key=lambda t: (round(t[1], 9), t[0])
+        )
         out.append(ranking)
     return out
 
@@ -403,7 +424,9 @@ def _predictions_problem(pairs: Sequence[tuple[dict, Predictions]]) -> str:
     return ""
 
 
-def compare(first: CellSummary, second: CellSummary, rows: Sequence[dict], load: PredictionLoader | None = None) -> Verdict:
+def compare(
+    first: CellSummary, second: CellSummary, rows: Sequence[dict], load: PredictionLoader | None = None
+) -> Verdict:
     """Does ``first`` lead ``second`` on the same test images and seeds? The one rule behind every
     "clear lead" and "treat them as tied", in the sweep report and in the recommendation alike.
 
@@ -414,8 +437,17 @@ def compare(first: CellSummary, second: CellSummary, rows: Sequence[dict], load:
     binomial error on the test split's size, and the verdict says so. Fewer than two seeds in common:
     the seed noise is unknown and nothing is called clear.
     """
+
     def of(cell: CellSummary) -> dict[int, dict]:
-        return _by_seed([r for r in rows if r["backbone"] == cell.backbone and r["dataset"] == cell.dataset and float(r["fraction"]) == cell.fraction])
+        return _by_seed(
+            [
+                r
+                for r in rows
+                if r["backbone"] == cell.backbone
+                and r["dataset"] == cell.dataset
+                and float(r["fraction"]) == cell.fraction
+            ]
+        )
 
     a, b = of(first), of(second)
     common = sorted(set(a) & set(b))
@@ -427,14 +459,20 @@ def compare(first: CellSummary, second: CellSummary, rows: Sequence[dict], load:
     if load is not None:
         loaded = [(load(a[s]), load(b[s])) for s in common]
         if all(p is not None and q is not None for p, q in loaded):
-            note = _predictions_problem([(a[s], p) for s, (p, _) in zip(common, loaded)] + [(b[s], q) for s, (_, q) in zip(common, loaded)])
+            note = _predictions_problem(
+                [(a[s], p) for s, (p, _) in zip(common, loaded)] + [(b[s], q) for s, (_, q) in zip(common, loaded)]
+            )
             if not note:
                 order = loaded[0][0].ids
                 correct = [(p.correct(order), q.correct(order)) for p, q in loaded]
-                difference, low, high = paired_bootstrap(np.stack([x for x, _ in correct]), np.stack([y for _, y in correct]))
+                difference, low, high = paired_bootstrap(
+                    np.stack([x for x, _ in correct]), np.stack([y for _, y in correct])
+                )
                 outcome = "clear" if low > 0 else "tied"
                 inputs = f"the same {len(order)} test images x {len(common)} seeds"
-                return Verdict(first.backbone, second.backbone, outcome, difference, low, high, "paired bootstrap", inputs)
+                return Verdict(
+                    first.backbone, second.backbone, outcome, difference, low, high, "paired bootstrap", inputs
+                )
         else:
             note = "no per-image test predictions for every seed"
     differences = accuracy[:, 0] - accuracy[:, 1]
@@ -448,7 +486,17 @@ def compare(first: CellSummary, second: CellSummary, rows: Sequence[dict], load:
     difference, se = float(differences.mean()), math.sqrt(variance)
     outcome = "clear" if difference - Z * se > 0 else "tied"
     inputs = f"{len(common)} seeds" + (f" and {n} test images" if n else "")
-    return Verdict(first.backbone, second.backbone, outcome, difference, difference - Z * se, difference + Z * se, "summary rule", inputs, note)
+    return Verdict(
+        first.backbone,
+        second.backbone,
+        outcome,
+        difference,
+        difference - Z * se,
+        difference + Z * se,
+        "summary rule",
+        inputs,
+        note,
+    )
 
 
 @dataclass(frozen=True)
@@ -473,7 +521,13 @@ class Judgement:
         return self.verdict.outcome if self.verdict else "alone"
 
 
-def judge(summaries: Sequence[CellSummary], rows: Sequence[dict], dataset: str, fraction: float, load: PredictionLoader | None = None) -> Judgement | None:
+def judge(
+    summaries: Sequence[CellSummary],
+    rows: Sequence[dict],
+    dataset: str,
+    fraction: float,
+    load: PredictionLoader | None = None,
+) -> Judgement | None:
     """The :class:`Judgement` for ``dataset`` at ``fraction``, or None when no cell there has a score."""
     cells = scored(summaries, dataset, fraction)
     if not cells:
@@ -514,5 +568,9 @@ RULES = (
 
 def rules_text(selection: str) -> str:
     """How ranks, ties, verdicts and chance are computed, as a report states it."""
-    val = "; with selection=val, the test accuracy of the seed with the best validation accuracy" if selection == "val" else ""
+    val = (
+        "; with selection=val, the test accuracy of the seed with the best validation accuracy"
+        if selection == "val"
+        else ""
+    )
     return RULES.format(val=val)

@@ -55,10 +55,10 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if not uri:
         uri = "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):]).expanduser()
+        path = Path(uri[len("sqlite:///") :]).expanduser()
         return f"sqlite:///{path.resolve()}"
     if uri.startswith("file:"):
-        path = Path(uri[len("file:"):].lstrip("/") if not uri.startswith("file:///") else uri[len("file://"):])
+        path = Path(uri[len("file:") :].lstrip("/") if not uri.startswith("file:///") else uri[len("file://") :])
         return Path(path).expanduser().resolve().as_uri()
     if "://" not in uri:
         path = Path(uri).expanduser().resolve()
@@ -93,7 +93,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     """The id of experiment ``name`` in the store at ``uri``, created if missing; checks the store answers."""
     check_server(uri)
     if uri.startswith("sqlite:///"):
-        folder = Path(uri[len("sqlite:///"):]).parent
+        folder = Path(uri[len("sqlite:///") :]).parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -107,7 +107,9 @@ def ensure_experiment(uri: str, name: str) -> str:
         if experiment is None:
             return client.create_experiment(name)
         if experiment.lifecycle_stage == "deleted":
-            raise RayexpError(f"MLflow experiment {name!r} at {uri} is deleted; restore it or choose another --experiment")
+            raise RayexpError(
+                f"MLflow experiment {name!r} at {uri} is deleted; restore it or choose another --experiment"
+            )
         return experiment.experiment_id
     except RayexpError:
         raise
@@ -131,7 +133,11 @@ def _trial_runs(client, experiment_id: str, key: str | None = None) -> list:
 
 
 def ensure_cell_runs(
-    uri: str, experiment: str, cells: Iterable[tuple[str, str, float]], domains: dict[str, str], seeds: dict[tuple[str, str, float], Iterable[int]] | None = None,
+    uri: str,
+    experiment: str,
+    cells: Iterable[tuple[str, str, float]],
+    domains: dict[str, str],
+    seeds: dict[tuple[str, str, float], Iterable[int]] | None = None,
 ) -> dict[str, str]:
     """The parent run of each (backbone, dataset, fraction) cell, created if missing: ``{cell name: run id}``.
 
@@ -149,8 +155,14 @@ def ensure_cell_runs(
         planned = sorted(set((seeds or {}).get(cell, ())))
         run = existing.get(name)
         if run is None:
-            tags = {KIND_TAG: "cell", "cell": name, "backbone": backbone, "dataset": dataset,
-                    "fraction": repr(fraction), "domain": domains.get(dataset, "")}
+            tags = {
+                KIND_TAG: "cell",
+                "cell": name,
+                "backbone": backbone,
+                "dataset": dataset,
+                "fraction": repr(fraction),
+                "domain": domains.get(dataset, ""),
+            }
             if planned:
                 tags[SEEDS_TAG] = ",".join(map(str, planned))
             run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
@@ -168,7 +180,9 @@ def _seeds(text: str | None) -> list[int]:
     return [int(s) for s in (text or "").split(",") if s.strip().lstrip("-").isdigit()]
 
 
-def log_cell_summary(uri: str, experiment: str, backbone: str, dataset: str, fraction: float, metrics: dict[str, float]) -> bool:
+def log_cell_summary(
+    uri: str, experiment: str, backbone: str, dataset: str, fraction: float, metrics: dict[str, float]
+) -> bool:
     """Log a cell's summary (``best_of_3``, ``mean``, ``std``, ``n_seeds``) on its parent run; False when the
     cell has no parent run."""
     client = _client(uri)
@@ -190,8 +204,13 @@ def fetch_cells(uri: str, experiment: str) -> list[tuple[str, str, float, str, t
     if exp is None:
         return []
     return sorted(
-        (r.data.tags["backbone"], r.data.tags["dataset"], float(r.data.tags["fraction"]), r.data.tags.get("domain", ""),
-         tuple(_seeds(r.data.tags.get(SEEDS_TAG))))
+        (
+            r.data.tags["backbone"],
+            r.data.tags["dataset"],
+            float(r.data.tags["fraction"]),
+            r.data.tags.get("domain", ""),
+            tuple(_seeds(r.data.tags.get(SEEDS_TAG))),
+        )
         for r in _runs(client, exp.experiment_id, "cell")
     )
 
@@ -234,7 +253,9 @@ def supersede_runs(uri: str, run_ids: Iterable[str], reason: str) -> None:
             client.set_terminated(run_id, status="KILLED")
 
 
-def fail_trial_run(uri: str, experiment: str, key: str, message: str, tags: dict[str, str], parent_run_id: str | None) -> None:
+def fail_trial_run(
+    uri: str, experiment: str, key: str, message: str, tags: dict[str, str], parent_run_id: str | None
+) -> None:
     """Mark a trial's run FAILED with its error message, creating the run when the trial failed before it
     opened one (so ``--retry-errored`` and the UI see every failed key)."""
     client = _client(uri)
@@ -262,7 +283,15 @@ class TrialRun:
         self.run_id = run_id
 
     @classmethod
-    def open(cls, uri: str, experiment: str, key: str, tags: dict[str, str], params: dict[str, object], parent_run_id: str | None = None) -> "TrialRun":
+    def open(
+        cls,
+        uri: str,
+        experiment: str,
+        key: str,
+        tags: dict[str, str],
+        params: dict[str, object],
+        parent_run_id: str | None = None,
+    ) -> "TrialRun":
         client = _client(uri)
         exp = client.get_experiment_by_name(experiment)
         experiment_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
@@ -275,7 +304,9 @@ class TrialRun:
                 client.delete_tag(run_id, ERROR_TAG)
         else:
             nesting = {PARENT_TAG: parent_run_id} if parent_run_id else {}
-            run_id = client.create_run(experiment_id, run_name=key, tags={KIND_TAG: "trial", "key": key, "attempts": "1", **nesting, **tags}).info.run_id
+            run_id = client.create_run(
+                experiment_id, run_name=key, tags={KIND_TAG: "trial", "key": key, "attempts": "1", **nesting, **tags}
+            ).info.run_id
         run = cls(uri, run_id)
         run.set_tags(tags)  # a continued run gets this attempt's node and trial id
         run.log_params(params)
@@ -357,7 +388,12 @@ def close_stopped_run(uri: str, experiment: str, key: str, selection: str, reaso
     run = TrialRun(uri, run_id)
     run.set_tags({STOPPED_TAG: reason})
     seconds = sum(v for _, v in metric_history(uri, run_id, "epoch_seconds"))
-    final = {"best_test_acc": test[best_epoch], "best_epoch": best_epoch, "epochs_run": max(monitored), "train_seconds": seconds}
+    final = {
+        "best_test_acc": test[best_epoch],
+        "best_epoch": best_epoch,
+        "epochs_run": max(monitored),
+        "train_seconds": seconds,
+    }
     if selection == "val":
         final["best_val_acc"] = monitored[best_epoch]
     run.finish(final)
@@ -500,7 +536,7 @@ class _Hold:
 
 def _generation(params: dict[str, str]) -> int:
     """The current generation of a lock run: its largest ``holder.<n>`` (0 when never taken)."""
-    numbers = [key[len("holder."):] for key in params if key.startswith("holder.")]
+    numbers = [key[len("holder.") :] for key in params if key.startswith("holder.")]
     return max((int(n) for n in numbers if n.isdigit()), default=0)
 
 
@@ -724,8 +760,10 @@ def acquire_sweep_lock(uri: str, experiment: str, resume: bool = False) -> Sweep
             client.set_tag(h.run_id, f"released.{h.generation}", f"taken over by {mine}")
         lock._start()
         return lock
-    raise RayexpError(f"could not take the sweep lock of experiment {experiment!r}: other sweeps of it keep "
-                      f"starting at the same moment; try again")
+    raise RayexpError(
+        f"could not take the sweep lock of experiment {experiment!r}: other sweeps of it keep "
+        f"starting at the same moment; try again"
+    )
 
 
 def sweep_lock_holder(uri: str, experiment: str) -> dict | None:
@@ -740,5 +778,10 @@ def sweep_lock_holder(uri: str, experiment: str) -> dict | None:
     if not holds:
         return None
     hold = min(holds, key=lambda h: h.stale is not None)  # a live holder first
-    return {**hold.holder, "generation": hold.generation, "run_id": hold.run_id,
-            "heartbeat_age_s": hold.heartbeat_age_s, "stale": hold.stale}
+    return {
+        **hold.holder,
+        "generation": hold.generation,
+        "run_id": hold.run_id,
+        "heartbeat_age_s": hold.heartbeat_age_s,
+        "stale": hold.stale,
+    }

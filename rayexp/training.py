@@ -100,7 +100,9 @@ def keep_fp32(module: nn.Module) -> nn.Module:
 def make_optimizer(model: nn.Module, cfg: TrainConfig, phase: int = 0) -> torch.optim.Optimizer:
     """DualOpt's optimizer for ``phase``: 0 AdamW, 1 a fresh SGD with momentum."""
     if phase == 0:
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
     return torch.optim.SGD(model.parameters(), lr=cfg.sgd_lr, momentum=cfg.sgd_momentum)
 
 
@@ -191,7 +193,9 @@ def evaluate(
             logits = model(images).float()
             loss_sum += criterion(logits, labels)
         predictions = logits.argmax(1)
-        confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
+        confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(
+            num_classes, num_classes
+        )
         seen_labels.append(labels)
         seen_predictions.append(predictions)
         seen_ranks += ranks

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", required=True, help="MLflow experiment of the sweep")
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     p.add_argument("--out", default=None, help="report folder (default reports/<experiment>)")
-    p.add_argument("--no-mlflow-upload", action="store_true", help="write the files only; do not log them to the summary run")
+    p.add_argument(
+        "--no-mlflow-upload", action="store_true", help="write the files only; do not log them to the summary run"
+    )
     args = p.parse_args(argv)
     try:
         uri = tracking.resolve_tracking_uri(args.tracking_uri)

@@ -8,8 +8,17 @@ from tests.conftest import plant_weights
 
 NAMES = [spec.name for spec in list_backbones()]
 PAPER_NAMES = {
-    "resnet50", "wavemix_192_16", "convnext_tiny", "swin_t", "swin_v2_t", "efficientnet_v2_s",
-    "densenet161", "mobilenet_v3_large", "regnet_y_3_2gf", "resnext50_32x4d", "shufflenet_v2_x2_0",
+    "resnet50",
+    "wavemix_192_16",
+    "convnext_tiny",
+    "swin_t",
+    "swin_v2_t",
+    "efficientnet_v2_s",
+    "densenet161",
+    "mobilenet_v3_large",
+    "regnet_y_3_2gf",
+    "resnext50_32x4d",
+    "shufflenet_v2_x2_0",
 }
 
 

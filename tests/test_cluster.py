@@ -21,9 +21,15 @@ def cluster():
     if ray.is_initialized():
         ray.shutdown()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {DRIVER_RESOURCE: 4}, "include_dashboard": True, "dashboard_port": _free_port(),
-    })
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "resources": {DRIVER_RESOURCE: 4},
+            "include_dashboard": True,
+            "dashboard_port": _free_port(),
+        },
+    )
     workers = [c.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address, log_to_driver=False)
@@ -38,8 +44,26 @@ def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(cluster, digits_di
 
     c, workers = cluster
     worker_ids = {w.node_id for w in workers}
-    argv = _argv(tmp_path, digits_dir, "--address", c.address, "--experiment", "cluster", "--backbones", "shufflenet_v2_x2_0",
-                 "--seeds", "0", "1", "--max-epochs", "2", "--no-dualopt", "--worker-cpus", "1", "--data-cpus", "1")
+    argv = _argv(
+        tmp_path,
+        digits_dir,
+        "--address",
+        c.address,
+        "--experiment",
+        "cluster",
+        "--backbones",
+        "shufflenet_v2_x2_0",
+        "--seeds",
+        "0",
+        "1",
+        "--max-epochs",
+        "2",
+        "--no-dualopt",
+        "--worker-cpus",
+        "1",
+        "--data-cpus",
+        "1",
+    )
     assert main(DEFAULTS, argv) == 0
     out = capsys.readouterr().out
     assert "preflight passed on 3 nodes" in out and "on GPU" in out
@@ -47,7 +71,9 @@ def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(cluster, digits_di
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    nodes = {r["key"]: client.get_run(r["run_id"]).data.tags["node_id"] for r in tracking.fetch_trial_results(uri, "cluster")}
+    nodes = {
+        r["key"]: client.get_run(r["run_id"]).data.tags["node_id"] for r in tracking.fetch_trial_results(uri, "cluster")
+    }
     assert len(nodes) == 2 and set(nodes.values()) == worker_ids  # one trial per GPU node, recorded in MLflow
 
     # Now lose the node a trial runs on: the trial continues from its checkpoint on the other node.
@@ -59,7 +85,9 @@ def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(cluster, digits_di
             try:
                 rows = tracking.fetch_trial_results(uri, "lost")
                 if rows and tracking.metric_history(uri, rows[0]["run_id"], "test_acc"):
-                    actors = list_actors(address=c.address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                    actors = list_actors(
+                        address=c.address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+                    )
                     victims = [w for w in workers if actors and w.node_id == actors[0].node_id]
                     if victims:
                         lost["node"] = victims[0].node_id
@@ -71,8 +99,25 @@ def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(cluster, digits_di
 
     thread = threading.Thread(target=remove_node_after_first_epoch, daemon=True)
     thread.start()
-    argv = _argv(tmp_path, digits_dir, "--address", c.address, "--experiment", "lost", "--backbones", "shufflenet_v2_x2_0",
-                 "--max-epochs", "4", "--patience", "4", "--no-dualopt", "--worker-cpus", "1", "--data-cpus", "1")
+    argv = _argv(
+        tmp_path,
+        digits_dir,
+        "--address",
+        c.address,
+        "--experiment",
+        "lost",
+        "--backbones",
+        "shufflenet_v2_x2_0",
+        "--max-epochs",
+        "4",
+        "--patience",
+        "4",
+        "--no-dualopt",
+        "--worker-cpus",
+        "1",
+        "--data-cpus",
+        "1",
+    )
     assert main(DEFAULTS, argv) == 0
     thread.join(timeout=5)
     assert "node" in lost, f"no node was removed: {lost.get('errors', [])[-3:]}"

@@ -55,11 +55,19 @@ def test_a_corrupt_png_raises_a_named_error_instead_of_crashing_the_process():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "shard /data/x/train/part-00000.parquet, row id 'c/7.png': the image cannot be decoded (CRC mismatch" in done.stdout
+    assert (
+        "shard /data/x/train/part-00000.parquet, row id 'c/7.png': the image cannot be decoded (CRC mismatch"
+        in done.stdout
+    )
 
 
 def test_a_label_outside_the_classes_is_refused_when_read():
-    batch = {"image": np.array([_png()], dtype=object), "label": np.array([3]), "id": np.array(["r1"]), "path": np.array(["p.parquet"])}
+    batch = {
+        "image": np.array([_png()], dtype=object),
+        "label": np.array([3]),
+        "id": np.array(["r1"]),
+        "path": np.array(["p.parquet"]),
+    }
     with pytest.raises(ShardDataError, match=r"shard p.parquet, row id 'r1': label 3 is outside 0..2"):
         decode_resize_batch(batch, (8, 8), n_classes=3)
     assert decode_resize_batch({**batch, "label": np.array([2])}, (8, 8), n_classes=3)["image"].shape == (1, 8, 8, 3)
@@ -100,16 +108,34 @@ def test_ray_data_pipeline_names_the_corrupt_row_within_a_minute(ray_local, digi
 
 
 @pytest.mark.slow
-def test_a_sweep_on_a_corrupt_shard_fails_once_with_the_message_in_summary_and_mlflow(ray_local, digits_dir, tmp_path, capsys):
+def test_a_sweep_on_a_corrupt_shard_fails_once_with_the_message_in_summary_and_mlflow(
+    ray_local, digits_dir, tmp_path, capsys
+):
     shutil.copytree(digits_dir, tmp_path / "data")
     part, row_id = corrupt_a_training_image(tmp_path / "data")
     defaults = SweepDefaults(
-        description="corrupt", experiment="corrupt", backbones=["shufflenet_v2_x2_0"], datasets=["digits"], fractions=[1.0],
-        seeds=[0], max_epochs=1, patience=1, batch_size=64, fallback_to_random_weights=True,
+        description="corrupt",
+        experiment="corrupt",
+        backbones=["shufflenet_v2_x2_0"],
+        datasets=["digits"],
+        fractions=[1.0],
+        seeds=[0],
+        max_epochs=1,
+        patience=1,
+        batch_size=64,
+        fallback_to_random_weights=True,
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    argv = ["--data-dir", str(tmp_path / "data"), "--storage", str(tmp_path / "storage"), "--tracking-uri", uri,
-            "--out", str(tmp_path / "report")]
+    argv = [
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--storage",
+        str(tmp_path / "storage"),
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(tmp_path / "report"),
+    ]
     start = time.perf_counter()
     assert main(defaults, argv) == 1
     assert time.perf_counter() - start < 180

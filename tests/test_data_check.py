@@ -58,7 +58,10 @@ def test_clean_class_folders_match_the_split_preparation_writes(tmp_path):
     records = list(source.records)
     labels = np.array([r.label for r in records])
     splits = assign_splits("mydata", source, records, labels, 3)
-    expected = {s: [sum(1 for r, t in zip(records, splits) if t == s and r.label == c) for c in range(3)] for s in ("train", "test")}
+    expected = {
+        s: [sum(1 for r, t in zip(records, splits) if t == s and r.label == c) for c in range(3)]
+        for s in ("train", "test")
+    }
     assert check.counts == expected
     manifest = prepare("mydata", tmp_path / "data", source=root, seed=3, workers=1, quiet=True)
     assert {s: m["class_counts"] for s, m in manifest["splits"].items()} == check.counts
@@ -103,18 +106,31 @@ def test_planted_problems_are_found_and_named(planted, tmp_path):
     check = check_source(_load(planted, tmp_path), input_size=(64, 64), selection="val", workers=1, quiet=True)
     kinds = _by_kind(check)
     assert [p.kind for p in check.problems] == [
-        "unreadable", "duplicate_across_splits", "class_too_small",
-        "duplicate_within_split", "imbalance", "small_images", "mixed_modes",
+        "unreadable",
+        "duplicate_across_splits",
+        "class_too_small",
+        "duplicate_within_split",
+        "imbalance",
+        "small_images",
+        "mixed_modes",
     ]
     assert {p.kind for p in check.serious()} == {"unreadable", "duplicate_across_splits", "class_too_small"}
 
     assert sorted(kinds["unreadable"].files) == ["test/b/truncated.jpg", "train/a/garbage.jpg"]
     assert "--accept-warnings" in kinds["unreadable"].message
-    assert sorted(kinds["duplicate_across_splits"].files) == ["test/a/copy_of_0.png", "test/b/same.bmp", "train/a/0.png", "train/b/same.png"]
+    assert sorted(kinds["duplicate_across_splits"].files) == [
+        "test/a/copy_of_0.png",
+        "test/b/same.bmp",
+        "train/a/0.png",
+        "train/b/same.png",
+    ]
     assert sorted(kinds["duplicate_within_split"].files) == ["train/a/1.png", "train/a/1_again.png"]
     too_small = kinds["class_too_small"]
     assert sorted(too_small.files) == ["test/c/t0.png", "test/c/t1.png", "train/c/0.png"]
-    assert "'c' has 1 training and 2 test images" in too_small.message and "at least 2 training images" in too_small.message
+    assert (
+        "'c' has 1 training and 2 test images" in too_small.message
+        and "at least 2 training images" in too_small.message
+    )
     assert kinds["imbalance"].files == ["train/c/0.png"] and "15:1" in kinds["imbalance"].message
     assert kinds["small_images"].files == ["train/b/tiny.png"] and "1 of 39" in kinds["small_images"].message
     assert kinds["mixed_modes"].files == ["train/b/gray.png"] and "converted to RGB" in kinds["mixed_modes"].message
@@ -131,7 +147,9 @@ def test_planted_problems_are_found_and_named(planted, tmp_path):
 
 
 def test_a_small_fraction_needs_more_images_per_class(planted, tmp_path):
-    check = check_source(_load(planted, tmp_path), input_size=(64, 64), fractions=(1.0, 0.1), selection="val", workers=1, quiet=True)
+    check = check_source(
+        _load(planted, tmp_path), input_size=(64, 64), fractions=(1.0, 0.1), selection="val", workers=1, quiet=True
+    )
     too_small = [p for p in check.problems if p.kind == "class_too_small"]
     # a: 13 readable training images >= 11; b: 15; c: 1
     assert [p.message.split(" has")[0] for p in too_small] == ["class 'c'"]
@@ -203,7 +221,9 @@ def test_every_kind_of_record_image_is_loaded_and_hashed_by_pixels(tmp_path):
         SourceRecord(_pixels("a", 1), 0, "t0", "test"),
         SourceRecord(_pixels("b", 1), 1, "t1", "test"),
     ]
-    check = check_source(Source(["a", "b"], iter(records), "given"), input_size=(64, 64), selection="test", workers=1, quiet=True)
+    check = check_source(
+        Source(["a", "b"], iter(records), "given"), input_size=(64, 64), selection="test", workers=1, quiet=True
+    )
     (dupe,) = check.problems
     assert dupe.kind == "duplicate_within_split" and dupe.files == ["array", "pil", "path", "bytes", "callable"]
     assert check.counts == {"train": [5, 1], "test": [1, 1]}
@@ -212,20 +232,29 @@ def test_every_kind_of_record_image_is_loaded_and_hashed_by_pixels(tmp_path):
 def test_16_bit_images_are_stretched_not_clipped_before_hashing(tmp_path):
     rng = np.random.default_rng(0)
     records = [
-        SourceRecord(Image.fromarray((1000 + rng.integers(0, 3000, (64, 64))).astype(np.uint16)), label, f"x{label}{i}", split)
+        SourceRecord(
+            Image.fromarray((1000 + rng.integers(0, 3000, (64, 64))).astype(np.uint16)), label, f"x{label}{i}", split
+        )
         for label in (0, 1)
         for i, split in enumerate(("train", "train", "test"))
     ]
-    check = check_source(Source(["a", "b"], records, "given"), input_size=(64, 64), selection="test", workers=1, quiet=True)
+    check = check_source(
+        Source(["a", "b"], records, "given"), input_size=(64, 64), selection="test", workers=1, quiet=True
+    )
     assert check.problems == [] and check.modes == {"I;16": 6}
 
 
 def test_a_class_without_test_images_and_a_mode_that_gives_the_class_away():
     records = [SourceRecord(_pixels("a", i), 0, f"a{i}", "train" if i < 6 else "test") for i in range(8)]
     records += [SourceRecord(_pixels("b", i)[..., 0], 1, f"b{i}", "train") for i in range(6)]
-    check = check_source(Source(["a", "b"], records, "given"), input_size=(64, 64), selection="test", workers=1, quiet=True)
+    check = check_source(
+        Source(["a", "b"], records, "given"), input_size=(64, 64), selection="test", workers=1, quiet=True
+    )
     kinds = _by_kind(check)
-    assert kinds["class_too_small"].serious and "class 'b' has 6 training and 0 test images; no test images" in kinds["class_too_small"].message
+    assert (
+        kinds["class_too_small"].serious
+        and "class 'b' has 6 training and 0 test images; no test images" in kinds["class_too_small"].message
+    )
     assert kinds["mixed_modes"].files == [f"b{i}" for i in range(6)]
     assert "most of class 'b' and no other class is non-RGB" in kinds["mixed_modes"].message
 

@@ -100,13 +100,18 @@ def test_find_or_extract(tmp_path):
     root, work = tmp_path / "root", tmp_path / "work"
     root.mkdir()
     work.mkdir()
-    with pytest.raises(RayexpError, match=r"expected data.tar.gz or its extracted data/a.txt in .*root \(download it from http://x\)"):
+    with pytest.raises(
+        RayexpError, match=r"expected data.tar.gz or its extracted data/a.txt in .*root \(download it from http://x\)"
+    ):
         find_or_extract(root, work, "data.tar.gz", "data/a.txt", url="http://x")
     data = _tar_bytes({"data/a.txt": b"1"})
     (root / "data.tar.gz").write_bytes(data)
     with pytest.raises(RayexpError, match="checksum mismatch"):
         find_or_extract(root, work, "data.tar.gz", "data/a.txt", checksum="md5:" + "0" * 32)
-    assert find_or_extract(root, work, "data.tar.gz", "data/a.txt", checksum="md5:" + hashlib.md5(data).hexdigest()) == work
+    assert (
+        find_or_extract(root, work, "data.tar.gz", "data/a.txt", checksum="md5:" + hashlib.md5(data).hexdigest())
+        == work
+    )
     assert (work / "data" / "a.txt").read_bytes() == b"1"
 
 
@@ -139,7 +144,9 @@ def test_prepare_download_end_to_end_and_checksum_mismatch(http_folder, tmp_path
     monkeypatch.setattr(eurosat, "CHECKSUMS", {"EuroSAT.zip": "md5:" + digest})
     manifest = prepare("eurosat", tmp_path / "data", download_files=True, workers=1, quiet=True)
     assert manifest["source_checksums"]["EuroSAT.zip"] == "md5:" + digest
-    assert load_manifest(tmp_path / "data", "eurosat")["splits"]["train"]["rows"] + manifest["splits"]["test"]["rows"] == 8
+    assert (
+        load_manifest(tmp_path / "data", "eurosat")["splits"]["train"]["rows"] + manifest["splits"]["test"]["rows"] == 8
+    )
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads", "eurosat"]  # no scratch left
 
 
@@ -177,8 +184,11 @@ def test_cve_2025_4517_layout_is_refused_and_writes_nothing_outside(tmp_path):
         members += [(prefix + comp, "dir", None), (prefix + step, "symlink", comp)]
         prefix += comp + "/"
     linkpath = "/".join(steps) + "/" + "l" * 254
-    members += [(linkpath, "symlink", "../" * len(steps)), ("escape", "symlink", linkpath + "/.."),
-                ("escape/pwned.txt", "file", b"outside")]
+    members += [
+        (linkpath, "symlink", "../" * len(steps)),
+        ("escape", "symlink", linkpath + "/.."),
+        ("escape/pwned.txt", "file", b"outside"),
+    ]
     archive = _tar_of(tmp_path / "cve.tar", members)
     with pytest.raises(RayexpError, match=r"cve.tar: member 'a' is a symbolic link.*refusing the archive"):
         safe_extract(archive, target)
@@ -207,16 +217,20 @@ def test_hard_link_outside_or_not_yet_extracted_is_refused(tmp_path, linkname):
     outside = tmp_path / "outside.txt"
     outside.write_bytes(b"keep")
     linkname = str(outside) if linkname == "ABSOLUTE" else linkname
-    archive = _tar_of(tmp_path / "h.tar", [("data/", "dir", None), ("link.txt", "hardlink", linkname),
-                                           ("later.txt", "file", b"later")])
+    archive = _tar_of(
+        tmp_path / "h.tar",
+        [("data/", "dir", None), ("link.txt", "hardlink", linkname), ("later.txt", "file", b"later")],
+    )
     with pytest.raises(RayexpError, match=r"h.tar: member 'link.txt' is a hard link to .*refusing the archive"):
         safe_extract(archive, tmp_path / "t")
     assert outside.read_bytes() == b"keep" and outside.stat().st_nlink == 1
     assert not (tmp_path / "t" / "link.txt").exists()
 
 
-@pytest.mark.parametrize(("kind", "what"), [(tarfile.FIFOTYPE, "a FIFO"), (tarfile.CHRTYPE, "a character device"),
-                                            (tarfile.BLKTYPE, "a block device")])
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [(tarfile.FIFOTYPE, "a FIFO"), (tarfile.CHRTYPE, "a character device"), (tarfile.BLKTYPE, "a block device")],
+)
 def test_special_files_are_refused(tmp_path, kind, what):
     archive = _tar_of(tmp_path / "s.tar", [("ok.txt", "file", b"1"), ("dev", kind, None)])
     with pytest.raises(RayexpError, match=f"s.tar: member 'dev' is {what}, not a file or a directory; refusing"):

@@ -32,7 +32,10 @@ def test_class_folders_stratified_with_domain(tmp_path):
     src = _class_folders(tmp_path / "src", per_class=(10, 5))
     manifest = prepare("mydata", tmp_path / "data", source=src, domain="medical", workers=1, quiet=True)
     assert manifest["domain"] == "medical" and manifest["classes"] == ["class0", "class1"]
-    assert manifest["splits"]["train"]["class_counts"] == [8, 4] and manifest["splits"]["test"]["class_counts"] == [2, 1]
+    assert manifest["splits"]["train"]["class_counts"] == [8, 4] and manifest["splits"]["test"]["class_counts"] == [
+        2,
+        1,
+    ]
     assert manifest["image"]["encoding"] == "png"
     table = read_split(tmp_path / "data", "mydata", "train")
     assert decode_image(table["image"][0].as_py()).shape == (30, 40, 3)
@@ -88,7 +91,17 @@ def test_parallel_preparation_writes_the_same_shards(tmp_path):
 
 def test_prepare_cli_is_idempotent_and_lists(tmp_path):
     src = _class_folders(tmp_path / "src")
-    cmd = [sys.executable, "datasets/prepare.py", "mydata", "--source", str(src), "--data-dir", str(tmp_path / "data"), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "datasets/prepare.py",
+        "mydata",
+        "--source",
+        str(src),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--workers",
+        "1",
+    ]
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     assert "mydata" in first.stdout and "train" in first.stdout and "mean" in first.stdout
@@ -96,9 +109,21 @@ def test_prepare_cli_is_idempotent_and_lists(tmp_path):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "already prepared" in again.stdout
     assert load_manifest(tmp_path / "data", "mydata")["created"] == created
-    listing = subprocess.run([sys.executable, "datasets/prepare.py", "--list", "--data-dir", str(tmp_path / "data")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    listing = subprocess.run(
+        [sys.executable, "datasets/prepare.py", "--list", "--data-dir", str(tmp_path / "data")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert listing.returncode == 0 and "digits" in listing.stdout and "cifar10" in listing.stdout
-    bad = subprocess.run([sys.executable, "datasets/prepare.py", "imagenet", "--data-dir", str(tmp_path / "data")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "datasets/prepare.py", "imagenet", "--data-dir", str(tmp_path / "data")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown dataset 'imagenet'" in bad.stderr
 
 
@@ -123,8 +148,10 @@ def test_csv_paths_outside_its_folder_are_refused_unless_allowed(tmp_path, outsi
     from rayexp.data.sources import folder
 
     csv_path, listed = _csv_source(tmp_path, outside_row)
-    expected = (rf"labels.csv line 4: image '{re.escape(listed)}' resolves to .*elsewhere/out.png, outside the CSV's "
-                r"folder .*src; move the images under .*src, or pass --allow-outside-paths")
+    expected = (
+        rf"labels.csv line 4: image '{re.escape(listed)}' resolves to .*elsewhere/out.png, outside the CSV's "
+        r"folder .*src; move the images under .*src, or pass --allow-outside-paths"
+    )
     with pytest.raises(RayexpError, match=expected):
         prepare("pets", tmp_path / "data", source=csv_path, workers=1, quiet=True)
     source = folder.load_source("pets", csv_path.parent, tmp_path / "work", allow_outside=True)

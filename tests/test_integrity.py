@@ -82,19 +82,38 @@ def test_a_truncated_shard_is_refused(data, tmp_path, capsys):
 @pytest.mark.parametrize(
     "change, refingerprint, said",
     [
-        (lambda m: m["splits"]["train"].update(class_counts=[c * 10 for c in m["splits"]["train"]["class_counts"]]), False,
-         "it was edited after preparation"),
-        (lambda m: m["splits"]["train"].update(class_counts=[c * 10 for c in m["splits"]["train"]["class_counts"]]), True,
-         "rows but the class counts add up to"),
-        (lambda m: (m["splits"]["train"].update(class_counts=[c * 10 for c in m["splits"]["train"]["class_counts"]]),
-                    m["splits"]["train"].update(rows=sum(m["splits"]["train"]["class_counts"]))), True,
-         r"the manifest says \d+ rows, the shards hold 1438"),
+        (
+            lambda m: m["splits"]["train"].update(class_counts=[c * 10 for c in m["splits"]["train"]["class_counts"]]),
+            False,
+            "it was edited after preparation",
+        ),
+        (
+            lambda m: m["splits"]["train"].update(class_counts=[c * 10 for c in m["splits"]["train"]["class_counts"]]),
+            True,
+            "rows but the class counts add up to",
+        ),
+        (
+            lambda m: (
+                m["splits"]["train"].update(class_counts=[c * 10 for c in m["splits"]["train"]["class_counts"]]),
+                m["splits"]["train"].update(rows=sum(m["splits"]["train"]["class_counts"])),
+            ),
+            True,
+            r"the manifest says \d+ rows, the shards hold 1438",
+        ),
         (lambda m: m.update(n_classes=20), True, "n_classes is 20 but 10 classes are listed"),
         (lambda m: m.update(n_classes=5), True, "n_classes is 5 but 10 classes are listed"),
-        (lambda m: (m.update(classes=m["classes"][:5], n_classes=5),
-                    [s.update(class_counts=s["class_counts"][:5], rows=sum(s["class_counts"][:5])) for s in m["splits"].values()]), True,
-         r"the manifest says \d+ rows, the shards hold 1438"),
-        (lambda m: (m.update(classes=["zero"], n_classes=1)), True, "a classification benchmark needs at least two"),
+        (
+            lambda m: (
+                m.update(classes=m["classes"][:5], n_classes=5),
+                [
+                    s.update(class_counts=s["class_counts"][:5], rows=sum(s["class_counts"][:5]))
+                    for s in m["splits"].values()
+                ],
+            ),
+            True,
+            r"the manifest says \d+ rows, the shards hold 1438",
+        ),
+        (lambda m: m.update(classes=["zero"], n_classes=1), True, "a classification benchmark needs at least two"),
         (lambda m: m.pop("fingerprint"), False, "edited after preparation"),
     ],
 )
@@ -135,8 +154,14 @@ def test_verification_checks_every_split_and_is_fast(data):
         (["--cache-gb", "-1"], "--cache-gb -1.0: it must be >= 0"),
         (["--data-cpus", "0"], "--data-cpus 0.0: it must be > 0"),
         (["--storage", "/proc/rayexp-storage"], "--storage /proc/rayexp-storage is not a writable folder"),
-        (["--tracking-uri", "sqlite:////proc/rayexp/mlflow.db"], "the MLflow store sqlite:////proc/rayexp/mlflow.db cannot be created"),
-        (["--selection", "val", "--fractions", "0.005"], r"digits at fraction 0.005: 10 class\(es\) have a single training row"),
+        (
+            ["--tracking-uri", "sqlite:////proc/rayexp/mlflow.db"],
+            "the MLflow store sqlite:////proc/rayexp/mlflow.db cannot be created",
+        ),
+        (
+            ["--selection", "val", "--fractions", "0.005"],
+            r"digits at fraction 0.005: 10 class\(es\) have a single training row",
+        ),
     ],
 )
 def test_bad_values_are_refused_before_ray_starts(data, tmp_path, capsys, extra, said):
@@ -162,9 +187,18 @@ def test_a_rerun_after_the_data_changed_stops_before_training(data, tmp_path, ca
     # A run as a sweep would write it with the same protocol, but of another data version.
     from rayexp.orchestrate import SweepConfig
 
-    cfg = SweepConfig(keys=[TrialKey.parse(key)], experiment="attacks", data_dir=str(data), storage="", tracking_uri=uri,
-                      weights={"shufflenet_v2_x2_0": "random"}, data_fingerprints={"digits": manifest["fingerprint"]},
-                      max_epochs=1, patience=1, batch_size=16)
+    cfg = SweepConfig(
+        keys=[TrialKey.parse(key)],
+        experiment="attacks",
+        data_dir=str(data),
+        storage="",
+        tracking_uri=uri,
+        weights={"shufflenet_v2_x2_0": "random"},
+        data_fingerprints={"digits": manifest["fingerprint"]},
+        max_epochs=1,
+        patience=1,
+        batch_size=16,
+    )
     tags = {**cfg.identity(TrialKey.parse(key)), **old}
     tracking.TrialRun.open(uri, "attacks", key, tags, {}).finish({"best_test_acc": 0.9})
     err = _refused(tmp_path, data, capsys)
@@ -181,11 +215,16 @@ def test_a_second_sweep_into_a_running_experiment_refuses_naming_the_holder(data
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.ensure_experiment(uri, "attacks")
     holder = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import sys, time\nfrom rayexp import tracking\n"
-            f"lock = tracking.acquire_sweep_lock({uri!r}, 'attacks')\nprint('held', flush=True)\ntime.sleep(120)"
-        )],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time\nfrom rayexp import tracking\n"
+                f"lock = tracking.acquire_sweep_lock({uri!r}, 'attacks')\nprint('held', flush=True)\ntime.sleep(120)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -216,6 +255,8 @@ def test_my_data_prepares_again_over_a_changed_or_old_copy(tmp_path, capsys):
     part = tmp_path / "data" / "mine" / "train" / "part-00000.parquet"
     part.write_bytes(part.read_bytes()[:-10] + b"\0" * 10)
     again = prepare_user_source(info, source, tmp_path / "data", workers=1)
-    assert "the prepared copy cannot be used" in capsys.readouterr().out and "does not match the checksum" not in str(again)
+    assert "the prepared copy cannot be used" in capsys.readouterr().out and "does not match the checksum" not in str(
+        again
+    )
     verify_dataset(tmp_path / "data" / "mine", again)  # whole again
     assert again["fingerprint"] == first["fingerprint"]  # the same files give the same data fingerprint

@@ -18,8 +18,16 @@ from rayexp.cli import SweepDefaults
 from rayexp.my_data import dataset_name, main, ordered_keys
 
 DEFAULTS = SweepDefaults(
-    description="my data test", experiment="", backbones=["shufflenet_v2_x2_0", "mobilenet_v3_large"], datasets=[],
-    fractions=[1.0], seeds=[0, 1], max_epochs=2, patience=2, batch_size=32, selection="val",
+    description="my data test",
+    experiment="",
+    backbones=["shufflenet_v2_x2_0", "mobilenet_v3_large"],
+    datasets=[],
+    fractions=[1.0],
+    seeds=[0, 1],
+    max_epochs=2,
+    patience=2,
+    batch_size=32,
+    selection="val",
 )
 COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
 
@@ -32,7 +40,7 @@ def separable_folder(root: Path, per_class: int = 40, size: int = 32, seed: int 
         for i in range(per_class):
             image = np.clip(np.array(colour) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
             r = rng.integers(0, size - 8)
-            image[r:r + 4, :, :] = 255
+            image[r : r + 4, :, :] = 255
             Image.fromarray(image).save(root / name / f"{name}_{i:03d}.png")
     return root
 
@@ -59,14 +67,32 @@ def plant_problems(root: Path) -> dict[str, str]:
     for split in ("train", "test"):
         (root / split / "x").mkdir()
         shutil.copy(sorted((root / split / "7").glob("*.png"))[0], root / split / "x" / f"only_{split}.png")
-    return {"original": f"train/3/{original.name}", "copy": "test/3/copy_of_train.png", "broken": "train/5/broken.png", "tiny": "x"}
+    return {
+        "original": f"train/3/{original.name}",
+        "copy": "test/3/copy_of_train.png",
+        "broken": "train/5/broken.png",
+        "tiny": "x",
+    }
 
 
 def _argv(tmp_path: Path, source: Path, *extra: str) -> list[str]:
     return [
-        "--source", str(source), "--data-dir", str(tmp_path / "data"), "--storage", str(tmp_path / "storage"),
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "out"),
-        "--input-size", "32", "32", "--allow-random-init", "--no-dualopt", *extra,
+        "--source",
+        str(source),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--storage",
+        str(tmp_path / "storage"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--out",
+        str(tmp_path / "out"),
+        "--input-size",
+        "32",
+        "32",
+        "--allow-random-init",
+        "--no-dualopt",
+        *extra,
     ]
 
 
@@ -114,9 +140,13 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
 
     with open(tmp_path / "out" / "ranking.csv") as handle:
         ranking = list(csv.DictReader(handle))
-    assert [row["rank"] for row in ranking] in (["1", "2"], ["1.5", "1.5"]) and {row["backbone"] for row in ranking} == set(DEFAULTS.backbones)
+    assert [row["rank"] for row in ranking] in (["1", "2"], ["1.5", "1.5"]) and {
+        row["backbone"] for row in ranking
+    } == set(DEFAULTS.backbones)
     bests = [float(row["best_of_seeds"]) for row in ranking]
-    assert bests == sorted(bests, reverse=True) and all(row["n_seeds"] == "2" and row["complete"] == "True" for row in ranking)
+    assert bests == sorted(bests, reverse=True) and all(
+        row["n_seeds"] == "2" and row["complete"] == "True" for row in ranking
+    )
     for row in ranking:
         accs = [r["best_test_acc"] for r in runs if r["backbone"] == row["backbone"]]
         assert float(row["mean"]) == pytest.approx(np.mean(accs)) and float(row["best_of_seeds"]) == max(accs)
@@ -125,8 +155,13 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
     # The report's rules, judged on the trials' own per-image test predictions. Here, from random init in a few
     # optimizer steps, both backbones sit at exactly 1/3 on the 24 test images: no backbone may be recommended.
     kind, leader = rec["judgement"]["kind"], ranking[0]["backbone"]
-    opening = {"chance": "No backbone learned on colours", "tie": "Tie on colours", "clear": f"Use **{leader}** for colours",
-               "tied": f"**{leader}** and", "unknown": f"**{leader}** leads"}[kind]
+    opening = {
+        "chance": "No backbone learned on colours",
+        "tie": "Tie on colours",
+        "clear": f"Use **{leader}** for colours",
+        "tied": f"**{leader}** and",
+        "unknown": f"**{leader}** leads",
+    }[kind]
     assert rec["verdict"].startswith(opening) and "random initialisation" in rec["verdict"]
     if kind == "chance":
         assert "Use " not in rec["verdict"] and all(row["above_chance"] == "False" for row in ranking)
@@ -140,9 +175,16 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    summary = [r for r in client.search_runs([client.get_experiment_by_name("my-data-colours").experiment_id]) if r.info.run_name == "report"][0]
+    summary = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("my-data-colours").experiment_id])
+        if r.info.run_name == "report"
+    ][0]
     assert {a.path for a in client.list_artifacts(summary.info.run_id, "recommendation")} >= {
-        "recommendation/recommendation.html", "recommendation/ranking.csv", "recommendation/recommendation.md"}
+        "recommendation/recommendation.html",
+        "recommendation/ranking.csv",
+        "recommendation/recommendation.md",
+    }
 
     # Again: the folder is unchanged, so nothing is prepared or trained a second time.
     assert main(DEFAULTS, _argv(tmp_path, source, "--domain", "natural")) == 0
@@ -156,7 +198,13 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
     for i in range(40):
         image = np.clip(np.array((220, 210, 40)) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(image).save(source / "yellow" / f"yellow_{i:03d}.png")
-    assert main(DEFAULTS, _argv(tmp_path, source, "--domain", "natural", "--backbones", "shufflenet_v2_x2_0", "--seeds", "0")) == 0
+    assert (
+        main(
+            DEFAULTS,
+            _argv(tmp_path, source, "--domain", "natural", "--backbones", "shufflenet_v2_x2_0", "--seeds", "0"),
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "preparing again" in out and "already finished" not in out
     new = out.split("this data's results go to experiment '")[1].split("'")[0]
@@ -171,8 +219,19 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
 @pytest.mark.slow
 def test_budget_mode_on_digits_folder_stops_and_reports_what_it_stopped(ray_local, tmp_path, capsys):
     planted = plant_problems(digits_folder(tmp_path / "digits_folder"))
-    argv = _argv(tmp_path, tmp_path / "digits_folder", "--accept-warnings", "--max-epochs", "3", "--scheduler", "asha",
-                 "--grace-period", "1", "--budget-epochs", "5")
+    argv = _argv(
+        tmp_path,
+        tmp_path / "digits_folder",
+        "--accept-warnings",
+        "--max-epochs",
+        "3",
+        "--scheduler",
+        "asha",
+        "--grace-period",
+        "1",
+        "--budget-epochs",
+        "5",
+    )
     # Accepted or not, a class with a single training row cannot be validated on: refused before Ray starts.
     assert main(DEFAULTS, argv) == 2
     assert "1 class(es) have a single training row, none to hold out (x)" in capsys.readouterr().err
@@ -191,7 +250,9 @@ def test_budget_mode_on_digits_folder_stops_and_reports_what_it_stopped(ray_loca
     listed = {(s["seed"], r["backbone"]) for r in rec["ranking"] for s in r["stopped"]}
     assert listed == {(r["seed"], r["backbone"]) for r in stopped}
     ran = {r["key"] for r in runs}
-    assert set(rec["not_run"]) == {str(k) for k in ordered_keys(DEFAULTS.backbones, "digits_folder", [1.0], [0, 1])} - ran
+    assert (
+        set(rec["not_run"]) == {str(k) for k in ordered_keys(DEFAULTS.backbones, "digits_folder", [1.0], [0, 1])} - ran
+    )
     markdown = (tmp_path / "out" / "recommendation.md").read_text()
     assert "## Stopped early" in markdown and "## Data check" in markdown and planted["broken"] in markdown
     # The unreadable file was skipped, not trained on; the duplicate was kept, as accepted.

@@ -57,7 +57,10 @@ def test_normalization_uses_the_manifest_or_imagenet(digits_dir):
     assert mean == manifest["normalization"]["mean"] and std == manifest["normalization"]["std"]
     assert normalization(manifest, "imagenet")[0] == list(IMAGENET_MEAN)
     x, _ = Normalizer(mean, std, torch.device("cpu"))(
-        {"image": torch.full((1, 2, 2, 3), round(255 * mean[0]), dtype=torch.uint8), "label": torch.zeros(1, dtype=torch.long)}
+        {
+            "image": torch.full((1, 2, 2, 3), round(255 * mean[0]), dtype=torch.uint8),
+            "label": torch.zeros(1, dtype=torch.long),
+        }
     )
     assert x.abs().max() < 0.02  # an image at the dataset mean normalises to ~0
 
@@ -81,7 +84,9 @@ def test_trial_datasets_cache_holds_every_split_once_and_streams_when_too_big(ra
     assert split_rows(manifest, "train", 0.1, part="val") == expected_val > 10
     assert memory["train"][0].shape[1:] == (32, 32, 3) and memory["train"][0].dtype == torch.uint8
     # The test split arrives in shard order, as a streamed pass gives it.
-    assert memory["test"][1].tolist() == read_split(digits_dir, "digits", "test", columns=["label"])["label"].to_pylist()
+    assert (
+        memory["test"][1].tolist() == read_split(digits_dir, "digits", "test", columns=["label"])["label"].to_pylist()
+    )
 
     streamed, cached = build_trial_datasets(digits_dir, manifest, 1.0, "test", cache_bytes=0)
     assert not cached and set(streamed) == {"train", "test"}
@@ -100,7 +105,9 @@ def test_trial_batches_are_the_same_cached_or_streamed_in_what_they_hold(ray_loc
     seen = {}
     for cache_bytes in (1e9, 0):
         datasets, cached = build_trial_datasets(digits_dir, manifest, 0.1, "test", cache_bytes=cache_bytes)
-        batches = TrialBatches({k: d.iterator() for k, d in datasets.items()}, batch_size=32, seed=3, normalize=normalize, threads=2)
+        batches = TrialBatches(
+            {k: d.iterator() for k, d in datasets.items()}, batch_size=32, seed=3, normalize=normalize, threads=2
+        )
         assert batches.cached == cached
         epoch0 = [y for _, y in batches.train(0)]
         assert [len(y) for y in epoch0[:-1]] == [32] * (len(epoch0) - 1)
@@ -134,11 +141,10 @@ def test_augmented_is_seeded_per_batch_and_independent_of_threads():
 
 def test_trivial_augment_draws_as_torchvision_does():
     """Our generator-driven TrivialAugmentWide picks the same op and magnitude as torchvision's own, given the same seed."""
+    from PIL import Image
     from torchvision.transforms import v2
 
     from rayexp.data.pipeline import trivial_augment
-
-    from PIL import Image
 
     image = torch.randint(0, 256, (1, 40, 36, 3), dtype=torch.uint8)
     for seed in range(12):

@@ -174,8 +174,17 @@ def test_pool_workers_die_when_prepare_is_killed(tmp_path):
         (tmp_path / "src" / c).mkdir(parents=True)
         for i in range(150):
             os.link(one, tmp_path / "src" / c / f"{i}.jpg")
-    cmd = [sys.executable, "datasets/prepare.py", "mytest", "--source", str(tmp_path / "src"),
-           "--data-dir", str(tmp_path / "data"), "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "datasets/prepare.py",
+        "mytest",
+        "--source",
+        str(tmp_path / "src"),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--workers",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers: set[int] = set()
     try:
@@ -285,7 +294,10 @@ def test_disk_full_is_a_named_error_and_keeps_the_prepared_copy(tmp_path):
 def _make_read_only(folder: Path, how: str) -> list[str] | None:
     """Make ``folder`` unwritable even for root (who ignores chmod); returns the undo command, or None."""
     if how == "chattr":
-        frozen = shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        frozen = (
+            shutil.which("chattr")
+            and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        )
         return ["chattr", "-i", str(folder)] if frozen else None
     if subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True).returncode != 0:
         return None
@@ -329,8 +341,12 @@ def test_unwritable_data_dir_under_proc_is_a_named_error(tmp_path):
 
 @pytest.mark.parametrize(
     "option, value, words",
-    [("--seed", "-1", "--seed"), ("--seed", str(2**32), "--seed"),
-     ("--workers", "0", "--workers"), ("--workers", "-2", "--workers")],
+    [
+        ("--seed", "-1", "--seed"),
+        ("--seed", str(2**32), "--seed"),
+        ("--workers", "0", "--workers"),
+        ("--workers", "-2", "--workers"),
+    ],
 )
 def test_bad_seed_or_workers_is_a_named_error_before_anything_is_written(tmp_path, capsys, option, value, words):
     main = _prepare_main()

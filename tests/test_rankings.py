@@ -11,16 +11,46 @@ import pytest
 from rayexp import tracking
 from rayexp.grid import TrialKey
 from rayexp.recommend import build_recommendation, recommend
-from rayexp.report import build_report, domain_tables, header_lines, imagenet_rank_correlation, judgements, recommendations
-from rayexp.results import Predictions, average_ranks, compare, dataset_ranks, domain_rankings, is_above_chance, judge, places, summarize
+from rayexp.report import (
+    build_report,
+    domain_tables,
+    header_lines,
+    imagenet_rank_correlation,
+    judgements,
+    recommendations,
+)
+from rayexp.results import (
+    Predictions,
+    average_ranks,
+    compare,
+    dataset_ranks,
+    domain_rankings,
+    is_above_chance,
+    judge,
+    places,
+    summarize,
+)
 
 TIED = ["convnext_tiny", "densenet161", "efficientnet_b4", "regnet_y_3_2gf", "swin_t"]
 
 
 def _row(backbone, seed, acc, dataset="neu", fraction=1.0, **extra):
-    return {"key": f"{backbone}/{dataset}/{fraction}/{seed}", "backbone": backbone, "dataset": dataset, "domain": "surface defect",
-            "fraction": fraction, "seed": seed, "status": "FINISHED", "best_test_acc": acc, "weights": "IMAGENET1K_V1",
-            "run_id": f"{backbone}-{dataset}-{fraction}-{seed}", "test_rows": 600, "num_classes": 6, "test_majority_rate": 1 / 6, **extra}
+    return {
+        "key": f"{backbone}/{dataset}/{fraction}/{seed}",
+        "backbone": backbone,
+        "dataset": dataset,
+        "domain": "surface defect",
+        "fraction": fraction,
+        "seed": seed,
+        "status": "FINISHED",
+        "best_test_acc": acc,
+        "weights": "IMAGENET1K_V1",
+        "run_id": f"{backbone}-{dataset}-{fraction}-{seed}",
+        "test_rows": 600,
+        "num_classes": 6,
+        "test_majority_rate": 1 / 6,
+        **extra,
+    }
 
 
 def test_five_tied_scores_share_their_rank_all_are_marked_and_none_wins_by_name():
@@ -75,7 +105,9 @@ def test_the_paired_verdict_sees_a_clear_lead_and_a_true_tie_that_seed_spread_mi
     for name in "abcd":
         for s in range(3):
             p = planted[f"{name}-{s}"]
-            rows.append({**_row(name, s, float(np.mean(p.labels == p.predictions))), "run_id": f"{name}-{s}", "test_rows": n})
+            rows.append(
+                {**_row(name, s, float(np.mean(p.labels == p.predictions))), "run_id": f"{name}-{s}", "test_rows": n}
+            )
     summaries = {s.backbone: s for s in summarize(rows)}
 
     def load(row):
@@ -87,7 +119,9 @@ def test_the_paired_verdict_sees_a_clear_lead_and_a_true_tie_that_seed_spread_mi
     tie = compare(summaries["c"], summaries["d"], rows, load)
     assert tie.outcome == "tied" and tie.low < 0 < tie.high and tie.difference == pytest.approx(4 / n)
     c, d = summaries["c"], summaries["d"]
-    assert c.best_of_3 - d.best_of_3 > max(c.std, d.std)  # what the old rule called "a margin larger than the seeds' spread"
+    assert c.best_of_3 - d.best_of_3 > max(
+        c.std, d.std
+    )  # what the old rule called "a margin larger than the seeds' spread"
     # Deterministic: the same inputs give the same interval.
     assert compare(summaries["c"], summaries["d"], rows, load) == tie
     # Without predictions, the summary rule; and it says so.
@@ -95,27 +129,59 @@ def test_the_paired_verdict_sees_a_clear_lead_and_a_true_tie_that_seed_spread_mi
     assert fallback.rule == "summary rule" and fallback.outcome == "tied"
     partial = compare(summaries["a"], summaries["b"], rows, lambda row: None if row["run_id"] == "b-2" else load(row))
     assert partial.rule == "summary rule" and "no per-image test predictions for every seed" in partial.note
-    stale = compare(summaries["a"], summaries["b"], [{**r, "best_test_acc": 0.5} if r["run_id"] == "a-1" else r for r in rows], load)
+    stale = compare(
+        summaries["a"], summaries["b"], [{**r, "best_test_acc": 0.5} if r["run_id"] == "a-1" else r for r in rows], load
+    )
     assert stale.rule == "summary rule" and "a/neu/1.0/1 do not score its recorded accuracy" in stale.note
     relabelled = Predictions(planted["b-0"].ids, (planted["b-0"].labels + 1) % 6, (planted["b-0"].predictions + 1) % 6)
-    assert "disagree on the test images' labels" in compare(summaries["a"], summaries["b"], rows, lambda row: relabelled if row["run_id"] == "b-0" else load(row)).note
-    other_images = compare(summaries["a"], summaries["b"], rows, lambda row: Predictions(("x",), np.zeros(1), np.zeros(1)) if row["run_id"] == "b-0" else load(row))
+    assert (
+        "disagree on the test images' labels"
+        in compare(
+            summaries["a"], summaries["b"], rows, lambda row: relabelled if row["run_id"] == "b-0" else load(row)
+        ).note
+    )
+    other_images = compare(
+        summaries["a"],
+        summaries["b"],
+        rows,
+        lambda row: Predictions(("x",), np.zeros(1), np.zeros(1)) if row["run_id"] == "b-0" else load(row),
+    )
     assert "different test images" in other_images.note
 
 
 def _log_trial(uri, experiment, row, predictions=None, parents=None, tags=()):
     key = TrialKey(row["backbone"], row["dataset"], row["fraction"], row["seed"])
-    run_tags = {"backbone": key.backbone, "dataset": key.dataset, "domain": row["domain"], "fraction": repr(key.fraction),
-                "seed": str(key.seed), "selection": row.get("selection", "test"), "data_fingerprint": "sha256:d",
-                "protocol_fingerprint": "sha256:p", **dict(tags)}
-    params = {"weights": "IMAGENET1K_V1", "test_rows": row["test_rows"], "num_classes": row["num_classes"],
-              "test_majority_rate": row["test_majority_rate"]}
+    run_tags = {
+        "backbone": key.backbone,
+        "dataset": key.dataset,
+        "domain": row["domain"],
+        "fraction": repr(key.fraction),
+        "seed": str(key.seed),
+        "selection": row.get("selection", "test"),
+        "data_fingerprint": "sha256:d",
+        "protocol_fingerprint": "sha256:p",
+        **dict(tags),
+    }
+    params = {
+        "weights": "IMAGENET1K_V1",
+        "test_rows": row["test_rows"],
+        "num_classes": row["num_classes"],
+        "test_majority_rate": row["test_majority_rate"],
+    }
     parent = (parents or {}).get(tracking.cell_name(key.backbone, key.dataset, key.fraction))
     run = tracking.TrialRun.open(uri, experiment, str(key), run_tags, params, parent_run_id=parent)
     if predictions is not None:
-        lines = ["id,label,prediction"] + [f"{i},{y},{p}" for i, y, p in zip(predictions.ids, predictions.labels, predictions.predictions)]
+        lines = ["id,label,prediction"] + [
+            f"{i},{y},{p}" for i, y, p in zip(predictions.ids, predictions.labels, predictions.predictions)
+        ]
         run.log_text("\n".join(lines) + "\n", tracking.PREDICTIONS_ARTIFACT)
-    run.finish({"best_test_acc": row["best_test_acc"], "train_seconds": 10.0, **({"best_val_acc": row["best_val_acc"]} if "best_val_acc" in row else {})})
+    run.finish(
+        {
+            "best_test_acc": row["best_test_acc"],
+            "train_seconds": 10.0,
+            **({"best_val_acc": row["best_val_acc"]} if "best_val_acc" in row else {}),
+        }
+    )
 
 
 def test_report_and_recommendation_give_one_verdict_from_predictions_in_mlflow(tmp_path):
@@ -127,10 +193,21 @@ def test_report_and_recommendation_give_one_verdict_from_predictions_in_mlflow(t
             _log_trial(uri, "exp", _row(backbone, s, float(np.mean(p.labels == p.predictions)), test_rows=n), p)
     paths = build_report(uri, "exp", tmp_path / "report", log_to_mlflow=False)
     text = paths["report_md"].read_text()
-    assert "neu at 1.0: **resnet50**" in text and "a clear lead" in text and "paired bootstrap over the same 420 test images x 3 seeds" in text
+    assert (
+        "neu at 1.0: **resnet50**" in text
+        and "a clear lead" in text
+        and "paired bootstrap over the same 420 test images x 3 seeds" in text
+    )
     assert "Verdict: the leader's lead over the runner-up is clear when a paired bootstrap" in text  # the rule, stated
-    assert "**surface defect**: use **resnet50** — mean rank 1.0 over 1 dataset(s) at 1.0; next swin_t (2.0); a clear lead on 1 of 1" in text
-    rec = json.loads(build_recommendation(uri, "exp", "neu", "surface defect", tmp_path / "rec", log_to_mlflow=False)["json"].read_text())
+    assert (
+        "**surface defect**: use **resnet50** — mean rank 1.0 over 1 dataset(s) at 1.0; next swin_t (2.0); a clear lead on 1 of 1"
+        in text
+    )
+    rec = json.loads(
+        build_recommendation(uri, "exp", "neu", "surface defect", tmp_path / "rec", log_to_mlflow=False)[
+            "json"
+        ].read_text()
+    )
     assert rec["judgement"]["kind"] == "clear" and rec["verdict"].startswith("Use **resnet50** for neu")
     assert rec["judgement"]["verdict"]["rule"] == "paired bootstrap"
 
@@ -141,12 +218,24 @@ def test_a_chance_level_run_gets_no_recommendation(tmp_path):
         for s in range(2):
             row = _row(backbone, s, 100 / 300, dataset="mine", test_rows=300, num_classes=3, test_majority_rate=1 / 3)
             _log_trial(uri, "my-data-mine", {**row, "domain": "medical"})
-    rec = json.loads(build_recommendation(uri, "my-data-mine", "mine", "medical", tmp_path / "rec", log_to_mlflow=False)["json"].read_text())
-    assert rec["verdict"].startswith("No backbone learned on mine") and "Use " not in rec["verdict"] and "1/3 = 33.33%" in rec["verdict"]
+    rec = json.loads(
+        build_recommendation(uri, "my-data-mine", "mine", "medical", tmp_path / "rec", log_to_mlflow=False)[
+            "json"
+        ].read_text()
+    )
+    assert (
+        rec["verdict"].startswith("No backbone learned on mine")
+        and "Use " not in rec["verdict"]
+        and "1/3 = 33.33%" in rec["verdict"]
+    )
     assert rec["judgement"]["kind"] == "chance"
     paths = build_report(uri, "my-data-mine", tmp_path / "report", log_to_mlflow=False)
     text = paths["report_md"].read_text()
-    assert "no backbone learned on mine at 1.0" in text and "**medical**: no recommendation" in text and "use **" not in text
+    assert (
+        "no backbone learned on mine at 1.0" in text
+        and "**medical**: no recommendation" in text
+        and "use **" not in text
+    )
     assert "| *chance* | 33.33 |" in text
     with open(paths["csv"]) as handle:
         assert {r["above_chance"] for r in csv.DictReader(handle)} == {"False"}
@@ -160,7 +249,9 @@ def test_a_chance_level_run_gets_no_recommendation(tmp_path):
 def test_incomplete_cells_are_marked_in_every_table(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     cells = [("resnet50", "neu", 1.0), ("swin_t", "neu", 1.0)]
-    parents = tracking.ensure_cell_runs(uri, "exp", cells, {"neu": "surface defect"}, seeds={c: [0, 1, 2] for c in cells})
+    parents = tracking.ensure_cell_runs(
+        uri, "exp", cells, {"neu": "surface defect"}, seeds={c: [0, 1, 2] for c in cells}
+    )
     for s, acc in enumerate((0.90, 0.91, 0.92)):
         _log_trial(uri, "exp", _row("resnet50", s, acc), parents=parents)
     _log_trial(uri, "exp", _row("swin_t", 0, 0.95), parents=parents)
@@ -169,17 +260,33 @@ def test_incomplete_cells_are_marked_in_every_table(tmp_path):
     paths = build_report(uri, "exp", tmp_path / "report", log_to_mlflow=False)
     with open(paths["csv"]) as handle:
         summary = {r["backbone"]: r for r in csv.DictReader(handle)}
-    assert summary["swin_t"]["n_seeds"] == "2" and summary["swin_t"]["n_planned"] == "3" and summary["swin_t"]["n_stopped"] == "1"
+    assert (
+        summary["swin_t"]["n_seeds"] == "2"
+        and summary["swin_t"]["n_planned"] == "3"
+        and summary["swin_t"]["n_stopped"] == "1"
+    )
     assert summary["swin_t"]["complete"] == "False" and summary["resnet50"]["complete"] == "True"
     with open(paths["ranks"]) as handle:
         ranks = {r["backbone"]: r for r in csv.DictReader(handle)}
-    assert list(next(iter(ranks.values())))[:9] == ["domain", "dataset", "fraction", "backbone", "rank", "best_of_3", "mean", "std", "n_seeds"]
+    assert list(next(iter(ranks.values())))[:9] == [
+        "domain",
+        "dataset",
+        "fraction",
+        "backbone",
+        "rank",
+        "best_of_3",
+        "mean",
+        "std",
+        "n_seeds",
+    ]
     assert ranks["swin_t"]["rank"] == "1" and ranks["swin_t"]["complete"] == "False"
     text = paths["report_md"].read_text()
     assert "95.00†" in text and "1 of 2 cell(s) are incomplete" in text
     assert "Incomplete: swin_t 2/3 seeds, 1 stopped early" in text and "1 incomplete cell(s)" in text
     # First on ranks but clearly ahead nowhere: the domain gets no "use".
-    assert "**surface defect**: no clear leader — swin_t ranks first" in text and "clear on none of 1 dataset(s)" in text
+    assert (
+        "**surface defect**: no clear leader — swin_t ranks first" in text and "clear on none of 1 dataset(s)" in text
+    )
     assert "use **" not in text
     # A later sweep planning more seeds widens the cell's planned seeds.
     tracking.ensure_cell_runs(uri, "exp", cells[:1], {"neu": "surface defect"}, seeds={cells[0]: [3]})
@@ -187,12 +294,17 @@ def test_incomplete_cells_are_marked_in_every_table(tmp_path):
 
 
 def test_selection_val_scores_the_best_validation_seed_and_the_header_says_so():
-    rows = [_row("resnet50", s, test, selection="val", best_val_acc=val) for s, (val, test) in enumerate(((0.90, 0.85), (0.95, 0.80), (0.80, 0.99)))]
+    rows = [
+        _row("resnet50", s, test, selection="val", best_val_acc=val)
+        for s, (val, test) in enumerate(((0.90, 0.85), (0.95, 0.80), (0.80, 0.99)))
+    ]
     rows.append({**_row("resnet50", 3, 0.70, selection="val", best_val_acc=0.5), "capped": "AdamW"})
     (cell,) = summarize(rows)
     assert cell.best_of_3 == 0.80 and cell.selection == "val"  # not 0.99: the test split does not pick the seed
     header = header_lines([cell], rows)
-    assert header[0].startswith("Model selection: **val**") and "the seed with the best validation accuracy" in header[1]
+    assert (
+        header[0].startswith("Model selection: **val**") and "the seed with the best validation accuracy" in header[1]
+    )
     assert any("1 trial(s) hit the --max-epochs cap" in line for line in header)
 
 
@@ -214,4 +326,3 @@ def test_a_seed_the_budget_never_started_marks_the_recommendations_cell_incomple
     cells = {r.backbone: r.cell for r in rec.ranked}
     assert cells["swin_t"].n_planned == 2 and not cells["swin_t"].complete and cells["resnet50"].complete
     assert "Incomplete: swin_t 1/2 seeds" in rec.verdict and rec.not_run == ["swin_t/mine/1.0/1"]
-

@@ -16,9 +16,22 @@ from rayexp.recommend import build_recommendation, recommend
 
 
 def _row(backbone, seed, acc, fraction=1.0, **extra):
-    return {"key": f"{backbone}/mine/{fraction}/{seed}", "backbone": backbone, "dataset": "mine", "domain": "medical",
-            "fraction": fraction, "seed": seed, "status": "FINISHED", "best_test_acc": acc, "weights": "IMAGENET1K_V1",
-            "train_seconds": 360.0, "train_images_per_s": 900.0, "inference_images_per_s": 3000.0, "stopped_by": None, **extra}
+    return {
+        "key": f"{backbone}/mine/{fraction}/{seed}",
+        "backbone": backbone,
+        "dataset": "mine",
+        "domain": "medical",
+        "fraction": fraction,
+        "seed": seed,
+        "status": "FINISHED",
+        "best_test_acc": acc,
+        "weights": "IMAGENET1K_V1",
+        "train_seconds": 360.0,
+        "train_images_per_s": 900.0,
+        "inference_images_per_s": 3000.0,
+        "stopped_by": None,
+        **extra,
+    }
 
 
 def _verdict(rows, backbones=()):
@@ -28,13 +41,19 @@ def _verdict(rows, backbones=()):
 
 def test_ranking_is_the_reports_and_the_verdict_calls_a_tie_within_noise():
     rows = [_row("regnet_y_3_2gf", s, a, test_rows=600) for s, a in enumerate((0.90, 0.92, 0.91))]
-    rows += [_row("convnext_tiny", s, a, test_rows=600) for s, a in enumerate((0.89, 0.93, 0.905))]  # higher best, lower mean
+    rows += [
+        _row("convnext_tiny", s, a, test_rows=600) for s, a in enumerate((0.89, 0.93, 0.905))
+    ]  # higher best, lower mean
     rows += [_row("swin_t", s, a, test_rows=600) for s, a in enumerate((0.70, 0.72, 0.71))]
     ranked, text = _verdict(rows, ["regnet_y_3_2gf", "convnext_tiny", "swin_t", "resnet50"])
     # The paper's score, as in the sweep report: best of the seeds.
     assert [r.backbone for r in ranked] == ["convnext_tiny", "regnet_y_3_2gf", "swin_t", "resnet50"]
     assert [r.rank for r in ranked] == [1.0, 2.0, 3.0, None] and ranked[3].n_seeds == 0
-    assert ranked[0].mean == pytest.approx(0.9083333) and ranked[0].device_hours == pytest.approx(0.3) and ranked[0].params_m > 15
+    assert (
+        ranked[0].mean == pytest.approx(0.9083333)
+        and ranked[0].device_hours == pytest.approx(0.3)
+        and ranked[0].params_m > 15
+    )
     assert "are tied on mine" in text and "regnet_y_3_2gf" in text and "summary rule" in text and "Use " not in text
 
     clear = [_row("regnet_y_3_2gf", s, a, test_rows=600) for s, a in enumerate((0.90, 0.91, 0.905))]
@@ -58,23 +77,55 @@ def test_prior_sits_beside_the_measured_ranking():
 
 def test_learning_curves_and_files_from_a_real_mlflow_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    accs = {("shufflenet_v2_x2_0", 0.1): 0.60, ("shufflenet_v2_x2_0", 1.0): 0.90, ("regnet_y_3_2gf", 0.1): 0.55, ("regnet_y_3_2gf", 1.0): 0.93}
+    accs = {
+        ("shufflenet_v2_x2_0", 0.1): 0.60,
+        ("shufflenet_v2_x2_0", 1.0): 0.90,
+        ("regnet_y_3_2gf", 0.1): 0.55,
+        ("regnet_y_3_2gf", 1.0): 0.93,
+    }
     expected = [TrialKey(b, "mine", f, s) for (b, f) in accs for s in (0, 1)] + [TrialKey("swin_t", "mine", 1.0, 0)]
     for key in expected[:-1]:
-        tags = {"backbone": key.backbone, "dataset": "mine", "domain": "plant", "fraction": repr(key.fraction), "seed": str(key.seed)}
+        tags = {
+            "backbone": key.backbone,
+            "dataset": "mine",
+            "domain": "plant",
+            "fraction": repr(key.fraction),
+            "seed": str(key.seed),
+        }
         run = tracking.TrialRun.open(uri, "my-data-mine", str(key), tags, {"weights": "IMAGENET1K_V1"})
         run.log_metrics({"test_images_per_s": 2500.0}, step=1)
-        run.finish({"best_test_acc": accs[(key.backbone, key.fraction)] + key.seed / 100, "train_seconds": 60.0, "epochs_run": 10})
-    paths = build_recommendation(uri, "my-data-mine", "mine", "plant", tmp_path / "out", expected=expected, check={"lines": ["data check of mine"]})
+        run.finish(
+            {
+                "best_test_acc": accs[(key.backbone, key.fraction)] + key.seed / 100,
+                "train_seconds": 60.0,
+                "epochs_run": 10,
+            }
+        )
+    paths = build_recommendation(
+        uri,
+        "my-data-mine",
+        "mine",
+        "plant",
+        tmp_path / "out",
+        expected=expected,
+        check={"lines": ["data check of mine"]},
+    )
 
     with open(paths["ranking"]) as handle:
         ranking = list(csv.DictReader(handle))
     assert [r["backbone"] for r in ranking] == ["regnet_y_3_2gf", "shufflenet_v2_x2_0", "swin_t"]
-    assert ranking[0]["rank"] == "1" and ranking[2]["rank"] == "" and float(ranking[0]["inference_images_per_s"]) == 2500.0
+    assert (
+        ranking[0]["rank"] == "1" and ranking[2]["rank"] == "" and float(ranking[0]["inference_images_per_s"]) == 2500.0
+    )
     with open(paths["learning_curves"]) as handle:
         curves = {(r["backbone"], float(r["fraction"])): float(r["mean"]) for r in csv.DictReader(handle) if r["mean"]}
-    assert curves[("shufflenet_v2_x2_0", 0.1)] == pytest.approx(0.605) and curves[("regnet_y_3_2gf", 1.0)] == pytest.approx(0.935)
+    assert curves[("shufflenet_v2_x2_0", 0.1)] == pytest.approx(0.605) and curves[
+        ("regnet_y_3_2gf", 1.0)
+    ] == pytest.approx(0.935)
     assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rec = json.loads(paths["json"].read_text())
     assert rec["not_run"] == ["swin_t/mine/1.0/0"] and rec["fraction"] == 1.0
-    assert "Accuracy vs training-set size" in paths["markdown"].read_text() and "data check of mine" in paths["html"].read_text()
+    assert (
+        "Accuracy vs training-set size" in paths["markdown"].read_text()
+        and "data check of mine" in paths["html"].read_text()
+    )

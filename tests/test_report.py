@@ -7,12 +7,26 @@ from rayexp.report import markdown_table, summarize, write_report
 
 
 def _row(backbone, seed, acc, status="FINISHED", fraction=1.0):
-    return {"backbone": backbone, "dataset": "digits", "domain": "handwriting", "fraction": fraction, "seed": seed,
-            "status": status, "best_test_acc": acc, "weights": "random"}
+    return {
+        "backbone": backbone,
+        "dataset": "digits",
+        "domain": "handwriting",
+        "fraction": fraction,
+        "seed": seed,
+        "status": status,
+        "best_test_acc": acc,
+        "weights": "random",
+    }
 
 
 def test_best_of_three_mean_and_std():
-    rows = [_row("a", 0, 0.5), _row("a", 1, 0.7), _row("a", 2, 0.6), _row("b", 0, 0.9), _row("b", 1, None, status="FAILED")]
+    rows = [
+        _row("a", 0, 0.5),
+        _row("a", 1, 0.7),
+        _row("a", 2, 0.6),
+        _row("b", 0, 0.9),
+        _row("b", 1, None, status="FAILED"),
+    ]
     summaries = {s.backbone: s for s in summarize(rows)}
     a, b = summaries["a"], summaries["b"]
     assert a.best_of_3 == 0.7 and a.mean == pytest.approx(0.6) and a.std == pytest.approx(0.1) and a.n_seeds == 3
@@ -28,24 +42,51 @@ def test_missing_cells_are_missing_not_zero(tmp_path):
     paths = write_report(summaries, tmp_path)
     with open(paths["csv"]) as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["backbone", "dataset", "domain", "fraction", "best_of_3", "mean", "std", "n_seeds", "n_planned", "n_stopped",
-                             "n_capped", "complete", "chance", "above_chance"]
+    assert list(rows[0]) == [
+        "backbone",
+        "dataset",
+        "domain",
+        "fraction",
+        "best_of_3",
+        "mean",
+        "std",
+        "n_seeds",
+        "n_planned",
+        "n_stopped",
+        "n_capped",
+        "complete",
+        "chance",
+        "above_chance",
+    ]
     c_row = [r for r in rows if r["backbone"] == "c"][0]
-    assert c_row["best_of_3"] == "" and c_row["n_seeds"] == "0" and c_row["n_planned"] == "1" and c_row["complete"] == "False"
+    assert (
+        c_row["best_of_3"] == ""
+        and c_row["n_seeds"] == "0"
+        and c_row["n_planned"] == "1"
+        and c_row["complete"] == "False"
+    )
     assert "shown as missing" in paths["markdown"].read_text()
 
 
 def _marked(backbone, seed, acc, data="d1", protocol="p1", start=0, dataset="digits"):
-    return {**_row(backbone, seed, acc), "dataset": dataset, "data_fingerprint": f"sha256:{data}", "protocol_fingerprint": f"sha256:{protocol}",
-            "start_time": start, "run_id": f"{backbone}{seed}{start}"}
+    return {
+        **_row(backbone, seed, acc),
+        "dataset": dataset,
+        "data_fingerprint": f"sha256:{data}",
+        "protocol_fingerprint": f"sha256:{protocol}",
+        "start_time": start,
+        "run_id": f"{backbone}{seed}{start}",
+    }
 
 
 def test_results_of_other_data_or_protocol_are_left_out_and_said():
     from rayexp.results import current_results
 
     rows = [
-        _marked("a", 0, 0.50, data="old", start=1), _marked("a", 1, 0.99, data="old", start=2),  # before prepare --force
-        _marked("a", 2, 0.70, data="new", start=3), _marked("b", 0, 0.60, data="new", start=4),
+        _marked("a", 0, 0.50, data="old", start=1),
+        _marked("a", 1, 0.99, data="old", start=2),  # before prepare --force
+        _marked("a", 2, 0.70, data="new", start=3),
+        _marked("b", 0, 0.60, data="new", start=4),
         _marked("b", 1, 0.95, protocol="p0", data="new", start=0),  # another protocol, older
         _marked("c", 0, 0.80, dataset="dtd", data="x", start=5),
         {**_row("d", 0, 0.9)},  # an older rayexp's run, no fingerprint

@@ -23,8 +23,22 @@ def _sweep_store(tmp_path):
     for backbone, values in accs.items():
         for seed, acc in enumerate(values):
             key = TrialKey(backbone, "dtd", 1.0, seed)
-            tags = {"backbone": backbone, "dataset": "dtd", "domain": "texture", "fraction": "1.0", "seed": str(seed), "accelerator": "cpu"}
-            run = tracking.TrialRun.open(uri, "exp", str(key), tags, {"weights": "IMAGENET1K_V1"}, parent_run_id=parents[tracking.cell_name(backbone, "dtd", 1.0)])
+            tags = {
+                "backbone": backbone,
+                "dataset": "dtd",
+                "domain": "texture",
+                "fraction": "1.0",
+                "seed": str(seed),
+                "accelerator": "cpu",
+            }
+            run = tracking.TrialRun.open(
+                uri,
+                "exp",
+                str(key),
+                tags,
+                {"weights": "IMAGENET1K_V1"},
+                parent_run_id=parents[tracking.cell_name(backbone, "dtd", 1.0)],
+            )
             run.log_metrics({"test_acc": acc, "train_images_per_s": 100.0 + seed}, step=1)
             run.finish({"best_test_acc": acc, "train_seconds": 36.0})
         update_cell_summary(uri, "exp", backbone, "dtd", 1.0)
@@ -36,9 +50,14 @@ def test_parents_hold_best_of_three_and_the_report_shows_missing_cells(tmp_path)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    children = client.search_runs([client.get_experiment_by_name("exp").experiment_id], f"tags.`mlflow.parentRunId` = '{parents['swin_t/dtd/1.0']}'")
+    children = client.search_runs(
+        [client.get_experiment_by_name("exp").experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parents['swin_t/dtd/1.0']}'",
+    )
     assert len(children) == 3
-    assert client.get_run(parents["swin_t/dtd/1.0"]).data.metrics["best_of_3"] == max(c.data.metrics["best_test_acc"] for c in children)
+    assert client.get_run(parents["swin_t/dtd/1.0"]).data.metrics["best_of_3"] == max(
+        c.data.metrics["best_test_acc"] for c in children
+    )
     assert "best_of_3" not in client.get_run(parents["convnext_tiny/dtd/1.0"]).data.metrics
 
     paths = build_report(uri, "exp", tmp_path / "out")
@@ -59,9 +78,18 @@ def test_parents_hold_best_of_three_and_the_report_shows_missing_cells(tmp_path)
     text = build_report(uri, "exp", tmp_path / "out2", log_to_mlflow=False)["report_md"].read_text()
     assert "6 finished run(s) left out: they record no fingerprint" in text and "**swin_t**" not in text
     # the summary run holds the report
-    summary = [r for r in client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`rayexp.kind` = 'summary'")]
+    summary = [
+        r
+        for r in client.search_runs(
+            [client.get_experiment_by_name("exp").experiment_id], "tags.`rayexp.kind` = 'summary'"
+        )
+    ]
     assert len(summary) == 1
-    assert {a.path for a in client.list_artifacts(summary[0].info.run_id, "report")} >= {"report/report.html", "report/summary.csv", "report/report.md"}
+    assert {a.path for a in client.list_artifacts(summary[0].info.run_id, "report")} >= {
+        "report/report.html",
+        "report/summary.csv",
+        "report/report.md",
+    }
 
 
 def _chromium() -> str | None:
@@ -79,16 +107,28 @@ def test_html_report_renders_in_a_real_headless_browser(tmp_path):
         pytest.skip("chromium not installed (apt-get install chromium; .ci/run installs it)")
     uri, _ = _sweep_store(tmp_path)
     paths = build_report(uri, "exp", tmp_path / "out", log_to_mlflow=False)
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-             f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     url = paths["html"].as_uri()
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert "<td class=\"top1\">72.00 (70.33 ± 1.53)</td>" in dom.stdout
+    assert '<td class="top1">72.00 (70.33 ± 1.53)</td>' in dom.stdout
     assert "missing" in dom.stdout and "Recommendation" in dom.stdout and "swin_t" in dom.stdout
     shot = tmp_path / "shot.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,1400", url], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1200,1400", url], capture_output=True, timeout=120, check=True
+    )
     image = Image.open(shot).convert("L")
     assert image.size == (1200, 1400)
     assert len(image.getcolors(maxcolors=256 * 256) or []) > 20  # text and table borders, not a blank page

@@ -62,7 +62,9 @@ def test_digits_round_trip(digits_dir):
     expected = np.clip(np.round(source[row["id"]].image * 1.0), 0, 255)
     assert np.array_equal(pixels[..., 0], expected.astype(np.uint8)) and row["label"] == source[row["id"]].label
     # stratified 80/20: each class's test share is 20% +- one image
-    for c, (n_train, n_test) in enumerate(zip(manifest["splits"]["train"]["class_counts"], manifest["splits"]["test"]["class_counts"])):
+    for c, (n_train, n_test) in enumerate(
+        zip(manifest["splits"]["train"]["class_counts"], manifest["splits"]["test"]["class_counts"])
+    ):
         assert abs(n_test - 0.2 * (n_train + n_test)) <= 1, c
     mean = manifest["normalization"]["mean"]
     assert len(mean) == 3 and 0 < mean[0] < 1 and mean[0] == mean[1] == mean[2]  # grayscale stored as RGB
@@ -85,9 +87,15 @@ def test_fractions_are_stratified_nested_and_keep_one_per_class(digits_dir):
 # sha256 (first 16 hex digits) of the sorted ids of digits (seed 0) a fraction selects, as format 2 (stored
 # sorted by rank, pruned by rank) selected them: the stored order and the pruning bound changed, the rows must not.
 FORMAT_2_FRACTION_IDS = {
-    (0.01, "all"): (20, "df9f8b2f1c2dd18b"), (0.01, "train"): (10, "537d27f4d3047237"), (0.01, "val"): (10, "c9cd6cd508ccd679"),
-    (0.1, "all"): (149, "ad791a03c7a62718"), (0.1, "train"): (130, "e44e3510b3859e6d"), (0.1, "val"): (19, "d6b2f2deb21f1540"),
-    (1.0, "all"): (1438, "4c23c56cbaf3d528"), (1.0, "train"): (1295, "4073ab76cb025193"), (1.0, "val"): (143, "84d4e6e99aad3241"),
+    (0.01, "all"): (20, "df9f8b2f1c2dd18b"),
+    (0.01, "train"): (10, "537d27f4d3047237"),
+    (0.01, "val"): (10, "c9cd6cd508ccd679"),
+    (0.1, "all"): (149, "ad791a03c7a62718"),
+    (0.1, "train"): (130, "e44e3510b3859e6d"),
+    (0.1, "val"): (19, "d6b2f2deb21f1540"),
+    (1.0, "all"): (1438, "4c23c56cbaf3d528"),
+    (1.0, "train"): (1295, "4073ab76cb025193"),
+    (1.0, "val"): (143, "84d4e6e99aad3241"),
 }
 
 
@@ -157,7 +165,9 @@ def test_modes_are_converted_to_rgb(tmp_path):
     Image.new("CMYK", (12, 12), (0, 255, 0, 0)).save(buf, format="JPEG")
     palette = Image.new("P", (12, 12), 3)
     records = [SourceRecord(gray16, 0, "g"), SourceRecord(buf.getvalue(), 1, "cmyk"), SourceRecord(palette, 2, "p")] * 3
-    records = [SourceRecord(r.image, r.label, f"{r.id}{i}", "train" if i < 6 else "test") for i, r in enumerate(records)]
+    records = [
+        SourceRecord(r.image, r.label, f"{r.id}{i}", "train" if i < 6 else "test") for i, r in enumerate(records)
+    ]
     write_dataset(tmp_path, _tiny_info(), Source(["a", "b", "c"], records, "given"))
     for data in read_split(tmp_path, "tiny", "train")["image"].to_pylist():
         assert decode_image(data).shape == (12, 12, 3)
@@ -191,7 +201,9 @@ def test_idempotent_unless_forced(tmp_path):
     first = write_dataset(tmp_path, _tiny_info(), source)
     with pytest.raises(RayexpError, match="already prepared.*--force"):
         write_dataset(tmp_path, _tiny_info(), source)
-    second = write_dataset(tmp_path, _tiny_info(), Source(["a", "b", "c"], _records(), "test", test_fraction=0.3), force=True)
+    second = write_dataset(
+        tmp_path, _tiny_info(), Source(["a", "b", "c"], _records(), "test", test_fraction=0.3), force=True
+    )
     assert first["splits"] == second["splits"]
     assert _listing(tmp_path) == ["tiny"]
     assert json.loads((tmp_path / "tiny" / "manifest.json").read_text())["splits"] == second["splits"]
@@ -242,11 +254,15 @@ def test_a_format_2_dataset_is_refused_by_readers_and_prepared_again(digits_dir,
     shutil.copytree(digits_dir / "digits", data / "digits")
     _as_format_2(data / "digits")
     old = json.loads((data / "digits" / MANIFEST).read_text())
-    with pytest.raises(RayexpError, match=r"has shard format 2, this rayexp reads 3; .*python datasets/prepare.py digits --force"):
+    with pytest.raises(
+        RayexpError, match=r"has shard format 2, this rayexp reads 3; .*python datasets/prepare.py digits --force"
+    ):
         load_manifest(data, "digits")
     with pytest.raises(RayexpError, match="no position column .*python datasets/prepare.py digits --force"):
         verify_dataset(data / "digits", old)
-    old_train = pa.concat_tables(pq.read_table(data / "digits" / rel) for rel in old["splits"]["train"]["files"]).to_pydict()
+    old_train = pa.concat_tables(
+        pq.read_table(data / "digits" / rel) for rel in old["splits"]["train"]["files"]
+    ).to_pydict()
 
     spec = importlib.util.spec_from_file_location("prepare_cli", REPO / "datasets" / "prepare.py")
     cli = importlib.util.module_from_spec(spec)
@@ -263,7 +279,11 @@ def test_a_format_2_dataset_is_refused_by_readers_and_prepared_again(digits_dir,
     # the same rows in every fraction as the format-2 copy's rank rule gave
     counts = manifest["splits"]["train"]["class_counts"]
     for fraction in (0.01, 0.1, 1.0):
-        before = {i for i, c, r in zip(old_train["id"], old_train["label"], old_train["rank"]) if r < fraction_count(counts[c], fraction)}
+        before = {
+            i
+            for i, c, r in zip(old_train["id"], old_train["label"], old_train["rank"])
+            if r < fraction_count(counts[c], fraction)
+        }
         assert set(read_split(data, "digits", "train", fraction, columns=["id"])["id"].to_pylist()) == before
     assert cli.main(["digits", "--data-dir", str(data), "--workers", "1"]) == 0
     assert "already prepared" in capsys.readouterr().out
@@ -282,7 +302,9 @@ def test_verification_checks_positions_and_their_order(digits_dir, tmp_path):
     counts = np.array(manifest["splits"]["train"]["class_counts"])
     off = table["rank"].to_numpy() / counts[table["label"].to_numpy()]  # rank / n, not (rank + 0.5) / n: still sorted
     rewrite(table.set_column(table.schema.get_field_index("position"), "position", pa.array(off)))
-    with pytest.raises(RayexpError, match=r"train split .*position is not \(rank \+ 0.5\) / its class's count; .*--force"):
+    with pytest.raises(
+        RayexpError, match=r"train split .*position is not \(rank \+ 0.5\) / its class's count; .*--force"
+    ):
         verify_dataset(folder, manifest, checksums=False)
     rewrite(table.take(pa.array(np.arange(table.num_rows)[::-1])))
     with pytest.raises(RayexpError, match=r"train split .*not in stratified order.*--force"):

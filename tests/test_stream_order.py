@@ -41,7 +41,13 @@ def imbalanced_dir(tmp_path_factory):
     ]
     info = DatasetInfo(NAME, NAME, "test", 3, 0, 0, "test", "given", input_size=(8, 8), augment=False, encoding="png")
     data_dir = tmp_path_factory.mktemp("imbalanced")
-    write_dataset(data_dir, info, Source(["major", "middle", "minor"], records, "given"), row_group_rows=ROW_GROUP_ROWS, quiet=True)
+    write_dataset(
+        data_dir,
+        info,
+        Source(["major", "middle", "minor"], records, "given"),
+        row_group_rows=ROW_GROUP_ROWS,
+        quiet=True,
+    )
     return data_dir
 
 
@@ -104,9 +110,14 @@ def test_a_streamed_epoch_keeps_the_class_mix_all_the_way_through(ray_local, imb
         datasets, cached = build_trial_datasets(imbalanced_dir, manifest, 1.0, "test", cache_bytes=0)
         assert not cached and set(datasets) == {"train", "test"}
         batches = TrialBatches(
-            {name: ds.iterator() for name, ds in datasets.items()}, batch_size=32, seed=0,
-            normalize=Normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"], torch.device("cpu")),
-            augment=False, shuffle_buffer=100,  # the trial's 1,024 rows are ~5% of RSNA's 21k; 100 is ~7% of these
+            {name: ds.iterator() for name, ds in datasets.items()},
+            batch_size=32,
+            seed=0,
+            normalize=Normalizer(
+                manifest["normalization"]["mean"], manifest["normalization"]["std"], torch.device("cpu")
+            ),
+            augment=False,
+            shuffle_buffer=100,  # the trial's 1,024 rows are ~5% of RSNA's 21k; 100 is ~7% of these
         )
         labels = np.concatenate([y.numpy() for _, y in batches.train(0)])
     finally:

@@ -50,8 +50,15 @@ def _assert_predictions_match(client, row: dict, data_dir: Path, folder: Path) -
 
 def _argv(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
     return [
-        "--data-dir", str(data_dir), "--storage", str(tmp_path / "storage"),
-        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--out", str(tmp_path / "report"), *extra,
+        "--data-dir",
+        str(data_dir),
+        "--storage",
+        str(tmp_path / "storage"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--out",
+        str(tmp_path / "report"),
+        *extra,
     ]
 
 
@@ -89,16 +96,27 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_d
     for key, row in rows.items():
         _assert_predictions_match(client, row, digits_dir, tmp_path / "predictions" / key.replace("/", "-"))
         trial = client.get_run(row["run_id"])
-        assert float(trial.data.params["test_majority_rate"]) == pytest.approx(max(test_split["class_counts"]) / test_split["rows"])
+        assert float(trial.data.params["test_majority_rate"]) == pytest.approx(
+            max(test_split["class_counts"]) / test_split["rows"]
+        )
         assert "AdamW" in trial.data.tags[tracking.CAPPED_TAG].split(",")  # 2 AdamW epochs can't exhaust patience 2
     run = client.get_run(rows["mobilenet_v3_large/digits/0.1/0"]["run_id"])
-    assert run.data.tags["dataset"] == "digits" and run.data.tags["seed"] == "0" and run.data.params["batch_size"] == "64"
+    assert (
+        run.data.tags["dataset"] == "digits" and run.data.tags["seed"] == "0" and run.data.params["batch_size"] == "64"
+    )
     assert run.data.tags["ray_trial_id"] and run.data.tags["node_ip"] and run.data.tags["accelerator"] == "cpu"
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.json", "history.csv", "confusion_matrix.png"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        "config.json",
+        "history.csv",
+        "confusion_matrix.png",
+    }
     # Nested under its cell's parent, which holds the best of its seeds.
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["cell"] == "mobilenet_v3_large/digits/0.1"
-    assert parent.data.metrics["best_of_3"] == rows["mobilenet_v3_large/digits/0.1/0"]["best_test_acc"] and parent.data.metrics["n_seeds"] == 1
+    assert (
+        parent.data.metrics["best_of_3"] == rows["mobilenet_v3_large/digits/0.1/0"]["best_test_acc"]
+        and parent.data.metrics["n_seeds"] == 1
+    )
     assert (tmp_path / "report" / "report.html").is_file()
     assert (tmp_path / "report" / "summary.csv").read_text().count("\n") == 3
     # weights=IMAGENET1K_V2 means the worker loaded the planted file: with RAYEXP_OFFLINE=1 it cannot download.
@@ -112,7 +130,13 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_d
     # Another protocol, retrained in place: the key trains from the start, never from the old training's
     # finished checkpoint, which would report the old numbers under the new fingerprints.
     key = "shufflenet_v2_x2_0/digits/0.1/0"
-    assert main(DEFAULTS, _argv(tmp_path, digits_dir, "--backbones", "shufflenet_v2_x2_0", "--max-epochs", "1", "--retrain-changed")) == 0
+    assert (
+        main(
+            DEFAULTS,
+            _argv(tmp_path, digits_dir, "--backbones", "shufflenet_v2_x2_0", "--max-epochs", "1", "--retrain-changed"),
+        )
+        == 0
+    )
     assert "1 trial(s) were run from other data or settings" in capsys.readouterr().out
     (again,) = [r for r in tracking.fetch_trial_results(uri, "e2e") if r["key"] == key]
     assert again["run_id"] != rows[key]["run_id"] and again["epochs_run"] == 2
@@ -150,9 +174,26 @@ def test_asha_stops_a_clearly_worse_trial_early(ray_local, digits_dir, tmp_path,
     # From random init, ShuffleNetV2 learns digits within two epochs while MobileNetV3-Large's eval
     # accuracy stays at chance (its BatchNorm statistics lag): ASHA must stop MobileNet at a rung.
     argv = _argv(
-        tmp_path, digits_dir, "--experiment", "asha", "--backbones", "shufflenet_v2_x2_0", "mobilenet_v3_large",
-        "--fractions", "1.0", "--max-epochs", "4", "--patience", "4", "--no-dualopt",
-        "--scheduler", "asha", "--grace-period", "1", "--reduction-factor", "2",
+        tmp_path,
+        digits_dir,
+        "--experiment",
+        "asha",
+        "--backbones",
+        "shufflenet_v2_x2_0",
+        "mobilenet_v3_large",
+        "--fractions",
+        "1.0",
+        "--max-epochs",
+        "4",
+        "--patience",
+        "4",
+        "--no-dualopt",
+        "--scheduler",
+        "asha",
+        "--grace-period",
+        "1",
+        "--reduction-factor",
+        "2",
     )
     assert main(DEFAULTS, argv) == 0
     out = capsys.readouterr().out
@@ -172,8 +213,17 @@ def test_asha_stops_a_clearly_worse_trial_early(ray_local, digits_dir, tmp_path,
 @pytest.mark.slow
 def test_selection_val_holds_out_training_rows_and_logs_both(ray_local, digits_dir, tmp_path):
     argv = _argv(
-        tmp_path, digits_dir, "--experiment", "val", "--backbones", "shufflenet_v2_x2_0",
-        "--max-epochs", "2", "--no-dualopt", "--selection", "val",
+        tmp_path,
+        digits_dir,
+        "--experiment",
+        "val",
+        "--backbones",
+        "shufflenet_v2_x2_0",
+        "--max-epochs",
+        "2",
+        "--no-dualopt",
+        "--selection",
+        "val",
     )
     assert main(DEFAULTS, argv) == 0
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -209,9 +259,20 @@ def test_sweep_logs_to_a_real_mlflow_server_over_http(ray_local, digits_dir, tmp
 
     port = _free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -221,7 +282,17 @@ def test_sweep_logs_to_a_real_mlflow_server_over_http(ray_local, digits_dir, tmp
                     break
             except OSError:
                 time.sleep(0.5)
-        argv = _argv(tmp_path, digits_dir, "--experiment", "http", "--backbones", "shufflenet_v2_x2_0", "--max-epochs", "1", "--no-dualopt")
+        argv = _argv(
+            tmp_path,
+            digits_dir,
+            "--experiment",
+            "http",
+            "--backbones",
+            "shufflenet_v2_x2_0",
+            "--max-epochs",
+            "1",
+            "--no-dualopt",
+        )
         argv[argv.index("--tracking-uri") + 1] = uri
         assert main(DEFAULTS, argv) == 0
         (row,) = tracking.fetch_trial_results(uri, "http")
@@ -230,13 +301,29 @@ def test_sweep_logs_to_a_real_mlflow_server_over_http(ray_local, digits_dir, tmp
 
         client = MlflowClient(uri)
         assert client.get_run(row["run_id"]).info.artifact_uri.startswith("mlflow-artifacts:")  # served by the server
-        assert {a.path for a in client.list_artifacts(row["run_id"])} >= {"history.csv", "confusion_matrix.png", "config.json"}
+        assert {a.path for a in client.list_artifacts(row["run_id"])} >= {
+            "history.csv",
+            "confusion_matrix.png",
+            "config.json",
+        }
         history = Path(client.download_artifacts(row["run_id"], "history.csv", str(tmp_path)))
         assert history.read_text().splitlines()[0].startswith("epoch,phase,")
         # the report is rebuilt from the server alone
         out = subprocess.run(
-            [sys.executable, "sweeps/report.py", "--experiment", "http", "--tracking-uri", uri, "--out", str(tmp_path / "rebuilt")],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "sweeps/report.py",
+                "--experiment",
+                "http",
+                "--tracking-uri",
+                uri,
+                "--out",
+                str(tmp_path / "rebuilt"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert out.returncode == 0, out.stderr[-2000:]
         assert "shufflenet_v2_x2_0" in (tmp_path / "rebuilt" / "summary.csv").read_text()
@@ -265,7 +352,9 @@ def test_a_worker_killed_mid_trial_resumes_into_the_same_run(ray_local, digits_d
             try:
                 rows = tracking.fetch_trial_results(uri, "retry")
                 if rows and tracking.metric_history(uri, rows[0]["run_id"], "test_acc"):
-                    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                    workers = list_actors(
+                        address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+                    )
                     if workers:
                         os.kill(workers[0].pid, signal.SIGKILL)
                         killed["pid"] = workers[0].pid
@@ -276,7 +365,19 @@ def test_a_worker_killed_mid_trial_resumes_into_the_same_run(ray_local, digits_d
 
     thread = threading.Thread(target=kill_after_first_epoch, daemon=True)
     thread.start()
-    argv = _argv(tmp_path, digits_dir, "--experiment", "retry", "--backbones", "shufflenet_v2_x2_0", "--max-epochs", "4", "--patience", "4", "--no-dualopt")
+    argv = _argv(
+        tmp_path,
+        digits_dir,
+        "--experiment",
+        "retry",
+        "--backbones",
+        "shufflenet_v2_x2_0",
+        "--max-epochs",
+        "4",
+        "--patience",
+        "4",
+        "--no-dualopt",
+    )
     assert main(DEFAULTS, argv) == 0
     thread.join(timeout=5)
     assert "pid" in killed, f"the worker was never killed: {errors[-3:]}"
@@ -288,7 +389,11 @@ def test_a_worker_killed_mid_trial_resumes_into_the_same_run(ray_local, digits_d
 
     run = MlflowClient(uri).get_run(row["run_id"])
     assert run.data.tags["attempts"] == "2"
-    history = (Path(MlflowClient(uri).download_artifacts(row["run_id"], "history.csv", str(tmp_path)))).read_text().splitlines()
+    history = (
+        (Path(MlflowClient(uri).download_artifacts(row["run_id"], "history.csv", str(tmp_path))))
+        .read_text()
+        .splitlines()
+    )
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4"]  # each epoch once: resumed, not redone
 
 
@@ -302,14 +407,31 @@ def test_killed_driver_resumes_only_unfinished_keys(ray_local, digits_dir, tmp_p
 
     from tests.conftest import REPO
 
-    extra = ["--experiment", "resume", "--backbones", "shufflenet_v2_x2_0", "--seeds", "0", "1",
-             "--max-epochs", "3", "--patience", "3", "--no-dualopt", "--batch-size", "16"]  # the same protocol both ways
+    extra = [
+        "--experiment",
+        "resume",
+        "--backbones",
+        "shufflenet_v2_x2_0",
+        "--seeds",
+        "0",
+        "1",
+        "--max-epochs",
+        "3",
+        "--patience",
+        "3",
+        "--no-dualopt",
+        "--batch-size",
+        "16",
+    ]  # the same protocol both ways
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # The sweep's driver in a process of its own (with its own local Ray), killed mid-sweep like a Ctrl-C'd
     # or rebooted head: the whole process group goes, Ray's processes included.
     driver = subprocess.Popen(
-        [sys.executable, "sweeps/demo.py", *_argv(tmp_path, digits_dir, *extra)], cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "sweeps/demo.py", *_argv(tmp_path, digits_dir, *extra)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 400
@@ -317,7 +439,11 @@ def test_killed_driver_resumes_only_unfinished_keys(ray_local, digits_dir, tmp_p
             try:
                 status = tracking.trial_statuses(uri, "resume")
                 second = [r for r in tracking.fetch_trial_results(uri, "resume") if r["seed"] == 1]
-                if status.get("shufflenet_v2_x2_0/digits/0.1/0") == "FINISHED" and second and tracking.metric_history(uri, second[0]["run_id"], "test_acc"):
+                if (
+                    status.get("shufflenet_v2_x2_0/digits/0.1/0") == "FINISHED"
+                    and second
+                    and tracking.metric_history(uri, second[0]["run_id"], "test_acc")
+                ):
                     break
             except Exception:  # the store is created by the driver a moment after it starts
                 pass
@@ -326,7 +452,10 @@ def test_killed_driver_resumes_only_unfinished_keys(ray_local, digits_dir, tmp_p
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(timeout=60)
-    assert tracking.trial_statuses(uri, "resume") == {"shufflenet_v2_x2_0/digits/0.1/0": "FINISHED", "shufflenet_v2_x2_0/digits/0.1/1": "RUNNING"}
+    assert tracking.trial_statuses(uri, "resume") == {
+        "shufflenet_v2_x2_0/digits/0.1/0": "FINISHED",
+        "shufflenet_v2_x2_0/digits/0.1/1": "RUNNING",
+    }
 
     assert main(DEFAULTS, _argv(tmp_path, digits_dir, *extra)) == 2  # no silent mixing with the old sweep
     assert "pass --resume" in capsys.readouterr().err

@@ -71,8 +71,14 @@ def uri(tmp_path: Path, empty_store: Path) -> str:
 def start(uri: str, folder: Path, mode: str, *experiments: str) -> subprocess.Popen:
     folder.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", CONTENDER, uri, str(folder), mode, *experiments], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CONTENDER, uri, str(folder), mode, *experiments],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_ready(folder: Path, n: int, timeout: float = 60) -> None:

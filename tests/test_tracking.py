@@ -50,8 +50,15 @@ def test_trial_selection_finished_errored_interrupted(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     keys = expand_grid(["resnet50"], ["dtd"], [1.0], [0, 1, 2, 3])
-    cfg = SweepConfig(keys=keys, experiment="exp", data_dir="", storage="", tracking_uri=uri, weights={"resnet50": "random"},
-                      data_fingerprints={"dtd": "sha256:" + "a" * 64})
+    cfg = SweepConfig(
+        keys=keys,
+        experiment="exp",
+        data_dir="",
+        storage="",
+        tracking_uri=uri,
+        weights={"resnet50": "random"},
+        data_fingerprints={"dtd": "sha256:" + "a" * 64},
+    )
     runs = [tracking.TrialRun.open(uri, "exp", str(k), {"seed": str(k.seed), **cfg.identity(k)}, {}) for k in keys[:3]]
     runs[0].finish({"best_test_acc": 0.5})
     runs[1].fail()  # errored; runs[2] stays RUNNING: its driver was killed
@@ -74,17 +81,30 @@ def _finished_sweep(tmp_path, **changes):
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     keys = expand_grid(["resnet50"], ["dtd"], [1.0], [0, 1])
-    old = SweepConfig(keys=keys, experiment="exp", data_dir="", storage="", tracking_uri=uri, weights={"resnet50": "pretrained"},
-                      data_fingerprints={"dtd": "sha256:" + "a" * 64}, max_epochs=100)
+    old = SweepConfig(
+        keys=keys,
+        experiment="exp",
+        data_dir="",
+        storage="",
+        tracking_uri=uri,
+        weights={"resnet50": "pretrained"},
+        data_fingerprints={"dtd": "sha256:" + "a" * 64},
+        max_epochs=100,
+    )
     for k in keys:
-        tracking.TrialRun.open(uri, "exp", str(k), {"seed": str(k.seed), **old.identity(k)}, {}).finish({"best_test_acc": 0.5})
+        tracking.TrialRun.open(uri, "exp", str(k), {"seed": str(k.seed), **old.identity(k)}, {}).finish(
+            {"best_test_acc": 0.5}
+        )
     return uri, replace(old, **changes)
 
 
 @pytest.mark.parametrize(
     "changes, said",
     [
-        ({"data_fingerprints": {"dtd": "sha256:" + "b" * 64}}, r"the data changed \(fingerprint aaaaaaaaaaaa -> bbbbbbbbbbbb\)"),
+        (
+            {"data_fingerprints": {"dtd": "sha256:" + "b" * 64}},
+            r"the data changed \(fingerprint aaaaaaaaaaaa -> bbbbbbbbbbbb\)",
+        ),
         ({"max_epochs": 4}, r"the protocol changed \(max_epochs_per_phase 100 -> 4\)"),
         ({"selection": "val", "precision": "bf16"}, r"precision 'auto' -> 'bf16', selection 'test' -> 'val'"),
         ({"batch_size": 7}, r"the batch size changed \(256 -> 7\)"),
@@ -124,8 +144,17 @@ def test_a_run_without_fingerprints_is_not_taken_as_done(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     (key,) = expand_grid(["resnet50"], ["dtd"], [1.0], [0])
-    tracking.TrialRun.open(uri, "exp", str(key), {"seed": "0"}, {}).finish({"best_test_acc": 0.9})  # an older rayexp's run
-    cfg = SweepConfig(keys=[key], experiment="exp", data_dir="", storage="", tracking_uri=uri, weights={"resnet50": "random"},
-                      data_fingerprints={"dtd": "sha256:" + "a" * 64})
+    tracking.TrialRun.open(uri, "exp", str(key), {"seed": "0"}, {}).finish(
+        {"best_test_acc": 0.9}
+    )  # an older rayexp's run
+    cfg = SweepConfig(
+        keys=[key],
+        experiment="exp",
+        data_dir="",
+        storage="",
+        tracking_uri=uri,
+        weights={"resnet50": "random"},
+        data_fingerprints={"dtd": "sha256:" + "a" * 64},
+    )
     with pytest.raises(RayexpError, match="records no fingerprint"):
         select_trials(cfg)

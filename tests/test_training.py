@@ -24,7 +24,9 @@ def _batches(x, y, bs, epoch=0):
 
 def _model(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
 
 
 def test_train_one_epoch_learns():
@@ -111,7 +113,9 @@ def _fit(model, cfg, x, y, checkpoint=None, stop_after=None):
         return _batches(x, y, 16, epoch + 100 * cfg.seed)
 
     try:
-        final = training.fit(model, train_batches, lambda: _batches(x[:48], y[:48], 16), cfg, CPU, 2, on_epoch, checkpoint)
+        final = training.fit(
+            model, train_batches, lambda: _batches(x[:48], y[:48], 16), cfg, CPU, 2, on_epoch, checkpoint
+        )
     except Stop:
         return seen, None, saved["ckpt"]
     return seen, final, saved["ckpt"]
@@ -127,7 +131,9 @@ def test_fit_resumes_exactly_from_a_checkpoint():
     keys = ["epoch", "phase", "lr", "train_loss", "train_acc", "test_acc", "best_acc", "epochs_without_improvement"]
     assert [{k: m[k] for k in keys} for m in first + rest] == [{k: m[k] for k in keys} for m in full]
     volatile = {"train_seconds", "history"}  # wall-clock times differ between runs
-    assert {k: v for k, v in resumed_final.items() if k not in volatile} == {k: v for k, v in final.items() if k not in volatile}
+    assert {k: v for k, v in resumed_final.items() if k not in volatile} == {
+        k: v for k, v in final.items() if k not in volatile
+    }
     assert [m["epoch"] for m in resumed_final["history"]] == [1, 2, 3, 4, 5, 6]
     assert final["switch_epoch"] == 3 and final["epochs_run"] == 6
     # The best epoch's predictions travel in the checkpoint: the same after a resume, wherever the best was.
@@ -246,7 +252,9 @@ def test_phases_that_hit_max_epochs_within_patience_are_capped():
 
 def test_a_phase_ended_by_patience_is_not_capped_even_at_max_epochs():
     torch.manual_seed(0)
-    frozen = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))  # lr 0 and no BatchNorm: the same accuracy every epoch
+    frozen = nn.Sequential(
+        nn.Flatten(), nn.Linear(3 * 8 * 8, 2)
+    )  # lr 0 and no BatchNorm: the same accuracy every epoch
     x, y = _data()
     cfg = training.TrainConfig(max_epochs=2, patience=1, lr=0.0, sgd_lr=0.0)
     history, final, _ = _fit(frozen, cfg, x, y)

@@ -75,9 +75,7 @@ def test_three_level_chain_matches_wavedec2(dtype: torch.dtype) -> None:
             for level, det in enumerate(levels, start=1):
                 bands = ref[4 - level]
                 for k in range(3):
-                    np.testing.assert_allclose(
-                        det[i, 3 * j + k].double().numpy(), bands[k], atol=TOL[dtype], rtol=0
-                    )
+                    np.testing.assert_allclose(det[i, 3 * j + k].double().numpy(), bands[k], atol=TOL[dtype], rtol=0)
 
 
 def test_haar_has_no_parameters_or_state() -> None:

@@ -14,8 +14,8 @@ neither has state, so key names are unchanged.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
 import torch
+from torch import Tensor, nn
 
 from .haar import HaarDWT2d
 
@@ -30,8 +30,7 @@ __all__ = [
 
 WAVEMIX_WEIGHTS_FILE = "wavemix_192_16_75.06.pth"
 WAVEMIX_WEIGHTS_URL = (
-    "https://huggingface.co/cloudwalker/wavemix/resolve/main/Saved_Models_Weights/ImageNet/"
-    "wavemix_192_16_75.06.pth"
+    "https://huggingface.co/cloudwalker/wavemix/resolve/main/Saved_Models_Weights/ImageNet/wavemix_192_16_75.06.pth"
 )
 
 #: Input sides must be multiples of this: the stem patchifies by 4 and each

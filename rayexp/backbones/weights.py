@@ -76,7 +76,9 @@ def missing_weights_fix(spec: BackboneSpec, weights_dir: str | os.PathLike | Non
     )
 
 
-def weights_status(spec: BackboneSpec, weights_dir: str | os.PathLike | None = None, probe_network: bool = True) -> WeightsStatus:
+def weights_status(
+    spec: BackboneSpec, weights_dir: str | os.PathLike | None = None, probe_network: bool = True
+) -> WeightsStatus:
     """Can the weights of ``spec`` be had: a local file, or a URL that answers?"""
     local = find_weights_file(spec, weights_dir)
     if local is not None:
@@ -84,10 +86,17 @@ def weights_status(spec: BackboneSpec, weights_dir: str | os.PathLike | None = N
     url = weights_url(spec)
     if probe_network and os.environ.get(OFFLINE_ENV) != "1" and url_reachable(url):
         return WeightsStatus(spec.name, True, url)
-    return WeightsStatus(spec.name, False, f"{spec.weights_file} is not cached and {url} cannot be reached", missing_weights_fix(spec, weights_dir))
+    return WeightsStatus(
+        spec.name,
+        False,
+        f"{spec.weights_file} is not cached and {url} cannot be reached",
+        missing_weights_fix(spec, weights_dir),
+    )
 
 
-_DENSENET_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def _normalise_keys(spec: BackboneSpec, state_dict: dict) -> dict:

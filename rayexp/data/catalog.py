@@ -45,30 +45,103 @@ CATALOG: dict[str, DatasetInfo] = {
     info.name: info
     for info in [
         _paper("cifar10", "CIFAR-10", "natural", 10, 50_000, 10_000, "cifar", "official", encoding="png"),
-        _paper("cifar100", "CIFAR-100", "natural", 100, 50_000, 10_000, "cifar", "official, fine labels", encoding="png"),
-        _paper("tiny_imagenet", "Tiny ImageNet", "natural", 200, 100_000, 10_000, "tiny_imagenet", "official train; val as test"),
+        _paper(
+            "cifar100", "CIFAR-100", "natural", 100, 50_000, 10_000, "cifar", "official, fine labels", encoding="png"
+        ),
+        _paper(
+            "tiny_imagenet",
+            "Tiny ImageNet",
+            "natural",
+            200,
+            100_000,
+            10_000,
+            "tiny_imagenet",
+            "official train; val as test",
+        ),
         _paper("stanford_dogs", "Stanford Dogs", "natural", 120, 12_000, 8_580, "stanford_dogs", "official lists"),
         _paper("flowers102", "Flowers-102", "natural", 102, 2_040, 6_149, "flowers102", "train+val vs test"),
         _paper("cub200", "CUB-200-2011", "natural", 200, 5_994, 5_794, "cub200", "official"),
-        _paper("stanford_cars", "Stanford Cars", "natural", 196, 8_144, 8_041, "stanford_cars", "official", local_only=True),
+        _paper(
+            "stanford_cars", "Stanford Cars", "natural", 196, 8_144, 8_041, "stanford_cars", "official", local_only=True
+        ),
         _paper("food101", "Food-101", "natural", 101, 75_750, 25_250, "food101", "official"),
         _paper("dtd", "DTD", "texture", 47, 1_880, 1_880, "dtd", "partition 1"),
-        _paper("neu", "NEU surface defect", "surface defect", 6, 1_200, 600, "neu", "stratified 200/100 per class", local_only=True, encoding="png"),
-        _paper("ucmerced", "UC Merced Land Use", "remote sensing", 21, 1_680, 420, "ucmerced", "stratified 80/20", encoding="png"),
+        _paper(
+            "neu",
+            "NEU surface defect",
+            "surface defect",
+            6,
+            1_200,
+            600,
+            "neu",
+            "stratified 200/100 per class",
+            local_only=True,
+            encoding="png",
+        ),
+        _paper(
+            "ucmerced",
+            "UC Merced Land Use",
+            "remote sensing",
+            21,
+            1_680,
+            420,
+            "ucmerced",
+            "stratified 80/20",
+            encoding="png",
+        ),
         _paper("eurosat", "EuroSAT (RGB)", "remote sensing", 10, 18_900, 8_100, "eurosat", "stratified 70/30"),
         _paper("plantvillage", "PlantVillage", "plant", 39, 44_343, 11_105, "plantvillage", "stratified 80/20"),
-        _paper("plantclef", "PlantCLEF (subset)", "plant", 20, 10_455, 1_135, "folder", "given folders", local_only=True),
-        _paper("galaxy10", "Galaxy10 DECals", "astronomy", 10, 15_962, 1_774, "galaxy10", "stratified 90/10", augment=False, encoding="png"),
+        _paper(
+            "plantclef", "PlantCLEF (subset)", "plant", 20, 10_455, 1_135, "folder", "given folders", local_only=True
+        ),
+        _paper(
+            "galaxy10",
+            "Galaxy10 DECals",
+            "astronomy",
+            10,
+            15_962,
+            1_774,
+            "galaxy10",
+            "stratified 90/10",
+            augment=False,
+            encoding="png",
+        ),
         _paper("breakhis_40x", "BreakHis 40x", "medical", 2, 1_398, 606, "breakhis", "by patient, ~70/30", **_BREAKHIS),
-        _paper("breakhis_100x", "BreakHis 100x", "medical", 2, 1_458, 632, "breakhis", "by patient, ~70/30", **_BREAKHIS),
-        _paper("breakhis_200x", "BreakHis 200x", "medical", 2, 1_411, 611, "breakhis", "by patient, ~70/30", **_BREAKHIS),
-        _paper("breakhis_400x", "BreakHis 400x", "medical", 2, 1_276, 553, "breakhis", "by patient, ~70/30", **_BREAKHIS),
-        _paper("rsna_pneumonia", "RSNA Pneumonia", "medical", 2, 24_181, 6_046, "rsna", "one row per patient, stratified 80/20", local_only=True, encoding="png"),
+        _paper(
+            "breakhis_100x", "BreakHis 100x", "medical", 2, 1_458, 632, "breakhis", "by patient, ~70/30", **_BREAKHIS
+        ),
+        _paper(
+            "breakhis_200x", "BreakHis 200x", "medical", 2, 1_411, 611, "breakhis", "by patient, ~70/30", **_BREAKHIS
+        ),
+        _paper(
+            "breakhis_400x", "BreakHis 400x", "medical", 2, 1_276, 553, "breakhis", "by patient, ~70/30", **_BREAKHIS
+        ),
+        _paper(
+            "rsna_pneumonia",
+            "RSNA Pneumonia",
+            "medical",
+            2,
+            24_181,
+            6_046,
+            "rsna",
+            "one row per patient, stratified 80/20",
+            local_only=True,
+            encoding="png",
+        ),
         # The bundled demo dataset: 1,797 real 8x8 digits from scikit-learn. Trained at 32x32 so that a
         # CPU-only demo finishes in minutes; no augmentation (it would only slow the demo down).
         DatasetInfo(
-            "digits", "scikit-learn digits", "handwriting", 10, 1_438, 359, "digits",
-            "stratified 80/20, seed 0", input_size=(32, 32), augment=False, encoding="png",
+            "digits",
+            "scikit-learn digits",
+            "handwriting",
+            10,
+            1_438,
+            359,
+            "digits",
+            "stratified 80/20, seed 0",
+            input_size=(32, 32),
+            augment=False,
+            encoding="png",
         ),
     ]
 }
@@ -81,9 +154,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
     try:
         return CATALOG[name]
     except KeyError:
-        raise RayexpError(
-            f"unknown dataset {name!r}; known datasets: {', '.join(CATALOG)}"
-        ) from None
+        raise RayexpError(f"unknown dataset {name!r}; known datasets: {', '.join(CATALOG)}") from None
 
 
 def default_data_dir() -> Path:

@@ -83,14 +83,19 @@ class DataCheck:
         out.append("  " + "total".ljust(width) + "".join(f"{sum(self.counts[s]):>8}" for s in splits))
         train = [n for n in self.counts.get("train", []) if n > 0]
         if train:
-            out.append(f"  largest/smallest training class: {max(train)}/{min(train)} = {max(train) / min(train):.1f}:1")
+            out.append(
+                f"  largest/smallest training class: {max(train)}/{min(train)} = {max(train) / min(train):.1f}:1"
+            )
         if self.sizes:
             out.append(
-                "  sizes (HxW): " + ", ".join(f"{k} {_hw(self.sizes[k])}" for k in ("min", "median", "max"))
+                "  sizes (HxW): "
+                + ", ".join(f"{k} {_hw(self.sizes[k])}" for k in ("min", "median", "max"))
                 + f"; trained at {_hw(self.input_size)}"
             )
         if self.modes:
-            out.append("  modes: " + ", ".join(f"{mode} {n}" for mode, n in sorted(self.modes.items(), key=lambda kv: -kv[1])))
+            out.append(
+                "  modes: " + ", ".join(f"{mode} {n}" for mode, n in sorted(self.modes.items(), key=lambda kv: -kv[1]))
+            )
         if not self.problems:
             out.append("  no problems found")
         else:
@@ -191,7 +196,9 @@ def check_source(
     splits = assign_splits(name, source, records, labels, seed)
 
     progress = _Progress(f"checking {name}", len(records), quiet)
-    results = list(parallel_map(_inspect_job, [(r.image, r.id) for r in records], workers or os.cpu_count() or 1, progress))
+    results = list(
+        parallel_map(_inspect_job, [(r.image, r.id) for r in records], workers or os.cpu_count() or 1, progress)
+    )
     ok = [i for i, res in enumerate(results) if res[0] is not None]
     unreadable = [records[i].id for i, res in enumerate(results) if res[0] is None]
 
@@ -212,12 +219,15 @@ def check_source(
 
     problems: list[Problem] = []
     if unreadable:
-        problems.append(Problem(
-            "unreadable", True,
-            f"{len(unreadable)} image(s) cannot be decoded, so preparation would stop on them: "
-            "fix or remove these files, or pass --accept-warnings to skip them",
-            unreadable,
-        ))
+        problems.append(
+            Problem(
+                "unreadable",
+                True,
+                f"{len(unreadable)} image(s) cannot be decoded, so preparation would stop on them: "
+                "fix or remove these files, or pass --accept-warnings to skip them",
+                unreadable,
+            )
+        )
     problems += _duplicates(records, splits, results, ok, source.classes)
     problems += _small_classes(records, counts, source.classes, fractions, selection)
     problems += _imbalance(records, splits, counts, source.classes)
@@ -245,26 +255,34 @@ def _duplicates(records, splits: list[str], results: list[tuple], ok: list[int],
     within = [g for g in dupes if len({splits[i] for i in g}) == 1]
     problems = []
     if across:
-        problems.append(Problem(
-            "duplicate_across_splits", True,
-            f"{len(across)} image(s) appear with identical pixels in more than one split "
-            f"({sum(len(g) for g in across)} files): the model is tested on images it trained on, which "
-            "inflates every backbone's test score; remove all but one copy of each"
-            + _labels_note(across, records, classes),
-            [records[i].id for g in across for i in g],
-        ))
+        problems.append(
+            Problem(
+                "duplicate_across_splits",
+                True,
+                f"{len(across)} image(s) appear with identical pixels in more than one split "
+                f"({sum(len(g) for g in across)} files): the model is tested on images it trained on, which "
+                "inflates every backbone's test score; remove all but one copy of each"
+                + _labels_note(across, records, classes),
+                [records[i].id for g in across for i in g],
+            )
+        )
     if within:
-        problems.append(Problem(
-            "duplicate_within_split", False,
-            f"{len(within)} image(s) appear more than once within one split ({sum(len(g) for g in within)} files): "
-            "they count twice in training or in the test score; remove the extra copies"
-            + _labels_note(within, records, classes),
-            [records[i].id for g in within for i in g],
-        ))
+        problems.append(
+            Problem(
+                "duplicate_within_split",
+                False,
+                f"{len(within)} image(s) appear more than once within one split ({sum(len(g) for g in within)} files): "
+                "they count twice in training or in the test score; remove the extra copies"
+                + _labels_note(within, records, classes),
+                [records[i].id for g in within for i in g],
+            )
+        )
     return problems
 
 
-def _small_classes(records, counts: dict[str, list[int]], classes: list[str], fractions: Sequence[float], selection: str) -> list[Problem]:
+def _small_classes(
+    records, counts: dict[str, list[int]], classes: list[str], fractions: Sequence[float], selection: str
+) -> list[Problem]:
     smallest = min(fractions)
     need = min_train_images(smallest, selection)
     train, test = counts.get("train", [0] * len(classes)), counts.get("test", [0] * len(classes))
@@ -277,14 +295,18 @@ def _small_classes(records, counts: dict[str, list[int]], classes: list[str], fr
             why = " (one to train on, one held out to validate)" if selection == "val" else ""
             reasons.append(
                 f"at fraction {smallest:g} with selection={selection} it needs at least {need} training images{why}: "
-                "add images, drop the class" + (", or use a larger fraction or --selection test" if selection == "val" else "")
+                "add images, drop the class"
+                + (", or use a larger fraction or --selection test" if selection == "val" else "")
             )
         if reasons:
-            problems.append(Problem(
-                "class_too_small", True,
-                f"class {name!r} has {train[label]} training and {test[label]} test images; " + "; ".join(reasons),
-                [r.id for r in records if r.label == label],
-            ))
+            problems.append(
+                Problem(
+                    "class_too_small",
+                    True,
+                    f"class {name!r} has {train[label]} training and {test[label]} test images; " + "; ".join(reasons),
+                    [r.id for r in records if r.label == label],
+                )
+            )
     return problems
 
 
@@ -296,13 +318,16 @@ def _imbalance(records, splits: list[str], counts: dict[str, list[int]], classes
     largest = max(range(len(train)), key=lambda c: train[c])
     minority = [c for c, n in enumerate(train) if 0 < n * IMBALANCE_RATIO < train[largest]]
     small = set(minority)
-    return [Problem(
-        "imbalance", False,
-        f"training classes range from {min(present)} to {train[largest]} images ({max(present) / min(present):.0f}:1; "
-        f"smallest {', '.join(repr(classes[c]) for c in minority[:5])}{', ...' if len(minority) > 5 else ''}, largest {classes[largest]!r}): "
-        "plain accuracy mostly reflects the large classes; add images to the small ones or read balanced accuracy",
-        [r.id for r, s in zip(records, splits) if s == "train" and r.label in small],
-    )]
+    return [
+        Problem(
+            "imbalance",
+            False,
+            f"training classes range from {min(present)} to {train[largest]} images ({max(present) / min(present):.0f}:1; "
+            f"smallest {', '.join(repr(classes[c]) for c in minority[:5])}{', ...' if len(minority) > 5 else ''}, largest {classes[largest]!r}): "
+            "plain accuracy mostly reflects the large classes; add images to the small ones or read balanced accuracy",
+            [r.id for r, s in zip(records, splits) if s == "train" and r.label in small],
+        )
+    ]
 
 
 def _small_images(records, results: list[tuple], ok: list[int], input_size: tuple[int, int]) -> list[Problem]:
@@ -321,7 +346,9 @@ def _small_images(records, results: list[tuple], ok: list[int], input_size: tupl
     return [Problem("small_images", False, message, [records[i].id for i in small])]
 
 
-def _mixed_modes(records, results: list[tuple], ok: list[int], modes: dict[str, int], classes: list[str]) -> list[Problem]:
+def _mixed_modes(
+    records, results: list[tuple], ok: list[int], modes: dict[str, int], classes: list[str]
+) -> list[Problem]:
     if len(modes) < 2:
         return []
     common = next(iter(modes))  # most common first

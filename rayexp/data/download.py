@@ -62,7 +62,9 @@ def verify_checksum(path: str | os.PathLike, checksum: str) -> None:
 def download(remote: RemoteFile, folder: str | os.PathLike, quiet: bool = False) -> Path:
     """Download ``remote`` into ``folder`` (kept if already there and verified); returns its path."""
     if remote.checksum is None:
-        raise RayexpError(f"{remote.filename} has no published checksum to verify a download against; download {remote.url} yourself and pass --source")
+        raise RayexpError(
+            f"{remote.filename} has no published checksum to verify a download against; download {remote.url} yourself and pass --source"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / remote.filename
@@ -82,12 +84,19 @@ def download(remote: RemoteFile, folder: str | os.PathLike, quiet: bool = False)
                 done += len(block)
                 if not quiet and sys.stderr.isatty():
                     share = f" ({100 * done / total:.0f}%)" if total else ""
-                    print(f"\rdownloading {remote.filename}: {done / 1e6:.1f} MB{share}", end="", file=sys.stderr, flush=True)
+                    print(
+                        f"\rdownloading {remote.filename}: {done / 1e6:.1f} MB{share}",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         if not quiet and sys.stderr.isatty():
             print(file=sys.stderr)
     except (urllib.error.URLError, OSError) as exc:
         partial.unlink(missing_ok=True)
-        raise RayexpError(f"downloading {remote.url} failed ({getattr(exc, 'reason', exc)}); download it yourself and pass --source") from None
+        raise RayexpError(
+            f"downloading {remote.url} failed ({getattr(exc, 'reason', exc)}); download it yourself and pass --source"
+        ) from None
     try:
         verify_checksum(partial, remote.checksum)
     except RayexpError:
@@ -153,8 +162,9 @@ class _Extractor:
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError:  # ELOOP for a symbolic link, ENOTDIR for a file: neither is entered
                     where = "/".join(parts[:depth])
-                    raise self.refuse(name, f"would go through {where!r}, which the target holds as a link or a file, "
-                                            "not a directory") from None
+                    raise self.refuse(
+                        name, f"would go through {where!r}, which the target holds as a link or a file, not a directory"
+                    ) from None
                 os.close(fd)
                 fd = child
             if parts not in self.checked:
@@ -233,8 +243,15 @@ def _extract_tar(archive: Path, extractor: _Extractor) -> None:
             elif member.issym():
                 raise extractor.refuse(name, f"is a symbolic link to {member.linkname!r} ({_LINKS_REFUSED})")
             else:
-                kind = ("a character device" if member.ischr() else "a block device" if member.isblk()
-                        else "a FIFO" if member.isfifo() else f"of tar type {member.type!r}")
+                kind = (
+                    "a character device"
+                    if member.ischr()
+                    else "a block device"
+                    if member.isblk()
+                    else "a FIFO"
+                    if member.isfifo()
+                    else f"of tar type {member.type!r}"
+                )
                 raise extractor.refuse(name, f"is {kind}, not a file or a directory")
 
 
@@ -294,8 +311,9 @@ def materialize(path: str | os.PathLike, work: str | os.PathLike) -> Path:
     return safe_extract(path, Path(work) / path.name.split(".")[0])
 
 
-
-def find_or_extract(root: Path, work: Path, archive: str, marker: str, url: str | None = None, checksum: str | None = None) -> Path:
+def find_or_extract(
+    root: Path, work: Path, archive: str, marker: str, url: str | None = None, checksum: str | None = None
+) -> Path:
     """The folder under which ``marker`` (a relative path) exists: ``root``, or ``work`` after extracting
     ``root/archive`` there (verifying ``checksum`` first when given).
 
@@ -312,7 +330,9 @@ def find_or_extract(root: Path, work: Path, archive: str, marker: str, url: str 
             return work
         raise RayexpError(f"{root / archive} does not contain {marker}; is it the right archive?")
     where = f" (download it from {url})" if url else ""
-    raise RayexpError(f"expected {archive} or its extracted {marker} in {root}{where}; point --source at the folder holding it")
+    raise RayexpError(
+        f"expected {archive} or its extracted {marker} in {root}{where}; point --source at the folder holding it"
+    )
 
 
 def tree_digest(files: list[Path], base: Path) -> str:
@@ -324,7 +344,9 @@ def tree_digest(files: list[Path], base: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def source_checksums(from_archive: bool, archive: str, checksum: str | None, files: list[Path], folder: Path, label: str) -> dict[str, str]:
+def source_checksums(
+    from_archive: bool, archive: str, checksum: str | None, files: list[Path], folder: Path, label: str
+) -> dict[str, str]:
     """What the manifest records about the source: the archive's published checksum when the archive was
     read, else a fingerprint of the extracted folder's ``files``."""
     if from_archive and checksum:
@@ -332,7 +354,9 @@ def source_checksums(from_archive: bool, archive: str, checksum: str | None, fil
     return {f"{label}/ ({len(files)} images)": tree_digest(files, folder)}
 
 
-def locate_dataset_folder(root: Path, work: Path, archive: str, folder: str, marker: str, url: str | None = None, checksum: str | None = None) -> tuple[Path, bool]:
+def locate_dataset_folder(
+    root: Path, work: Path, archive: str, folder: str, marker: str, url: str | None = None, checksum: str | None = None
+) -> tuple[Path, bool]:
     """A source's extracted ``folder`` and whether it came from the (verified) archive.
 
     ``--source`` may be that folder itself (``marker``, a path inside it, exists in ``root``), a folder

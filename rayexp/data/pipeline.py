@@ -28,7 +28,6 @@ import torch
 from rayexp.data.shards import position_bounds, rank_ranges, split_paths
 from rayexp.errors import RayexpError
 
-
 CACHE_SPLITS = ("train", "test", "val")  # the codes of the ``split`` column of a trial's cache dataset
 DECODE_BLOCK_ROWS = 256  # rows per Ray Data block to decode: small enough that every data CPU gets some
 
@@ -64,7 +63,10 @@ class ShardDataError(RayexpError):
 
 
 def decode_resize_batch(
-    batch: dict[str, np.ndarray], size: Sequence[int], split: str | None = None, n_classes: int | None = None,
+    batch: dict[str, np.ndarray],
+    size: Sequence[int],
+    split: str | None = None,
+    n_classes: int | None = None,
     dataset: str = "NAME",
 ) -> dict[str, np.ndarray]:
     """Decode a batch of encoded images to RGB and resize each to ``size`` (H, W), bilinear with antialias.
@@ -101,7 +103,9 @@ def decode_resize_batch(
             except RuntimeError as exc:  # libjpeg's errors; a PNG that would crash never gets here
                 problem = str(exc).splitlines()[0][:200]
         if problem is not None:
-            raise ShardDataError(f"{where(i)}: the image cannot be decoded ({problem}); the shard changed after preparation: {fix}")
+            raise ShardDataError(
+                f"{where(i)}: the image cannot be decoded ({problem}); the shard changed after preparation: {fix}"
+            )
         if tuple(chw.shape[1:]) != (height, width):
             chw = resize(chw, [height, width], antialias=True)
         images[i] = chw.permute(1, 2, 0).numpy()
@@ -176,7 +180,12 @@ def build_split_dataset(
         dataset = dataset.filter(expr=ray_fraction_expr(manifest, fraction, part))
     return dataset.map_batches(
         decode_resize_batch,
-        fn_kwargs={"size": tuple(image_size), "split": tag, "n_classes": manifest["n_classes"], "dataset": manifest["name"]},
+        fn_kwargs={
+            "size": tuple(image_size),
+            "split": tag,
+            "n_classes": manifest["n_classes"],
+            "dataset": manifest["name"],
+        },
         batch_format="numpy",
         batch_size=decode_batch_size,
     )
@@ -189,7 +198,9 @@ def split_rows(manifest: dict, split: str, fraction: float = 1.0, part: str = "a
     return manifest["splits"][split]["rows"]
 
 
-def build_trial_datasets(data_dir: str | os.PathLike, manifest: dict, fraction: float, selection: str, cache_bytes: float) -> tuple[dict, bool]:
+def build_trial_datasets(
+    data_dir: str | os.PathLike, manifest: dict, fraction: float, selection: str, cache_bytes: float
+) -> tuple[dict, bool]:
     """The Ray Datasets of one trial, and whether they are cached.
 
     When the decoded, resized images fit in ``cache_bytes`` (most of the 20 datasets at a 1% or 10%
@@ -251,7 +262,9 @@ def trivial_augment(images: torch.Tensor, seed: int) -> torch.Tensor:
             magnitude = float(magnitudes[int(torch.randint(augment.num_magnitude_bins, (), generator=generator))])
             if signed and torch.rand((), generator=generator) <= 0.5:
                 magnitude *= -1
-        image = augment._apply_image_or_video_transform(Image.fromarray(array), name, magnitude, interpolation=augment.interpolation, fill=augment._fill)
+        image = augment._apply_image_or_video_transform(
+            Image.fromarray(array), name, magnitude, interpolation=augment.interpolation, fill=augment._fill
+        )
         out[i] = np.asarray(image)
     return torch.from_numpy(out)
 
@@ -303,29 +316,41 @@ def load_splits(iterator, read_batch_size: int = 1024) -> dict[str, tuple[torch.
         splits.append(batch["split"])
     if not images:
         raise ValueError("the trial's data yielded no rows")
-    all_images, all_labels = torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels).astype(np.int64))
+    all_images, all_labels = (
+        torch.from_numpy(np.concatenate(images)),
+        torch.from_numpy(np.concatenate(labels).astype(np.int64)),
+    )
     all_ranks = torch.from_numpy(np.concatenate(ranks).astype(np.int64))
     codes = torch.from_numpy(np.concatenate(splits))
     return {
         name: (all_images[codes == i], all_labels[codes == i], all_ranks[codes == i])
-        for i, name in enumerate(CACHE_SPLITS) if bool((codes == i).any())
+        for i, name in enumerate(CACHE_SPLITS)
+        if bool((codes == i).any())
     }
 
 
 def memory_batches(
-    images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle_seed: int | None = None, ranks: torch.Tensor | None = None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+    ranks: torch.Tensor | None = None,
 ) -> Iterator[Batch]:
     """Batches of an in-memory split; a full shuffle seeded by ``shuffle_seed``, or in order when None.
     With ``ranks``, each batch has its rows' ``rank`` too."""
     n = len(labels)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)) if shuffle_seed is not None else None
+    order = (
+        torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed)) if shuffle_seed is not None else None
+    )
     columns = {"image": images, "label": labels, **({"rank": ranks} if ranks is not None else {})}
     for start in range(0, n, batch_size):
-        rows = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+        rows = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
         yield {name: column[rows] for name, column in columns.items()}
 
 
-def threaded_map(work: Callable[[int, Batch], object], batches: Iterable[Batch], threads: int = 1, ahead: int | None = None) -> Iterator:
+def threaded_map(
+    work: Callable[[int, Batch], object], batches: Iterable[Batch], threads: int = 1, ahead: int | None = None
+) -> Iterator:
     """``work(i, batch)`` for each batch, in order, ``threads`` at a time and up to ``ahead`` batches in
     advance of the caller, which trains meanwhile (Pillow's and torch's image ops release the GIL)."""
     if threads <= 1:
@@ -404,11 +429,16 @@ class TrialBatches:
             batches: Iterable[Batch] = memory_batches(images, labels, self.batch_size, shuffle_seed=seed)
         else:
             batches = self.iterators["train"].iter_torch_batches(
-                batch_size=self.batch_size, local_shuffle_buffer_size=self.shuffle_buffer, local_shuffle_seed=seed, device="cpu",
+                batch_size=self.batch_size,
+                local_shuffle_buffer_size=self.shuffle_buffer,
+                local_shuffle_seed=seed,
+                device="cpu",
             )
         return self._batches(batches, augment_seed=seed if self.augment else None)
 
-    def _batches(self, source: Iterable[Batch], augment_seed: int | None, ranks: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _batches(
+        self, source: Iterable[Batch], augment_seed: int | None, ranks: bool = False
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
         on_cpu = self.normalize.device.type == "cpu"
 
         def finish(batch: Batch) -> tuple[torch.Tensor, ...]:

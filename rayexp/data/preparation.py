@@ -75,8 +75,14 @@ def dataset_info(name: str, source: str | None, domain: str | None) -> DatasetIn
     if not name.replace("_", "").replace("-", "").isalnum():
         raise RayexpError(f"dataset name {name!r}: use letters, digits, '_' and '-' only")
     return DatasetInfo(
-        name=name, title=name, domain=domain or "custom", n_classes=0, train=0, test=0,
-        source="folder", split_rule="given folders, else stratified 80/20",
+        name=name,
+        title=name,
+        domain=domain or "custom",
+        n_classes=0,
+        train=0,
+        test=0,
+        source="folder",
+        split_rule="given folders, else stratified 80/20",
     )
 
 
@@ -127,10 +133,15 @@ def prepare(
         if old is None:
             return load_manifest(data_dir, info.name)
         force = True
-        print(f"[rayexp] {info.name}: prepared in shard format {old}, this rayexp reads format {FORMAT_VERSION}; "
-              "preparing it again", file=sys.stderr)
+        print(
+            f"[rayexp] {info.name}: prepared in shard format {old}, this rayexp reads format {FORMAT_VERSION}; "
+            "preparing it again",
+            file=sys.stderr,
+        )
     if allow_outside and info.source != "folder":
-        raise RayexpError(f"--allow-outside-paths is for a CSV of your own images; {info.name} is read by its own source")
+        raise RayexpError(
+            f"--allow-outside-paths is for a CSV of your own images; {info.name} is read by its own source"
+        )
     module = source_module(info)
     data_dir = Path(data_dir).expanduser().resolve()
     try:
@@ -162,7 +173,16 @@ def prepare(
             src.notes.append(f"{len(src.classes)} classes where the paper has {info.n_classes}")
         if not info.n_classes:
             info = replace(info, n_classes=len(src.classes))
-        return write_dataset(data_dir, info, src, seed=seed, force=force, workers=workers or default_workers(), skip_corrupt=skip_corrupt, quiet=quiet)
+        return write_dataset(
+            data_dir,
+            info,
+            src,
+            seed=seed,
+            force=force,
+            workers=workers or default_workers(),
+            skip_corrupt=skip_corrupt,
+            quiet=quiet,
+        )
     except OSError as exc:  # extracting an archive into the scratch folder can fill the disk too
         if _is_storage_error(exc, data_dir):
             raise storage_error(info.name, data_dir, exc) from exc
@@ -172,7 +192,11 @@ def prepare(
 
 
 def load_user_source(
-    name: str, source: str | os.PathLike, domain: str | None, input_size: tuple[int, int], allow_outside: bool = False,
+    name: str,
+    source: str | os.PathLike,
+    domain: str | None,
+    input_size: tuple[int, int],
+    allow_outside: bool = False,
 ) -> tuple[DatasetInfo, Source]:
     """A user's folder or CSV read by the generic folder source, and the entry preparation will write it with.
 
@@ -188,7 +212,16 @@ def load_user_source(
     return replace(info, n_classes=len(src.classes)), src
 
 
-def prepare_user_source(info: DatasetInfo, source: Source, data_dir: str | os.PathLike, *, seed: int = 0, skip_corrupt: bool = False, workers: int | None = None, quiet: bool = False) -> dict:
+def prepare_user_source(
+    info: DatasetInfo,
+    source: Source,
+    data_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    skip_corrupt: bool = False,
+    workers: int | None = None,
+    quiet: bool = False,
+) -> dict:
     """Write a loaded user source as ``info.name`` (split with ``seed``), unless the prepared copy came
     from the same files (the source's listing checksum) at the same settings; a changed folder is
     prepared again."""
@@ -197,8 +230,11 @@ def prepare_user_source(info: DatasetInfo, source: Source, data_dir: str | os.Pa
         try:
             manifest = load_manifest(data_dir, info.name)
             same = (
-                manifest.get("source_checksums") == dict(source.checksums) and source.checksums
-                and manifest["input_size"] == list(info.input_size) and manifest["domain"] == info.domain and manifest["seed"] == seed
+                manifest.get("source_checksums") == dict(source.checksums)
+                and source.checksums
+                and manifest["input_size"] == list(info.input_size)
+                and manifest["domain"] == info.domain
+                and manifest["seed"] == seed
                 and (skip_corrupt or not manifest.get("skipped_corrupt"))
             )
             if same:
@@ -210,11 +246,22 @@ def prepare_user_source(info: DatasetInfo, source: Source, data_dir: str | os.Pa
         else:
             if same:
                 if not quiet:
-                    print(f"[rayexp] {info.name}: the prepared copy in {dataset_dir(data_dir, info.name)} is of the same files; not preparing again")
+                    print(
+                        f"[rayexp] {info.name}: the prepared copy in {dataset_dir(data_dir, info.name)} is of the same files; not preparing again"
+                    )
                 return manifest
             if not quiet:
                 print(f"[rayexp] {info.name}: the images or settings changed since it was prepared; preparing again")
-    return write_dataset(data_dir, info, source, seed=seed, force=True, workers=workers or default_workers(), skip_corrupt=skip_corrupt, quiet=quiet)
+    return write_dataset(
+        data_dir,
+        info,
+        source,
+        seed=seed,
+        force=True,
+        workers=workers or default_workers(),
+        skip_corrupt=skip_corrupt,
+        quiet=quiet,
+    )
 
 
 def default_workers() -> int:
@@ -223,7 +270,9 @@ def default_workers() -> int:
 
 def summary(manifest: dict, data_dir: str | os.PathLike) -> str:
     """A one-screen summary of a prepared dataset."""
-    lines = [f"{manifest['name']} ({manifest['title']}, {manifest['domain']}) in {dataset_dir(data_dir, manifest['name'])}"]
+    lines = [
+        f"{manifest['name']} ({manifest['title']}, {manifest['domain']}) in {dataset_dir(data_dir, manifest['name'])}"
+    ]
     for split, meta in manifest["splits"].items():
         counts = meta["class_counts"]
         lines.append(f"  {split:<5} {meta['rows']:>7} images, per class {min(counts)}..{max(counts)}")
@@ -231,7 +280,9 @@ def summary(manifest: dict, data_dir: str | os.PathLike) -> str:
     if paper:
         got = {s: manifest["splits"][s]["rows"] for s in paper if s in manifest["splits"]}
         same = all(got.get(s) == n for s, n in paper.items())
-        lines.append(f"  paper's counts: {', '.join(f'{s} {n}' for s, n in paper.items())} ({'match' if same else 'differ'})")
+        lines.append(
+            f"  paper's counts: {', '.join(f'{s} {n}' for s, n in paper.items())} ({'match' if same else 'differ'})"
+        )
     image = manifest["image"]
     lines.append(
         f"  {manifest['n_classes']} classes; stored {image['encoding']} from {'x'.join(map(str, image['stored_min']))} "
@@ -242,5 +293,8 @@ def summary(manifest: dict, data_dir: str | os.PathLike) -> str:
     for note in manifest.get("notes", []):
         lines.append(f"  note: {note}")
     if manifest.get("skipped_corrupt"):
-        lines.append(f"  skipped {len(manifest['skipped_corrupt'])} corrupt image(s): " + ", ".join(s["id"] for s in manifest["skipped_corrupt"][:5]))
+        lines.append(
+            f"  skipped {len(manifest['skipped_corrupt'])} corrupt image(s): "
+            + ", ".join(s["id"] for s in manifest["skipped_corrupt"][:5])
+        )
     return "\n".join(lines)

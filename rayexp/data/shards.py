@@ -159,8 +159,12 @@ def stored_size(native: tuple[int, int], train_size: tuple[int, int]) -> tuple[i
 # a few kilobytes that would decode to gigabytes; it is not an OSError). The warning is raised as an error by
 # load_image, so that every image above Image.MAX_IMAGE_PIXELS is refused rather than decoded.
 DECODE_ERRORS = (
-    UnidentifiedImageError, OSError, ValueError, SyntaxError,
-    Image.DecompressionBombError, Image.DecompressionBombWarning,
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
 )
 EXIF_ORIENTATION = 0x0112  # the EXIF tag saying how a camera image must be turned to be upright; 1 means as stored
 
@@ -204,7 +208,9 @@ def to_rgb(pil: "Image.Image") -> "Image.Image":
     return pil.convert("RGB")
 
 
-def encode_image(image: "Image.Image | np.ndarray | bytes", train_size: tuple[int, int], encoding: str, record_id: str) -> tuple[bytes, tuple[int, int]]:
+def encode_image(
+    image: "Image.Image | np.ndarray | bytes", train_size: tuple[int, int], encoding: str, record_id: str
+) -> tuple[bytes, tuple[int, int]]:
     """RGB, at most the training size, encoded as ``encoding``; returns the bytes and the stored (H, W).
 
     A JPEG that is already RGB, upright and small enough is stored byte for byte, not re-encoded. A file
@@ -214,7 +220,10 @@ def encode_image(image: "Image.Image | np.ndarray | bytes", train_size: tuple[in
         pil, data = load_image(image)
         # load_image gives no bytes for a file it turned upright; the orientation check says so here too
         if (
-            data is not None and encoding == "jpeg" and pil.format == "JPEG" and pil.mode == "RGB"
+            data is not None
+            and encoding == "jpeg"
+            and pil.format == "JPEG"
+            and pil.mode == "RGB"
             and pil.getexif().get(EXIF_ORIENTATION, 1) == 1
             and stored_size((pil.height, pil.width), train_size) == (pil.height, pil.width)
         ):
@@ -226,7 +235,9 @@ def encode_image(image: "Image.Image | np.ndarray | bytes", train_size: tuple[in
             "shrink or remove that file, or pass --skip-corrupt"
         ) from None
     except DECODE_ERRORS as exc:
-        raise CorruptImageError(f"image {record_id!r} cannot be decoded ({exc}); fix or remove that file, or pass --skip-corrupt") from None
+        raise CorruptImageError(
+            f"image {record_id!r} cannot be decoded ({exc}); fix or remove that file, or pass --skip-corrupt"
+        ) from None
     size = stored_size((pil.height, pil.width), train_size)
     if size != (pil.height, pil.width):
         pil = pil.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
@@ -388,7 +399,11 @@ def validate_manifest(manifest: dict, location: str) -> None:
                 problems.append(f"{split}: {len(counts)} class counts for {len(classes)} classes")
             if sum(counts) != meta["rows"]:
                 problems.append(f"{split}: {meta['rows']} rows but the class counts add up to {sum(counts)}")
-            if not meta["files"] or set(meta["files"]) != set(meta["sha256"]) or set(meta["files"]) != set(meta["bytes"]):
+            if (
+                not meta["files"]
+                or set(meta["files"]) != set(meta["sha256"])
+                or set(meta["files"]) != set(meta["bytes"])
+            ):
                 problems.append(f"{split}: files without a checksum and size")
         size = manifest["input_size"]
         if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
@@ -407,7 +422,9 @@ def validate_manifest(manifest: dict, location: str) -> None:
 def split_paths(data_dir: str | os.PathLike, manifest: dict, split: str) -> list[str]:
     """Paths (or URIs) of a split's Parquet parts."""
     if split not in manifest["splits"]:
-        raise RayexpError(f"dataset {manifest['name']!r} has no {split!r} split (it has {', '.join(manifest['splits'])})")
+        raise RayexpError(
+            f"dataset {manifest['name']!r} has no {split!r} split (it has {', '.join(manifest['splits'])})"
+        )
     root = dataset_location(data_dir, manifest["name"])
     return [f"{root}/{f}" for f in manifest["splits"][split]["files"]]
 
@@ -488,7 +505,14 @@ def fraction_filter(manifest: dict, fraction: float, part: str = "all") -> "pc.E
     return prune & expr
 
 
-def read_split(data_dir: str | os.PathLike, name: str, split: str, fraction: float = 1.0, columns: Sequence[str] | None = None, part: str = "all") -> pa.Table:
+def read_split(
+    data_dir: str | os.PathLike,
+    name: str,
+    split: str,
+    fraction: float = 1.0,
+    columns: Sequence[str] | None = None,
+    part: str = "all",
+) -> pa.Table:
     """A split (or a fraction of the training split, or its train/val part) as an Arrow table, filter pushed into the scan."""
     manifest = load_manifest(data_dir, name)
     dataset = _parquet_dataset(split_paths(data_dir, manifest, split))
@@ -613,8 +637,10 @@ def parallel_map(fn, jobs: list[tuple], workers: int, progress: _Progress):
     # PR_SET_PDEATHSIG fires when the thread that started a worker exits: pool.map starts them in this thread,
     # which outlives the pool.
     pool = ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_die_with_parent, initargs=(os.getpid(),),
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
     )
     try:
         for result in pool.map(fn, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8)))):
@@ -656,8 +682,11 @@ def write_dataset(
         raise storage_error(info.name, target.parent, exc) from exc
     if target.exists() and not (target / MANIFEST).is_file():
         # what is_prepared and the sweep go by: without a manifest the folder is not a prepared dataset
-        print(f"[rayexp] {info.name}: {target} has no {MANIFEST} (an unfinished or damaged copy), "
-              "so it is not prepared; replacing it", file=sys.stderr)
+        print(
+            f"[rayexp] {info.name}: {target} has no {MANIFEST} (an unfinished or damaged copy), "
+            "so it is not prepared; replacing it",
+            file=sys.stderr,
+        )
     tmp = target.parent / leftover_name("partial", info.name)
     try:
         manifest = _write_into(tmp, info, source, seed, workers, skip_corrupt, rows_per_part, row_group_rows, quiet)
@@ -742,13 +771,16 @@ def remove_stale_leftovers(parent: Path, name: str, kinds: Sequence[str], quiet:
     prefixes = [LEFTOVER_PREFIXES[kind].format(name=name) for kind in kinds]
     for path in sorted(parent.iterdir()):
         prefix = next((p for p in prefixes if path.name.startswith(p)), None)
-        owner = _LEFTOVER_OWNER.fullmatch(path.name[len(prefix):]) if prefix else None
+        owner = _LEFTOVER_OWNER.fullmatch(path.name[len(prefix) :]) if prefix else None
         if owner and owner["host"] == host and not pid_alive(int(owner["pid"])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed and not quiet:
-        print(f"[rayexp] {name}: removed {len(removed)} folder(s) left by killed runs: "
-              + ", ".join(p.name for p in removed), file=sys.stderr)
+        print(
+            f"[rayexp] {name}: removed {len(removed)} folder(s) left by killed runs: "
+            + ", ".join(p.name for p in removed),
+            file=sys.stderr,
+        )
     return removed
 
 
@@ -771,7 +803,17 @@ def assign_splits(name: str, source: Source, records: list[SourceRecord], labels
     return splits
 
 
-def _write_into(root: Path, info: DatasetInfo, source: Source, seed: int, workers: int, skip_corrupt: bool, rows_per_part: int, row_group_rows: int, quiet: bool) -> dict:
+def _write_into(
+    root: Path,
+    info: DatasetInfo,
+    source: Source,
+    seed: int,
+    workers: int,
+    skip_corrupt: bool,
+    rows_per_part: int,
+    row_group_rows: int,
+    quiet: bool,
+) -> dict:
     root.mkdir(parents=True)
     n_classes = len(source.classes)
     records = list(source.records)
@@ -824,7 +866,13 @@ def _write_into(root: Path, info: DatasetInfo, source: Source, seed: int, worker
         ranks = class_ranks(labels[idx], seed)
         positions = stratified_positions(labels[idx], ranks)
         rows = [
-            {"image": encoded[i][0], "label": int(labels[i]), "id": records[i].id, "rank": int(rank), "position": float(position)}
+            {
+                "image": encoded[i][0],
+                "label": int(labels[i]),
+                "id": records[i].id,
+                "rank": int(rank),
+                "position": float(position),
+            }
             for i, rank, position in zip(idx, ranks, positions)
         ]
         rows.sort(key=lambda row: (row["position"], row["label"]))  # stratified order: see the module's docstring
@@ -893,12 +941,16 @@ def verify_dataset(location: str | os.PathLike, manifest: dict, checksums: bool 
             if size is None:
                 raise RayexpError(f"shard {path} of dataset {name!r} is missing; {fix}")
             if size != meta["bytes"][rel]:
-                raise RayexpError(f"shard {path} has {size} bytes, its manifest says {meta['bytes'][rel]}: it changed after preparation; {fix}")
+                raise RayexpError(
+                    f"shard {path} has {size} bytes, its manifest says {meta['bytes'][rel]}: it changed after preparation; {fix}"
+                )
         with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
             digests = list(pool.map(_file_sha256, [p for p, _ in files]))
         for (path, meta), digest in zip(files, digests):
             if digest != meta["sha256"][path[len(root) + 1 :]]:
-                raise RayexpError(f"shard {path} does not match the checksum in its manifest: it changed after preparation; {fix}")
+                raise RayexpError(
+                    f"shard {path} does not match the checksum in its manifest: it changed after preparation; {fix}"
+                )
     for split, meta in manifest["splits"].items():
         where = f"dataset {name!r}, {split} split ({root}/{split}/)"
         try:
@@ -910,20 +962,26 @@ def verify_dataset(location: str | os.PathLike, manifest: dict, checksums: bool 
         if missing:
             raise RayexpError(f"{where}: the shards have no {', '.join(missing)} column (an older shard format); {fix}")
         if table.num_rows != meta["rows"]:
-            raise RayexpError(f"{where}: the manifest says {meta['rows']} rows, the shards hold {table.num_rows}; {fix}")
+            raise RayexpError(
+                f"{where}: the manifest says {meta['rows']} rows, the shards hold {table.num_rows}; {fix}"
+            )
         labels = table["label"].to_numpy()
         if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
             raise RayexpError(f"{where}: a label is outside 0..{n_classes - 1}; {fix}")
         counts = np.bincount(labels, minlength=n_classes)
         if counts.tolist() != meta["class_counts"]:
-            raise RayexpError(f"{where}: the shards' class counts {counts.tolist()} differ from the manifest's {meta['class_counts']}; {fix}")
+            raise RayexpError(
+                f"{where}: the shards' class counts {counts.tolist()} differ from the manifest's {meta['class_counts']}; {fix}"
+            )
         empty = [manifest["classes"][c] for c in np.flatnonzero(counts == 0)]
         if empty and split in ("train", "test"):
             raise RayexpError(f"{where}: classes with no images: {', '.join(empty)}")
         ranks = table["rank"].to_numpy()
         for c in range(n_classes):
             if not np.array_equal(np.sort(ranks[labels == c]), np.arange(counts[c])):
-                raise RayexpError(f"{where}: the ranks of class {manifest['classes'][c]!r} are not 0..{counts[c] - 1}; {fix}")
+                raise RayexpError(
+                    f"{where}: the ranks of class {manifest['classes'][c]!r} are not 0..{counts[c] - 1}; {fix}"
+                )
         positions = table["position"].to_numpy()
         if len(labels) and not np.allclose(positions, stratified_positions(labels, ranks), rtol=1e-12, atol=0):
             raise RayexpError(f"{where}: a row's position is not (rank + 0.5) / its class's count; {fix}")

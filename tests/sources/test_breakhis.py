@@ -13,7 +13,10 @@ from rayexp.data.shards import decode_image, read_split
 from rayexp.data.sources import breakhis
 from rayexp.errors import RayexpError
 
-SUBTYPES = {"B": [("A", "adenosis"), ("F", "fibroadenoma")], "M": [("DC", "ductal_carcinoma"), ("LC", "lobular_carcinoma")]}
+SUBTYPES = {
+    "B": [("A", "adenosis"), ("F", "fibroadenoma")],
+    "M": [("DC", "ductal_carcinoma"), ("LC", "lobular_carcinoma")],
+}
 MAGS = ("40", "100", "200", "400")
 FULL = (460, 700)  # (H, W) of the real images, used for each class's first 40X image
 SMALL = (23, 35)
@@ -32,7 +35,15 @@ def _tree(root, per_class=10):
             for mag in MAGS:
                 if cls == "M" and k == per_class - 1 and mag == "400":
                     continue
-                mag_dir = root / "BreaKHis_v1/histology_slides/breast" / folder / "SOB" / subtype / f"SOB_{cls}_{code}_{patient}" / f"{mag}X"
+                mag_dir = (
+                    root
+                    / "BreaKHis_v1/histology_slides/breast"
+                    / folder
+                    / "SOB"
+                    / subtype
+                    / f"SOB_{cls}_{code}_{patient}"
+                    / f"{mag}X"
+                )
                 mag_dir.mkdir(parents=True, exist_ok=True)
                 for seq in range(1, 3 + k % 3):
                     size = FULL if (mag, k, seq) == ("40", 0, 1) else SMALL
@@ -73,9 +84,15 @@ def test_by_patient_same_patients_at_every_magnification(tmp_path, tree):
     assert Counter(patients[p][0] for p in test_patients) == {"B": 3, "M": 3}  # 30% of 10 per class
     assert manifest["splits"]["test"]["rows"] == sum(patients[p][1] for p in test_patients)
     assert manifest["image"]["stored_max"] == [448, 682]  # 460x700 at min(native, 448x672)
-    table = read_split(tmp_path / "data", "breakhis_40x", "train").to_pylist() + read_split(tmp_path / "data", "breakhis_40x", "test").to_pylist()
+    table = (
+        read_split(tmp_path / "data", "breakhis_40x", "train").to_pylist()
+        + read_split(tmp_path / "data", "breakhis_40x", "test").to_pylist()
+    )
     shapes = {row["id"].rsplit("/", 1)[1]: decode_image(row["image"]).shape for row in table}
-    assert shapes["SOB_B_A-14-B1000AB-40-001.png"] == (448, 682, 3) and shapes["SOB_B_A-14-B1000AB-40-002.png"] == (*SMALL, 3)
+    assert shapes["SOB_B_A-14-B1000AB-40-001.png"] == (448, 682, 3) and shapes["SOB_B_A-14-B1000AB-40-002.png"] == (
+        *SMALL,
+        3,
+    )
 
     prepare("breakhis_400x", tmp_path / "data", source=root, workers=1, quiet=True)
     at400 = _sides(tmp_path / "data", "breakhis_400x")
@@ -102,14 +119,22 @@ def test_archive_is_extracted_and_its_digest_recorded(tmp_path, tree):
     folder = prepare("breakhis_200x", tmp_path / "a", source=root, workers=1, quiet=True)
     packed = prepare("breakhis_200x", tmp_path / "b", source=archive, workers=1, quiet=True)
     assert packed["source_checksums"] == {breakhis.ARCHIVE: "sha256:" + file_digest(archive)}
-    assert [packed["splits"][s]["class_counts"] for s in ("train", "test")] == [folder["splits"][s]["class_counts"] for s in ("train", "test")]
-    ids = [sorted(read_split(d, "breakhis_200x", "test", columns=["id"])["id"].to_pylist()) for d in (tmp_path / "a", tmp_path / "b")]
+    assert [packed["splits"][s]["class_counts"] for s in ("train", "test")] == [
+        folder["splits"][s]["class_counts"] for s in ("train", "test")
+    ]
+    ids = [
+        sorted(read_split(d, "breakhis_200x", "test", columns=["id"])["id"].to_pylist())
+        for d in (tmp_path / "a", tmp_path / "b")
+    ]
     assert ids[0] == ids[1] and ids[0][0].startswith("benign/SOB/")
 
 
 def test_missing_archive_and_download_without_checksum(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RayexpError, match=r"expected BreaKHis_v1\.tar\.gz or its extracted BreaKHis_v1/histology_slides/breast in .*empty"):
+    with pytest.raises(
+        RayexpError,
+        match=r"expected BreaKHis_v1\.tar\.gz or its extracted BreaKHis_v1/histology_slides/breast in .*empty",
+    ):
         prepare("breakhis_40x", tmp_path / "data", source=tmp_path / "empty", workers=1, quiet=True)
     with pytest.raises(RayexpError, match="no published checksum"):
         prepare("breakhis_40x", tmp_path / "data", download_files=True, workers=1, quiet=True)

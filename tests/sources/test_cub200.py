@@ -16,8 +16,14 @@ from rayexp.errors import RayexpError
 CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
 # (image id, class id, is_train, (height, width)); ids deliberately not in class order.
 IMAGES = [
-    (1, 2, 1, (40, 60)), (2, 1, 0, (50, 50)), (3, 3, 1, (300, 400)), (4, 1, 1, (45, 30)),
-    (5, 2, 0, (40, 60)), (6, 3, 0, (30, 30)), (7, 1, 1, (40, 40)), (8, 2, 1, (60, 40)),
+    (1, 2, 1, (40, 60)),
+    (2, 1, 0, (50, 50)),
+    (3, 3, 1, (300, 400)),
+    (4, 1, 1, (45, 30)),
+    (5, 2, 0, (40, 60)),
+    (6, 3, 0, (30, 30)),
+    (7, 1, 1, (40, 40)),
+    (8, 2, 1, (60, 40)),
 ]
 
 
@@ -68,7 +74,11 @@ def test_official_split_and_labels_from_the_archive(tmp_path, monkeypatch):
     _trust(monkeypatch, _tgz(tmp_path / "src"))
     manifest = prepare("cub200", tmp_path / "data", source=tmp_path / "src", workers=1, quiet=True)
     assert manifest["classes"] == CLASSES
-    assert manifest["splits"]["train"]["class_counts"] == [2, 2, 1] and manifest["splits"]["test"]["class_counts"] == [1, 1, 1]
+    assert manifest["splits"]["train"]["class_counts"] == [2, 2, 1] and manifest["splits"]["test"]["class_counts"] == [
+        1,
+        1,
+        1,
+    ]
     assert manifest["source_checksums"] == {"CUB_200_2011.tgz": cub200.CHECKSUMS["cub200"]}
     assert manifest["image"]["encoding"] == "jpeg"
 
@@ -95,17 +105,24 @@ def test_extracted_folder_works(tmp_path):
 
 def test_wrong_checksum_is_refused(tmp_path):
     _tgz(tmp_path / "src")
-    with pytest.raises(RayexpError, match=r"checksum mismatch for .*CUB_200_2011.tgz: expected md5 97eceeb196236b17998738112f37df78"):
+    with pytest.raises(
+        RayexpError, match=r"checksum mismatch for .*CUB_200_2011.tgz: expected md5 97eceeb196236b17998738112f37df78"
+    ):
         prepare("cub200", tmp_path / "data", source=tmp_path / "src", workers=1, quiet=True)
     assert not (tmp_path / "data" / "cub200").exists()
 
 
 def test_missing_files_are_named(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RayexpError, match=r"expected CUB_200_2011.tgz or its extracted CUB_200_2011/images.txt in .*empty \(download it from https://data.caltech.edu/"):
+    with pytest.raises(
+        RayexpError,
+        match=r"expected CUB_200_2011.tgz or its extracted CUB_200_2011/images.txt in .*empty \(download it from https://data.caltech.edu/",
+    ):
         prepare("cub200", tmp_path / "data", source=tmp_path / "empty", workers=1, quiet=True)
     _trust(monkeypatch, _tgz(tmp_path / "a", drop=f"images/{_rel(3, 3)}"))
-    with pytest.raises(RayexpError, match=r"images.txt lists 003.Sooty_Albatross/Sooty_Albatross_0003_103.jpg, but .* does not exist"):
+    with pytest.raises(
+        RayexpError, match=r"images.txt lists 003.Sooty_Albatross/Sooty_Albatross_0003_103.jpg, but .* does not exist"
+    ):
         prepare("cub200", tmp_path / "data", source=tmp_path / "a", workers=1, quiet=True)
     _trust(monkeypatch, _tgz(tmp_path / "b", drop="train_test_split.txt"))
     with pytest.raises(RayexpError, match=r"expected train_test_split.txt at .*CUB_200_2011/train_test_split.txt"):

@@ -28,7 +28,9 @@ def _write_tree(folder: Path) -> dict[str, list[str]]:
         for i in range(6):
             h, w = SIZES[i % 3]
             name = f"{cls}/{cls}_{i + 1:04d}.jpg"
-            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / "dtd" / "images" / name, quality=90)
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+                folder / "dtd" / "images" / name, quality=90
+            )
             lists[("train", "val", "test")[i // 2]].append(name)
     (folder / "dtd" / "labels").mkdir()
     for split, names in lists.items():
@@ -66,7 +68,9 @@ def test_partition_one_from_archive(tmp_path, archive):
         for id_, label in zip(table["id"], table["label"]):
             assert CLASSES[label] == id_.split("/")[1]
     # val1 images are in neither split
-    ids = set(read_split(tmp_path / "data", "dtd", "train")["id"].to_pylist()) | set(read_split(tmp_path / "data", "dtd", "test")["id"].to_pylist())
+    ids = set(read_split(tmp_path / "data", "dtd", "train")["id"].to_pylist()) | set(
+        read_split(tmp_path / "data", "dtd", "test")["id"].to_pylist()
+    )
     assert not ids & {f"images/{n}" for n in lists["val"]}
 
 

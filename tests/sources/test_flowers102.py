@@ -28,7 +28,9 @@ def _flowers(folder):
     (folder / "jpg").mkdir(parents=True)
     for number, label in enumerate(labels, 1):
         size = (500, 400) if number == 1 else (24, 16)
-        Image.fromarray(np.full((size[1], size[0], 3), label, dtype=np.uint8)).save(folder / "jpg" / f"image_{number:05d}.jpg")
+        Image.fromarray(np.full((size[1], size[0], 3), label, dtype=np.uint8)).save(
+            folder / "jpg" / f"image_{number:05d}.jpg"
+        )
     sets = {key: [] for key in PER_CLASS}
     for c in range(1, N_CLASSES + 1):
         numbers = list(np.flatnonzero(labels == c) + 1)
@@ -71,7 +73,12 @@ def test_train_plus_val_against_test(source, tmp_path):
     for table in (train, test):
         for rel, label in zip(table["id"].to_pylist(), table["label"].to_pylist()):
             assert label == labels[int(rel[10:15]) - 1] - 1
-    shapes = {i: decode_image(img).shape for i, img in zip(train["id"].to_pylist() + test["id"].to_pylist(), train["image"].to_pylist() + test["image"].to_pylist())}
+    shapes = {
+        i: decode_image(img).shape
+        for i, img in zip(
+            train["id"].to_pylist() + test["id"].to_pylist(), train["image"].to_pylist() + test["image"].to_pylist()
+        )
+    }
     assert shapes["jpg/image_00001.jpg"] == (256, 320, 3)
     assert shapes["jpg/image_00002.jpg"] == (16, 24, 3)
 

@@ -34,7 +34,9 @@ def _members(train=TRAIN, test=TEST, drop=None) -> dict[str, bytes]:
         "food-101/meta/labels.txt": "".join(f"{c.replace('_', ' ').title()}\n" for c in CLASSES).encode(),
         "food-101/meta/train.txt": "".join(f"{e}\n" for e in train).encode(),
         "food-101/meta/test.txt": "".join(f"{e}\n" for e in test).encode(),
-        "food-101/meta/train.json": json.dumps({c: [e for e in train if e.startswith(c + "/")] for c in CLASSES}).encode(),
+        "food-101/meta/train.json": json.dumps(
+            {c: [e for e in train if e.startswith(c + "/")] for c in CLASSES}
+        ).encode(),
     }
     for entry in dict.fromkeys(TRAIN + TEST):
         members[f"food-101/images/{entry}.jpg"] = _jpeg(entry)
@@ -63,7 +65,11 @@ def test_official_split_from_the_archive(tmp_path, monkeypatch):
     _trust(monkeypatch, _tgz(tmp_path / "src"))
     manifest = prepare("food101", tmp_path / "data", source=tmp_path / "src", workers=1, quiet=True)
     assert manifest["classes"] == CLASSES
-    assert manifest["splits"]["train"]["class_counts"] == [2, 1, 2] and manifest["splits"]["test"]["class_counts"] == [1, 1, 1]
+    assert manifest["splits"]["train"]["class_counts"] == [2, 1, 2] and manifest["splits"]["test"]["class_counts"] == [
+        1,
+        1,
+        1,
+    ]
     assert manifest["source_checksums"] == {"food-101.tar.gz": food101.CHECKSUMS["food101"]}
     for split, entries in (("train", TRAIN), ("test", TEST)):
         table = read_split(tmp_path / "data", "food101", split)
@@ -85,17 +91,25 @@ def test_extracted_folder_works(tmp_path):
 
 def test_wrong_checksum_is_refused(tmp_path):
     _tgz(tmp_path / "src")
-    with pytest.raises(RayexpError, match=r"checksum mismatch for .*food-101.tar.gz: expected md5 85eeb15f3717b99a5da872d97d918f87"):
+    with pytest.raises(
+        RayexpError, match=r"checksum mismatch for .*food-101.tar.gz: expected md5 85eeb15f3717b99a5da872d97d918f87"
+    ):
         prepare("food101", tmp_path / "data", source=tmp_path / "src", workers=1, quiet=True)
     assert not (tmp_path / "data" / "food101").exists()
 
 
 def test_missing_and_inconsistent_files_are_named(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RayexpError, match=r"expected food-101.tar.gz or its extracted food-101/meta/classes.txt in .*empty \(download it from http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz\)"):
+    with pytest.raises(
+        RayexpError,
+        match=r"expected food-101.tar.gz or its extracted food-101/meta/classes.txt in .*empty \(download it from http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz\)",
+    ):
         prepare("food101", tmp_path / "data", source=tmp_path / "empty", workers=1, quiet=True)
     _trust(monkeypatch, _tgz(tmp_path / "a", drop="images/baklava/1061830.jpg"))
-    with pytest.raises(RayexpError, match=r"test.txt line 3 names baklava/1061830, but .*food-101/images/baklava/1061830.jpg does not exist"):
+    with pytest.raises(
+        RayexpError,
+        match=r"test.txt line 3 names baklava/1061830, but .*food-101/images/baklava/1061830.jpg does not exist",
+    ):
         prepare("food101", tmp_path / "data", source=tmp_path / "a", workers=1, quiet=True)
     _trust(monkeypatch, _tgz(tmp_path / "b", test=TEST + [TRAIN[0]]))
     with pytest.raises(RayexpError, match=r"apple_pie/1005649 is listed twice \(in meta/train.txt and meta/test.txt\)"):
@@ -107,4 +121,7 @@ def test_missing_and_inconsistent_files_are_named(tmp_path, monkeypatch):
 
 def test_remote_file():
     (remote,) = food101.remote_files("food101")
-    assert remote.url == "http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz" and remote.checksum == "md5:85eeb15f3717b99a5da872d97d918f87"
+    assert (
+        remote.url == "http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz"
+        and remote.checksum == "md5:85eeb15f3717b99a5da872d97d918f87"
+    )

@@ -16,14 +16,16 @@ from rayexp.data.sources import plantvillage
 from rayexp.errors import RayexpError
 
 # Real folder names, including the space, the comma and the case that sorting must respect.
-CLASSES = sorted([
-    "Apple___Apple_scab",
-    "Background_without_leaves",
-    "Cherry___Powdery_mildew",
-    "Cherry___healthy",
-    "Corn___Cercospora_leaf_spot Gray_leaf_spot",
-    "Pepper,_bell___Bacterial_spot",
-])
+CLASSES = sorted(
+    [
+        "Apple___Apple_scab",
+        "Background_without_leaves",
+        "Cherry___Powdery_mildew",
+        "Cherry___healthy",
+        "Corn___Cercospora_leaf_spot Gray_leaf_spot",
+        "Pepper,_bell___Bacterial_spot",
+    ]
+)
 PER_CLASS = 5  # 4 train / 1 test
 INNER = "Plant_leave_diseases_dataset_without_augmentation"
 
@@ -36,7 +38,9 @@ def _write_tree(folder: Path) -> list[str]:
         (folder / INNER / cls).mkdir(parents=True)
         for n in range(PER_CLASS):
             name = f"{n:08x}-leaf___RS_HL {n}.JPG"
-            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / INNER / cls / name, format="JPEG")
+            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(
+                folder / INNER / cls / name, format="JPEG"
+            )
             ids.append(f"{cls}/{name}")
     return ids
 
@@ -76,7 +80,9 @@ def test_same_seed_same_split(tmp_path, archive):
     a = prepare("plantvillage", tmp_path / "a", source=path.parent, workers=1, quiet=True)
     b = prepare("plantvillage", tmp_path / "b", source=path.parent, workers=1, quiet=True)
     assert a["splits"] == b["splits"]
-    assert sorted(read_split(tmp_path / "a", "plantvillage", "test")["id"].to_pylist()) == sorted(read_split(tmp_path / "b", "plantvillage", "test")["id"].to_pylist())
+    assert sorted(read_split(tmp_path / "a", "plantvillage", "test")["id"].to_pylist()) == sorted(
+        read_split(tmp_path / "b", "plantvillage", "test")["id"].to_pylist()
+    )
 
 
 def test_extracted_folders_are_accepted(tmp_path):
@@ -98,7 +104,9 @@ def test_wrong_checksum_is_refused(tmp_path, archive, monkeypatch):
 
 def test_missing_archive_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RayexpError, match=r"Plant_leaf_diseases_dataset_without_augmentation\.zip or its extracted Plant_leave_"):
+    with pytest.raises(
+        RayexpError, match=r"Plant_leaf_diseases_dataset_without_augmentation\.zip or its extracted Plant_leave_"
+    ):
         prepare("plantvillage", tmp_path / "data", source=tmp_path / "empty", workers=1, quiet=True)
 
 

@@ -74,10 +74,16 @@ def src(tmp_path_factory):
 def test_one_row_per_patient(tmp_path, src):
     root, n_rows, targets = src
     manifest = prepare("rsna_pneumonia", tmp_path / "data", source=root, workers=1, quiet=True)
-    assert manifest["splits"]["train"]["class_counts"] == [8, 8] and manifest["splits"]["test"]["class_counts"] == [2, 2]
+    assert manifest["splits"]["train"]["class_counts"] == [8, 8] and manifest["splits"]["test"]["class_counts"] == [
+        2,
+        2,
+    ]
     assert manifest["source_checksums"] == {rsna.LABELS: "sha256:" + file_digest(root / rsna.LABELS)}
     assert any(f"{len(targets)} images" in note for note in manifest["notes"])
-    rows = read_split(tmp_path / "data", "rsna_pneumonia", "train").to_pylist() + read_split(tmp_path / "data", "rsna_pneumonia", "test").to_pylist()
+    rows = (
+        read_split(tmp_path / "data", "rsna_pneumonia", "train").to_pylist()
+        + read_split(tmp_path / "data", "rsna_pneumonia", "test").to_pylist()
+    )
     assert sorted(r["id"] for r in rows) == sorted(targets)  # each patient once, whatever its boxes
     for row in rows:
         assert row["label"] == targets[row["id"]]
@@ -90,7 +96,11 @@ def test_paper_keeps_every_csv_row(tmp_path, src):
     manifest = prepare("rsna_pneumonia", tmp_path / "data", source=root, split="paper", workers=1, quiet=True)
     assert sum(manifest["splits"][s]["rows"] for s in ("train", "test")) == n_rows > len(targets)
     assert any("repeat the image" in note for note in manifest["notes"])
-    ids = [i for s in ("train", "test") for i in read_split(tmp_path / "data", "rsna_pneumonia", s, columns=["id"])["id"].to_pylist()]
+    ids = [
+        i
+        for s in ("train", "test")
+        for i in read_split(tmp_path / "data", "rsna_pneumonia", s, columns=["id"])["id"].to_pylist()
+    ]
     assert len(set(ids)) == n_rows and sum(i.startswith(_patient(11) + "#") for i in ids) == 3  # 1 + 11 % 3 boxes
 
 
@@ -118,7 +128,9 @@ def test_kaggle_zip_and_its_digest(tmp_path, src):
 def test_pixels_photometric_and_bit_depth(tmp_path):
     ramp = np.array([[0, 2048, 4095]], dtype=np.uint16)
     assert rsna.read_dicom(str(_dicom(tmp_path / "a.dcm", ramp, bits_stored=12))).tolist() == [[0, 128, 255]]
-    inverted = rsna.read_dicom(str(_dicom(tmp_path / "b.dcm", np.array([[0, 55, 255]], dtype=np.uint8), photometric="MONOCHROME1")))
+    inverted = rsna.read_dicom(
+        str(_dicom(tmp_path / "b.dcm", np.array([[0, 55, 255]], dtype=np.uint8), photometric="MONOCHROME1"))
+    )
     assert inverted.tolist() == [[255, 200, 0]]
 
 
@@ -136,7 +148,10 @@ def test_jpeg_compressed_dicom_decodes(tmp_path):
 
 def test_missing_files_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RayexpError, match=r"expected rsna-pneumonia-detection-challenge\.zip or its extracted stage_2_train_labels\.csv in .*empty"):
+    with pytest.raises(
+        RayexpError,
+        match=r"expected rsna-pneumonia-detection-challenge\.zip or its extracted stage_2_train_labels\.csv in .*empty",
+    ):
         prepare("rsna_pneumonia", tmp_path / "data", source=tmp_path / "empty", workers=1, quiet=True)
     root = tmp_path / "partial"
     _source(root, 2, 2)

@@ -30,7 +30,11 @@ def _struct(rows, fields):
     for i, row in enumerate(rows):
         for f in fields:
             value = row[f]
-            array[0, i][f] = value if isinstance(value, str) else np.array([[value]], dtype=np.uint16 if f.startswith("bbox") else np.uint8)
+            array[0, i][f] = (
+                value
+                if isinstance(value, str)
+                else np.array([[value]], dtype=np.uint16 if f.startswith("bbox") else np.uint8)
+            )
     return array
 
 
@@ -78,8 +82,14 @@ def test_devkit_layout(tmp_path):
     assert manifest["splits"]["train"]["class_counts"] == [3, 2, 3]
     assert manifest["splits"]["test"]["class_counts"] == [1, 2, 2]
     assert manifest["split_rule"].startswith("official")
-    assert manifest["source_checksums"]["cars_test_annos_withlabels.mat"] == "sha256:" + file_digest(src / "cars_test_annos_withlabels.mat")
-    assert set(manifest["source_checksums"]) == {"cars_meta.mat", "cars_train_annos.mat", "cars_test_annos_withlabels.mat"}
+    assert manifest["source_checksums"]["cars_test_annos_withlabels.mat"] == "sha256:" + file_digest(
+        src / "cars_test_annos_withlabels.mat"
+    )
+    assert set(manifest["source_checksums"]) == {
+        "cars_meta.mat",
+        "cars_train_annos.mat",
+        "cars_test_annos_withlabels.mat",
+    }
     train = _check_official(data, ("cars_train/", "cars_test/"))
     shapes = dict(zip(train["id"].to_pylist(), [decode_image(b).shape for b in train["image"].to_pylist()]))
     assert shapes["cars_train/00001.jpg"] == (256, 427, 3) and shapes["cars_train/00002.jpg"] == (30, 40, 3)
@@ -105,7 +115,11 @@ def test_class_folders_layout(tmp_path):
     data = tmp_path / "data"
     manifest = prepare("stanford_cars", data, source=src, workers=1, quiet=True)
     assert manifest["classes"] == sorted(CLASSES)
-    assert manifest["splits"]["train"]["class_counts"] == [3, 2, 3] and manifest["splits"]["test"]["class_counts"] == [1, 2, 2]
+    assert manifest["splits"]["train"]["class_counts"] == [3, 2, 3] and manifest["splits"]["test"]["class_counts"] == [
+        1,
+        2,
+        2,
+    ]
     test = read_split(data, "stanford_cars", "test")
     assert sorted(test["id"].to_pylist())[0] == f"test/{CLASSES[0]}/00001.jpg"
     assert all(i.split("/")[1] == CLASSES[k] for i, k in zip(test["id"].to_pylist(), test["label"].to_pylist()))
@@ -117,12 +131,26 @@ def test_all_in_one_cars_annos(tmp_path):
     rows = []
     for n, (c, is_test) in enumerate([(c, 0) for c in TRAIN] + [(c, 1) for c in TEST], 1):
         _jpeg(src / "car_ims" / f"{n:06d}.jpg", 40 * c + n)
-        rows.append({"relative_im_path": f"car_ims/{n:06d}.jpg", "bbox_x1": 1, "bbox_y1": 2, "bbox_x2": 30, "bbox_y2": 20, "class": c + 1, "test": is_test})
+        rows.append(
+            {
+                "relative_im_path": f"car_ims/{n:06d}.jpg",
+                "bbox_x1": 1,
+                "bbox_y1": 2,
+                "bbox_x2": 30,
+                "bbox_y2": 20,
+                "class": c + 1,
+                "test": is_test,
+            }
+        )
     fields = ["relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"]
     savemat(src / "cars_annos.mat", {"annotations": _struct(rows, fields), "class_names": _names(CLASSES)})
     manifest = prepare("stanford_cars", tmp_path / "data", source=src, workers=1, quiet=True)
     assert manifest["classes"] == CLASSES
-    assert manifest["splits"]["train"]["class_counts"] == [3, 2, 3] and manifest["splits"]["test"]["class_counts"] == [1, 2, 2]
+    assert manifest["splits"]["train"]["class_counts"] == [3, 2, 3] and manifest["splits"]["test"]["class_counts"] == [
+        1,
+        2,
+        2,
+    ]
     test = read_split(tmp_path / "data", "stanford_cars", "test")
     assert sorted(test["id"].to_pylist())[0] == f"car_ims/{len(TRAIN) + 1:06d}.jpg"
 
@@ -138,7 +166,9 @@ def test_missing_test_labels_and_images_are_named(tmp_path):
         prepare("stanford_cars", tmp_path / "data", source=src, workers=1, quiet=True)
     (tmp_path / "elsewhere.mat").replace(src / "cars_test_annos_withlabels.mat")
     (src / "cars_test" / "cars_test" / "00003.jpg").unlink()
-    with pytest.raises(RayexpError, match=r"1 image\(s\) named in .*cars_test_annos_withlabels.mat are missing, e.g. .*00003.jpg"):
+    with pytest.raises(
+        RayexpError, match=r"1 image\(s\) named in .*cars_test_annos_withlabels.mat are missing, e.g. .*00003.jpg"
+    ):
         prepare("stanford_cars", tmp_path / "data", source=src, workers=1, quiet=True)
     (tmp_path / "empty").mkdir()
     with pytest.raises(RayexpError, match="no Stanford Cars layout found in .*empty.*kaggle"):

@@ -90,7 +90,9 @@ def test_extracted_folder_is_read_and_its_lists_recorded(tmp_path):
     manifest = prepare("stanford_dogs", tmp_path / "data", source=tmp_path / "src", workers=1, quiet=True)
     assert manifest["splits"]["train"]["rows"] == len(train) and manifest["splits"]["test"]["rows"] == len(test)
     assert set(manifest["source_checksums"]) == {"train_list.mat", "test_list.mat"}
-    assert manifest["source_checksums"]["train_list.mat"] == "sha256:" + file_digest(tmp_path / "src" / "train_list.mat")
+    assert manifest["source_checksums"]["train_list.mat"] == "sha256:" + file_digest(
+        tmp_path / "src" / "train_list.mat"
+    )
 
 
 def test_wrong_checksum_is_refused(archives, tmp_path, monkeypatch):
@@ -103,7 +105,9 @@ def test_wrong_checksum_is_refused(archives, tmp_path, monkeypatch):
 
 def test_missing_files_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RayexpError, match=r"expected lists.tar or its extracted train_list.mat in .*empty .*ImageNetDogs/lists.tar"):
+    with pytest.raises(
+        RayexpError, match=r"expected lists.tar or its extracted train_list.mat in .*empty .*ImageNetDogs/lists.tar"
+    ):
         prepare("stanford_dogs", tmp_path / "data", source=tmp_path / "empty", workers=1, quiet=True)
     _, test = _extracted(tmp_path / "src")
     (tmp_path / "src" / "Images" / test[0]).unlink()

@@ -72,7 +72,10 @@ def test_same_seed_same_split(tmp_path, archive):
     a = prepare("ucmerced", tmp_path / "a", source=path, workers=1, quiet=True)
     b = prepare("ucmerced", tmp_path / "b", source=path.parent, workers=1, quiet=True)
     assert a["splits"] == b["splits"]
-    assert read_split(tmp_path / "a", "ucmerced", "test")["id"].to_pylist() == read_split(tmp_path / "b", "ucmerced", "test")["id"].to_pylist()
+    assert (
+        read_split(tmp_path / "a", "ucmerced", "test")["id"].to_pylist()
+        == read_split(tmp_path / "b", "ucmerced", "test")["id"].to_pylist()
+    )
 
 
 def test_images_decode_at_native_size(tmp_path, archive):

@@ -30,7 +30,10 @@ BREAST = "BreaKHis_v1/histology_slides/breast"
 CLASSES = ["benign", "malignant"]
 TEST_FRACTION = 0.3
 PATIENT_SEED = 0  # fixed, and independent of the magnification, so all four datasets agree
-NAME = re.compile(r"^SOB_(?P<cls>[BM])_(?P<subtype>[A-Z]+)-(?P<year>\d+)-(?P<slide>[0-9A-Za-z]+)-(?P<mag>\d+)-(?P<seq>\d+)\.png$", re.IGNORECASE)
+NAME = re.compile(
+    r"^SOB_(?P<cls>[BM])_(?P<subtype>[A-Z]+)-(?P<year>\d+)-(?P<slide>[0-9A-Za-z]+)-(?P<mag>\d+)-(?P<seq>\d+)\.png$",
+    re.IGNORECASE,
+)
 
 
 def magnification(name: str) -> str:
@@ -69,7 +72,9 @@ def _parse(path: Path, breast: Path) -> tuple[int, str, str]:
     label = 0 if match["cls"].upper() == "B" else 1
     folder_class = path.relative_to(breast).parts[0]
     if folder_class != CLASSES[label] or path.parent.name.upper() != f"{match['mag']}X":
-        raise RayexpError(f"{path}: its name says {CLASSES[label]} at {match['mag']}X but it is filed under {folder_class}/.../{path.parent.name}")
+        raise RayexpError(
+            f"{path}: its name says {CLASSES[label]} at {match['mag']}X but it is filed under {folder_class}/.../{path.parent.name}"
+        )
     return label, f"{match['year']}-{match['slide']}", match["mag"]
 
 
@@ -85,12 +90,16 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
         raise RayexpError(f"breakhis source reads {', '.join(DATASETS)}, not {name!r}")
     breast, checksums = _breast_folder(Path(root), Path(work))
     mag = magnification(name)
-    images = sorted(p for p in breast.rglob("*") if p.suffix.lower() == ".png" and not p.name.startswith(".") and p.is_file())
+    images = sorted(
+        p for p in breast.rglob("*") if p.suffix.lower() == ".png" and not p.name.startswith(".") and p.is_file()
+    )
     parsed = [(p, *_parse(p, breast)) for p in images]
     patients: dict[str, int] = {}
     for path, label, patient, _ in parsed:
         if patients.setdefault(patient, label) != label:
-            raise RayexpError(f"patient {patient} has both benign and malignant images (e.g. {path}); the archive looks altered")
+            raise RayexpError(
+                f"patient {patient} has both benign and malignant images (e.g. {path}); the archive looks altered"
+            )
     sides = patient_splits(patients)
     paper = split == "paper"
     records = [
@@ -105,7 +114,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
         if m == mag
     ]
     if not records:
-        raise RayexpError(f"no {mag}X images under {breast}; expected <benign|malignant>/SOB/<subtype>/<patient>/{mag}X/*.png")
+        raise RayexpError(
+            f"no {mag}X images under {breast}; expected <benign|malignant>/SOB/<subtype>/<patient>/{mag}X/*.png"
+        )
     info = get_dataset_info(name)
     if paper:
         rule = "image-level stratified 70/30 (the paper's split)"
@@ -116,7 +127,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
     else:
         n_test = sum(side == "test" for side in sides.values())
         rule = f"by patient, stratified on the patient's class: {len(sides) - n_test} patients train / {n_test} test, the same at every magnification"
-        notes = [f"split by patient, not by image as in the paper: train/test counts differ from the paper's {info.train}/{info.test}"]
+        notes = [
+            f"split by patient, not by image as in the paper: train/test counts differ from the paper's {info.train}/{info.test}"
+        ]
     if len(records) != info.train + info.test:
         notes.append(f"{len(records)} images at {mag}X where the paper's train+test is {info.train + info.test}")
     return Source(CLASSES, records, rule, test_fraction=TEST_FRACTION, checksums=checksums, notes=notes)

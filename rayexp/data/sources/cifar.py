@@ -44,7 +44,14 @@ class _Layout:
 
 
 LAYOUTS = {
-    "cifar10": _Layout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta", "labels", "label_names"),
+    "cifar10": _Layout(
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        "batches.meta",
+        "labels",
+        "label_names",
+    ),
     "cifar100": _Layout("cifar-100-python", ("train",), ("test",), "meta", "fine_labels", "fine_label_names"),
 }
 
@@ -119,7 +126,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
                 f"found an extracted {layout.folder} but not {archive_name} in {root}: CIFAR's pickles are loaded only "
                 f"from the original archive after its checksum matched; put {archive_name} there (download {URLS[name]})"
             )
-        raise RayexpError(f"expected {archive_name} in {root} (download it from {URLS[name]}); point --source at it or the folder holding it")
+        raise RayexpError(
+            f"expected {archive_name} in {root} (download it from {URLS[name]}); point --source at it or the folder holding it"
+        )
     members = {f"{layout.folder}/{m}" for m in (*layout.train, *layout.test, layout.meta)}
     found = _read_verified(archive, checksum, members)
 

@@ -61,13 +61,19 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
                 raise RayexpError(f"image id {image_id} ({rel}) is in images.txt but not in {folder / file}")
         label = int(labels[image_id]) - 1
         if not 0 <= label < len(classes):
-            raise RayexpError(f"{folder / 'image_class_labels.txt'}: image id {image_id} has class {label + 1}, outside 1..{len(classes)}")
+            raise RayexpError(
+                f"{folder / 'image_class_labels.txt'}: image id {image_id} has class {label + 1}, outside 1..{len(classes)}"
+            )
         path = folder / "images" / rel
         if not path.is_file():
             raise RayexpError(f"images.txt lists {rel}, but {path} does not exist")
         if is_train[image_id] not in ("0", "1"):
-            raise RayexpError(f"{folder / 'train_test_split.txt'}: image id {image_id} has is_train {is_train[image_id]!r}, expected 0 or 1")
-        records.append(SourceRecord(path, label, f"images/{rel}", split="train" if is_train[image_id] == "1" else "test"))
+            raise RayexpError(
+                f"{folder / 'train_test_split.txt'}: image id {image_id} has is_train {is_train[image_id]!r}, expected 0 or 1"
+            )
+        records.append(
+            SourceRecord(path, label, f"images/{rel}", split="train" if is_train[image_id] == "1" else "test")
+        )
 
     if from_archive and checksum:
         checksums = {ARCHIVE: checksum}

@@ -30,8 +30,7 @@ def load_source(name: str, root: Path | None = None, work: Path | None = None, s
     # Pixel values are 0..16; stretch to 0..255 grayscale.
     images = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     records = [
-        SourceRecord(image=images[i], label=int(bunch.target[i]), id=f"digits/{i:04d}")
-        for i in range(len(images))
+        SourceRecord(image=images[i], label=int(bunch.target[i]), id=f"digits/{i:04d}") for i in range(len(images))
     ]
     return Source(
         classes=[str(c) for c in bunch.target_names],

@@ -50,7 +50,9 @@ def _read_list(path: Path) -> list[tuple[str, str]]:
 
 
 def load_source(name: str, root: Path, work: Path, split: str = "default") -> Source:
-    base, from_archive = locate_dataset_folder(Path(root), Path(work), ARCHIVE, "dtd", f"labels/{LISTS['train']}", URL, CHECKSUMS[ARCHIVE])
+    base, from_archive = locate_dataset_folder(
+        Path(root), Path(work), ARCHIVE, "dtd", f"labels/{LISTS['train']}", URL, CHECKSUMS[ARCHIVE]
+    )
     lists = {s: _read_list(base / "labels" / f) for s, f in LISTS.items()}
     classes = sorted({cls for entries in lists.values() for cls, _ in entries})
     index = {c: i for i, c in enumerate(classes)}
@@ -59,7 +61,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
         for cls, rel in entries:
             image = base / "images" / rel
             if not image.is_file():
-                raise RayexpError(f"DTD image {image} (listed in labels/{LISTS[split_name]}) is missing; re-extract {ARCHIVE}")
+                raise RayexpError(
+                    f"DTD image {image} (listed in labels/{LISTS[split_name]}) is missing; re-extract {ARCHIVE}"
+                )
             records.append(SourceRecord(image, index[cls], f"images/{rel}", split=split_name))
     if from_archive:
         checksums = {ARCHIVE: CHECKSUMS[ARCHIVE]}

@@ -29,23 +29,107 @@ CHECKSUMS = {
 # The category names in label order, as TensorFlow Datasets publishes them
 # (tensorflow_datasets/image_classification/oxford_flowers102.py, _NAMES); the .mat files carry none.
 CLASSES = [
-    "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea", "english marigold",
-    "tiger lily", "moon orchid", "bird of paradise", "monkshood", "globe thistle", "snapdragon",
-    "colt's foot", "king protea", "spear thistle", "yellow iris", "globe-flower", "purple coneflower",
-    "peruvian lily", "balloon flower", "giant white arum lily", "fire lily", "pincushion flower",
-    "fritillary", "red ginger", "grape hyacinth", "corn poppy", "prince of wales feathers",
-    "stemless gentian", "artichoke", "sweet william", "carnation", "garden phlox", "love in the mist",
-    "mexican aster", "alpine sea holly", "ruby-lipped cattleya", "cape flower", "great masterwort",
-    "siam tulip", "lenten rose", "barbeton daisy", "daffodil", "sword lily", "poinsettia",
-    "bolero deep blue", "wallflower", "marigold", "buttercup", "oxeye daisy", "common dandelion",
-    "petunia", "wild pansy", "primula", "sunflower", "pelargonium", "bishop of llandaff", "gaura",
-    "geranium", "orange dahlia", "pink-yellow dahlia?", "cautleya spicata", "japanese anemone",
-    "black-eyed susan", "silverbush", "californian poppy", "osteospermum", "spring crocus",
-    "bearded iris", "windflower", "tree poppy", "gazania", "azalea", "water lily", "rose",
-    "thorn apple", "morning glory", "passion flower", "lotus", "toad lily", "anthurium", "frangipani",
-    "clematis", "hibiscus", "columbine", "desert-rose", "tree mallow", "magnolia", "cyclamen",
-    "watercress", "canna lily", "hippeastrum", "bee balm", "ball moss", "foxglove", "bougainvillea",
-    "camellia", "mallow", "mexican petunia", "bromelia", "blanket flower", "trumpet creeper",
+    "pink primrose",
+    "hard-leaved pocket orchid",
+    "canterbury bells",
+    "sweet pea",
+    "english marigold",
+    "tiger lily",
+    "moon orchid",
+    "bird of paradise",
+    "monkshood",
+    "globe thistle",
+    "snapdragon",
+    "colt's foot",
+    "king protea",
+    "spear thistle",
+    "yellow iris",
+    "globe-flower",
+    "purple coneflower",
+    "peruvian lily",
+    "balloon flower",
+    "giant white arum lily",
+    "fire lily",
+    "pincushion flower",
+    "fritillary",
+    "red ginger",
+    "grape hyacinth",
+    "corn poppy",
+    "prince of wales feathers",
+    "stemless gentian",
+    "artichoke",
+    "sweet william",
+    "carnation",
+    "garden phlox",
+    "love in the mist",
+    "mexican aster",
+    "alpine sea holly",
+    "ruby-lipped cattleya",
+    "cape flower",
+    "great masterwort",
+    "siam tulip",
+    "lenten rose",
+    "barbeton daisy",
+    "daffodil",
+    "sword lily",
+    "poinsettia",
+    "bolero deep blue",
+    "wallflower",
+    "marigold",
+    "buttercup",
+    "oxeye daisy",
+    "common dandelion",
+    "petunia",
+    "wild pansy",
+    "primula",
+    "sunflower",
+    "pelargonium",
+    "bishop of llandaff",
+    "gaura",
+    "geranium",
+    "orange dahlia",
+    "pink-yellow dahlia?",
+    "cautleya spicata",
+    "japanese anemone",
+    "black-eyed susan",
+    "silverbush",
+    "californian poppy",
+    "osteospermum",
+    "spring crocus",
+    "bearded iris",
+    "windflower",
+    "tree poppy",
+    "gazania",
+    "azalea",
+    "water lily",
+    "rose",
+    "thorn apple",
+    "morning glory",
+    "passion flower",
+    "lotus",
+    "toad lily",
+    "anthurium",
+    "frangipani",
+    "clematis",
+    "hibiscus",
+    "columbine",
+    "desert-rose",
+    "tree mallow",
+    "magnolia",
+    "cyclamen",
+    "watercress",
+    "canna lily",
+    "hippeastrum",
+    "bee balm",
+    "ball moss",
+    "foxglove",
+    "bougainvillea",
+    "camellia",
+    "mallow",
+    "mexican petunia",
+    "bromelia",
+    "blanket flower",
+    "trumpet creeper",
     "blackberry lily",
 ]
 SPLITS = {"trnid": "train", "valid": "train", "tstid": "test"}
@@ -68,7 +152,9 @@ def _mat(root: Path, filename: str, keys: tuple[str, ...]) -> dict:
 
     path = root / filename
     if not path.is_file():
-        raise RayexpError(f"expected {filename} in {root} (download it from {BASE_URL}{filename}); point --source at the folder holding it")
+        raise RayexpError(
+            f"expected {filename} in {root} (download it from {BASE_URL}{filename}); point --source at the folder holding it"
+        )
     verify_checksum(path, CHECKSUMS[filename])
     mat = loadmat(path)
     for key in keys:
@@ -78,11 +164,15 @@ def _mat(root: Path, filename: str, keys: tuple[str, ...]) -> dict:
 
 
 def load_source(name: str, root: Path, work: Path, split: str = "default") -> Source:
-    base = find_or_extract(root, work, "102flowers.tgz", "jpg", BASE_URL + "102flowers.tgz", CHECKSUMS["102flowers.tgz"])
+    base = find_or_extract(
+        root, work, "102flowers.tgz", "jpg", BASE_URL + "102flowers.tgz", CHECKSUMS["102flowers.tgz"]
+    )
     labels = np.asarray(_mat(root, "imagelabels.mat", ("labels",))["labels"]).ravel().astype(np.int64)
     setid = _mat(root, "setid.mat", tuple(SPLITS))
     if labels.min() < 1 or labels.max() > len(CLASSES):
-        raise RayexpError(f"{root / 'imagelabels.mat'}: labels should be 1..{len(CLASSES)}, found {labels.min()}..{labels.max()}")
+        raise RayexpError(
+            f"{root / 'imagelabels.mat'}: labels should be 1..{len(CLASSES)}, found {labels.min()}..{labels.max()}"
+        )
 
     records: list[SourceRecord] = []
     seen: set[int] = set()
@@ -95,7 +185,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
                 raise RayexpError(f"{root / 'setid.mat'}: {key} names image {number}, outside 1..{len(labels)}")
             rel = f"jpg/image_{number:05d}.jpg"
             if not (base / rel).is_file():
-                raise RayexpError(f"image {rel} listed in setid.mat is missing from {base}; is 102flowers.tgz fully extracted?")
+                raise RayexpError(
+                    f"image {rel} listed in setid.mat is missing from {base}; is 102flowers.tgz fully extracted?"
+                )
             records.append(SourceRecord(base / rel, int(labels[number - 1]) - 1, rel, split=split_name))
     checksums = {f: CHECKSUMS[f] for f in ("imagelabels.mat", "setid.mat")}
     if base == work:

@@ -39,14 +39,20 @@ def local_help(name: str) -> str:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def class_folder_records(images: Path, suffixes: tuple[str, ...], id_prefix: str, what: str) -> tuple[list[str], list[SourceRecord]]:
+def class_folder_records(
+    images: Path, suffixes: tuple[str, ...], id_prefix: str, what: str
+) -> tuple[list[str], list[SourceRecord]]:
     """Sorted class folders under ``images`` and one record per image file with one of ``suffixes``.
 
     Shared by the sources whose archive is just a folder of class folders (EuroSAT, UC Merced,
@@ -57,9 +63,15 @@ def class_folder_records(images: Path, suffixes: tuple[str, ...], id_prefix: str
         raise RayexpError(f"{images} has no class folders; expected {what}")
     records: list[SourceRecord] = []
     for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
+        files = sorted(
+            p
+            for p in class_dir.iterdir()
+            if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+        )
         if not files:
-            raise RayexpError(f"class folder {class_dir} has no {'/'.join(suffixes)} images: an empty class is an error")
+            raise RayexpError(
+                f"class folder {class_dir} has no {'/'.join(suffixes)} images: an empty class is an error"
+            )
         records += [SourceRecord(p, label, f"{id_prefix}{class_dir.name}/{p.name}") for p in files]
     return [p.name for p in class_dirs], records
 
@@ -133,8 +145,14 @@ def load_source(name: str, root: Path, work: Path, split: str = "default", *, al
     csvs = [p for p in root.iterdir() if p.suffix.lower() == ".csv"] if root.is_dir() else []
     if len(csvs) == 1 and not _class_folders(root):
         classes, records, rule = _from_csv(csvs[0], allow_outside=allow_outside)
-        return Source(classes, records, f"{rule} ({csvs[0].name})", test_fraction=test_fraction, encoding=_encoding([r.image for r in records]),
-                      checksums=listing_checksum(records))
+        return Source(
+            classes,
+            records,
+            f"{rule} ({csvs[0].name})",
+            test_fraction=test_fraction,
+            encoding=_encoding([r.image for r in records]),
+            checksums=listing_checksum(records),
+        )
     folders = {p.name: p for p in _class_folders(root)}
     test_name = "test" if "test" in folders else "val" if "val" in folders else None
     if "train" in folders and test_name:
@@ -145,14 +163,27 @@ def load_source(name: str, root: Path, work: Path, split: str = "default", *, al
         rule = f"one folder per class, stratified {round(100 * (1 - test_fraction))}/{round(100 * test_fraction)}"
     classes = sorted({c.name for d in split_dirs.values() for c in _class_folders(d)})
     if not classes:
-        raise RayexpError(f"{root} has no class folders; expected <class>/ folders of images (or train/ and test/ with class folders, or a CSV of path,label)")
+        raise RayexpError(
+            f"{root} has no class folders; expected <class>/ folders of images (or train/ and test/ with class folders, or a CSV of path,label)"
+        )
     index = {c: i for i, c in enumerate(classes)}
     records: list[SourceRecord] = []
     for split_name, folder in split_dirs.items():
         for class_dir in _class_folders(folder):
             images = _images(class_dir)
             if not images:
-                raise RayexpError(f"class folder {class_dir} has no images: an empty class is an error; remove it or add images")
+                raise RayexpError(
+                    f"class folder {class_dir} has no images: an empty class is an error; remove it or add images"
+                )
             for image in images:
-                records.append(SourceRecord(image, index[class_dir.name], str(image.relative_to(root)), split=split_name))
-    return Source(classes, records, rule, test_fraction=test_fraction, encoding=_encoding([r.image for r in records]), checksums=listing_checksum(records))
+                records.append(
+                    SourceRecord(image, index[class_dir.name], str(image.relative_to(root)), split=split_name)
+                )
+    return Source(
+        classes,
+        records,
+        rule,
+        test_fraction=test_fraction,
+        encoding=_encoding([r.image for r in records]),
+        checksums=listing_checksum(records),
+    )

@@ -49,7 +49,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
         for n, entry in enumerate(_lines(listing, folder), 1):
             class_name = entry.split("/", 1)[0]
             if class_name not in index or "/" not in entry:
-                raise RayexpError(f"{listing} line {n}: expected '<class>/<id>' with a class from classes.txt, got {entry!r}")
+                raise RayexpError(
+                    f"{listing} line {n}: expected '<class>/<id>' with a class from classes.txt, got {entry!r}"
+                )
             if entry in seen:
                 raise RayexpError(f"{entry} is listed twice (in meta/{seen[entry]}.txt and meta/{split_name}.txt)")
             seen[entry] = split_name
@@ -62,4 +64,6 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
         checksums = {ARCHIVE: checksum}
     else:
         checksums = {f"{FOLDER}/{f}": "sha256:" + file_digest(folder / f) for f in META_FILES}
-    return Source(classes=classes, records=records, split_rule="official (meta/train.txt vs meta/test.txt)", checksums=checksums)
+    return Source(
+        classes=classes, records=records, split_rule="official (meta/train.txt vs meta/test.txt)", checksums=checksums
+    )

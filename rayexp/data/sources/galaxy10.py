@@ -65,7 +65,9 @@ def read_image(path: str, index: int) -> np.ndarray:
 def load_source(name: str, root: Path, work: Path, split: str = "default") -> Source:
     path = Path(root) / FILENAME
     if not path.is_file():
-        raise RayexpError(f"expected {FILENAME} in {root} (download it from {URL}); point --source at the file or the folder holding it")
+        raise RayexpError(
+            f"expected {FILENAME} in {root} (download it from {URL}); point --source at the file or the folder holding it"
+        )
     path = path.resolve()
     verify_checksum(path, CHECKSUMS[FILENAME])
     import h5py

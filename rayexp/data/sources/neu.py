@@ -86,11 +86,15 @@ def _det_records(base: Path, det: Path) -> list[SourceRecord]:
     for split in DET_SPLITS:
         images = det / split / "images"
         if not images.is_dir():
-            raise RayexpError(f"NEU-DET folder {det} has no {split}/images/ folder; expected {'/, '.join(DET_SPLITS)}/ with images/<class>/")
+            raise RayexpError(
+                f"NEU-DET folder {det} has no {split}/images/ folder; expected {'/, '.join(DET_SPLITS)}/ with images/<class>/"
+            )
         for class_dir in sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if class_dir.name not in CLASSES:
                 raise RayexpError(f"NEU-DET class folder {class_dir} is not one of {', '.join(CLASSES)}")
-            files = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".bmp", ".png"))
+            files = sorted(
+                p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".bmp", ".png")
+            )
             if not files:
                 raise RayexpError(f"NEU-DET class folder {class_dir} has no images")
             label = CLASSES.index(class_dir.name)
@@ -125,7 +129,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
     else:
         records = _det_records(base, det)
         layout = "NEU-DET (its train/validation folders pooled)"
-        notes = ["NEU-DET's own train/validation folders (240/60 per class) are pooled and re-split 200/100 per class, as the paper does"]
+        notes = [
+            "NEU-DET's own train/validation folders (240/60 per class) are pooled and re-split 200/100 per class, as the paper does"
+        ]
     if archive is not None:
         checksums = {archive.name: "sha256:" + file_digest(archive)}
     else:

@@ -35,7 +35,7 @@ def remote_files(name: str) -> list[RemoteFile]:
 def local_help(name: str) -> str:
     return (
         f"if the download is refused (Mendeley sometimes turns scripts away), open {PAGE} in a browser, download "
-        f"{ARCHIVE} (not the augmented one; \"Download All\" gives a zip holding both) and pass --source that file, "
+        f'{ARCHIVE} (not the augmented one; "Download All" gives a zip holding both) and pass --source that file, '
         f"the folder holding it, or its extracted {IMAGES}/ folder"
     )
 

@@ -95,7 +95,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
         patients[patient] = max(patients.get(patient, 0), target)
     for patient in patients:
         if not (base / IMAGES / f"{patient}.dcm").is_file():
-            raise RayexpError(f"{labels_csv} lists patient {patient} but {base / IMAGES / (patient + '.dcm')} is missing; is {IMAGES}/ complete?")
+            raise RayexpError(
+                f"{labels_csv} lists patient {patient} but {base / IMAGES / (patient + '.dcm')} is missing; is {IMAGES}/ complete?"
+            )
 
     def image(patient: str) -> functools.partial:
         return functools.partial(read_dicom, str((base / IMAGES / f"{patient}.dcm").resolve()))
@@ -113,5 +115,7 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
     else:
         records = [SourceRecord(image(p), t, p, group=p) for p, t in patients.items()]
         rule = "one row per patient (label = max Target), stratified 80/20"
-        notes = [f"one row per patient: {len(patients)} images where the paper counts the {len(rows)} CSV rows (one per box)"]
+        notes = [
+            f"one row per patient: {len(patients)} images where the paper counts the {len(rows)} CSV rows (one per box)"
+        ]
     return Source(CLASSES, records, rule, test_fraction=0.2, checksums=checksums, notes=notes)

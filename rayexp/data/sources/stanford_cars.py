@@ -104,7 +104,9 @@ def _annotations(path: Path, name_field: str) -> np.ndarray:
     annotations = np.atleast_1d(mat["annotations"])
     fields = annotations.dtype.names or ()
     if "class" not in fields:
-        raise RayexpError(f"{path} has no 'class' field: it is the unlabelled test file; get cars_test_annos_withlabels.mat ({local_help('stanford_cars')})")
+        raise RayexpError(
+            f"{path} has no 'class' field: it is the unlabelled test file; get cars_test_annos_withlabels.mat ({local_help('stanford_cars')})"
+        )
     if name_field not in fields:
         raise RayexpError(f"{path}: annotations have no {name_field!r} field (fields: {', '.join(fields)})")
     return annotations
@@ -129,7 +131,9 @@ def _image_dir(scan: _Scan, name: str, sample: str, annos: Path) -> Path:
     for folder in scan.dirs.get(name, []):
         if (folder / sample).is_file():
             return folder
-    raise RayexpError(f"no {name}/ folder holding {sample} (named in {annos}) found; put the {name} images beside the annotations")
+    raise RayexpError(
+        f"no {name}/ folder holding {sample} (named in {annos}) found; put the {name} images beside the annotations"
+    )
 
 
 def _check_present(paths: list[Path], where: str) -> None:
@@ -141,7 +145,9 @@ def _check_present(paths: list[Path], where: str) -> None:
 def _devkit(scan: _Scan, train_annos: Path, test_annos: Path) -> tuple[list[str], list[SourceRecord], list[Path]]:
     meta = scan.mat(META)
     if meta is None:
-        raise RayexpError(f"found {train_annos.name} but no {META} (class names) near it; it ships in devkit/ with {TRAIN_ANNOS}")
+        raise RayexpError(
+            f"found {train_annos.name} but no {META} (class names) near it; it ships in devkit/ with {TRAIN_ANNOS}"
+        )
     classes = _class_names(meta)
     records: list[SourceRecord] = []
     for split, annos, folder_name in (("train", train_annos, "cars_train"), ("test", test_annos, "cars_test")):
@@ -193,10 +199,18 @@ def _folders(base: Path) -> tuple[list[str], list[SourceRecord]]:
     records: list[SourceRecord] = []
     for split, folder in split_dirs.items():
         for class_dir in _class_folders(folder):
-            images = sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+            images = sorted(
+                p
+                for p in class_dir.iterdir()
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            )
             if not images:
-                raise RayexpError(f"class folder {class_dir} has no images: an empty class is an error; remove it or add images")
-            records += [SourceRecord(p, index[class_dir.name], p.relative_to(base).as_posix(), split=split) for p in images]
+                raise RayexpError(
+                    f"class folder {class_dir} has no images: an empty class is an error; remove it or add images"
+                )
+            records += [
+                SourceRecord(p, index[class_dir.name], p.relative_to(base).as_posix(), split=split) for p in images
+            ]
     return classes, records
 
 

@@ -40,7 +40,10 @@ def local_help(name: str) -> str:
 
 def _strings(cell: np.ndarray) -> list[str]:
     """The strings of a MATLAB cell array of char arrays, whatever shape loadmat gave it."""
-    return [str(np.asarray(item).ravel()[0]) if np.asarray(item).size else "" for item in np.asarray(cell, dtype=object).ravel()]
+    return [
+        str(np.asarray(item).ravel()[0]) if np.asarray(item).size else ""
+        for item in np.asarray(cell, dtype=object).ravel()
+    ]
 
 
 def read_list(path: Path) -> tuple[list[str], list[int]]:
@@ -67,7 +70,9 @@ def _class_names(entries: list[tuple[str, int]], where: Path) -> list[str]:
     for rel, label in entries:
         folder = rel.replace("\\", "/").split("/")[0]
         if folders.setdefault(label, folder) != folder:
-            raise RayexpError(f"{where}: label {label} is used for both {folders[label]}/ and {folder}/; the lists are inconsistent")
+            raise RayexpError(
+                f"{where}: label {label} is used for both {folders[label]}/ and {folder}/; the lists are inconsistent"
+            )
     n = max(folders)
     missing = [k for k in range(1, n + 1) if k not in folders]
     if min(folders) < 1 or missing:
@@ -77,7 +82,9 @@ def _class_names(entries: list[tuple[str, int]], where: Path) -> list[str]:
 
 def load_source(name: str, root: Path, work: Path, split: str = "default") -> Source:
     lists = find_or_extract(root, work, "lists.tar", LISTS["train"], BASE_URL + "lists.tar", CHECKSUMS["lists.tar"])
-    images = find_or_extract(root, work, "images.tar", "Images", BASE_URL + "images.tar", CHECKSUMS["images.tar"]) / "Images"
+    images = (
+        find_or_extract(root, work, "images.tar", "Images", BASE_URL + "images.tar", CHECKSUMS["images.tar"]) / "Images"
+    )
     checksums: dict[str, str] = {}
     if lists == work:
         checksums["lists.tar"] = CHECKSUMS["lists.tar"]
@@ -88,7 +95,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
     for split_name, filename in LISTS.items():
         path = lists / filename
         if not path.is_file():
-            raise RayexpError(f"expected {filename} beside {LISTS['train']} in {lists} (from lists.tar, {BASE_URL}lists.tar)")
+            raise RayexpError(
+                f"expected {filename} beside {LISTS['train']} in {lists} (from lists.tar, {BASE_URL}lists.tar)"
+            )
         if lists != work:
             checksums[filename] = "sha256:" + file_digest(path)
         files, labels = read_list(path)
@@ -97,6 +106,8 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
     classes = _class_names([(f, k) for f, k, _ in entries], lists)
     missing = [f for f, _, _ in entries if not (images / f).is_file()]
     if missing:
-        raise RayexpError(f"{len(missing)} image(s) of the official lists are missing under {images}, e.g. {missing[0]}; is images.tar fully extracted?")
+        raise RayexpError(
+            f"{len(missing)} image(s) of the official lists are missing under {images}, e.g. {missing[0]}; is images.tar fully extracted?"
+        )
     records = [SourceRecord(images / f, k - 1, f.replace("\\", "/"), split=s) for f, k, s in entries]
     return Source(classes, records, "official lists (train_list.mat vs test_list.mat)", checksums=checksums)

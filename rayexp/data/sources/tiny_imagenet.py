@@ -45,7 +45,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
     records: list[SourceRecord] = []
     for wnid in wnids:
         images_dir = folder / "train" / wnid / "images"
-        images = sorted(p for p in images_dir.glob("*") if p.suffix.lower() in JPEG_SUFFIXES) if images_dir.is_dir() else []
+        images = (
+            sorted(p for p in images_dir.glob("*") if p.suffix.lower() in JPEG_SUFFIXES) if images_dir.is_dir() else []
+        )
         if not images:
             raise RayexpError(f"expected training images of {wnid} in {images_dir}; is {folder} complete?")
         records += [SourceRecord(p, index[wnid], str(p.relative_to(folder)), split="train") for p in images]
@@ -66,5 +68,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
     if from_archive and checksum:
         checksums = {ARCHIVE: checksum}
     else:
-        checksums = {f"{FOLDER}/{rel}": "sha256:" + file_digest(folder / rel) for rel in ("wnids.txt", "val/val_annotations.txt")}
-    return Source(classes=wnids, records=records, split_rule="official train; official val as test", checksums=checksums)
+        checksums = {
+            f"{FOLDER}/{rel}": "sha256:" + file_digest(folder / rel) for rel in ("wnids.txt", "val/val_annotations.txt")
+        }
+    return Source(
+        classes=wnids, records=records, split_rule="official train; official val as test", checksums=checksums
+    )
