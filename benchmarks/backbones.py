@@ -74,7 +74,8 @@ def main() -> None:
     names = ["resnet50"] + [n for n in args.backbones if n != "resnet50"]
     where = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(
-        f"# forward+backward, {size}x{size}, batch {batch}, {precision}, channels_last={not args.no_channels_last}, {steps} steps, on {where}"
+        f"# forward+backward, {size}x{size}, batch {batch}, {precision}, "
+        f"channels_last={not args.no_channels_last}, {steps} steps, on {where}"
     )
     rates = {}
     for name in names:

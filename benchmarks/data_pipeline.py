@@ -27,8 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
+import ray.data
 import torch
 from prepare import generate  # benchmarks/prepare.py: the same generated JPEGs
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
 
 from rayexp.data.pipeline import Normalizer, TrialBatches, build_trial_datasets, configure_data_context
 from rayexp.data.preparation import prepare
@@ -54,9 +58,6 @@ def drain(epochs, batches_of_epoch) -> tuple[float, list[float]]:
 
 
 def dataloader_arm(src: Path, workers: int, batch: int, epochs: int, mean, std) -> tuple[float, list[float]]:
-    from torch.utils.data import DataLoader
-    from torchvision import datasets, transforms
-
     transform = transforms.Compose(
         [
             transforms.Resize((SIZE, SIZE)),
@@ -83,8 +84,6 @@ def dataloader_arm(src: Path, workers: int, batch: int, epochs: int, mean, std) 
 def rayexp_arm(
     data_dir: Path, manifest: dict, workers: int, batch: int, epochs: int, cache_gb: float
 ) -> tuple[float, list[float], bool]:
-    import ray.data
-
     ray.data.DataContext.get_current().execution_options = configure_data_context(workers)  # as trial_driver does
     datasets, cached = build_trial_datasets(data_dir, manifest, 1.0, "test", cache_gb * 1e9)
     start = time.perf_counter()
@@ -130,8 +129,6 @@ def main() -> None:
         print(f"# (b) DataLoader + ImageFolder, {args.workers} workers ...", flush=True)
         loader_s, loader_rates = dataloader_arm(tmp / "src", args.workers, args.batch, args.epochs, mean, std)
 
-        import ray
-
         ray.init(num_cpus=args.workers + 1, include_dashboard=False, log_to_driver=False)
         # Ray starts its worker processes (and they import torchvision) once per node, not per trial:
         # warm them up untimed, as the DataLoader's persistent workers are started before its clock too.
@@ -148,11 +145,13 @@ def main() -> None:
 
     images = n * args.epochs
     print(
-        f"\n# {n} training images (~500 px JPEGs) x {args.epochs} epochs -> {SIZE}x{SIZE}, TrivialAugmentWide, normalised; "
+        f"\n# {n} training images (~500 px JPEGs) x {args.epochs} epochs -> {SIZE}x{SIZE}, TrivialAugmentWide, "
+        "normalised; "
         f"batch {args.batch}; {args.workers} data CPUs + the consumer; machine: {os.cpu_count()} CPUs"
     )
     print(
-        f"# rayexp preparation (one-off, {args.workers} processes): {prepare_s:.1f} s, {n / prepare_s * (args.images / n):.0f} images/s"
+        f"# rayexp preparation (one-off, {args.workers} processes): {prepare_s:.1f} s, "
+        f"{n / prepare_s * (args.images / n):.0f} images/s"
     )
     print(f"{'arm':<34}{'img/s all':>10}{'per epoch':>30}")
     for name, seconds, rates in (

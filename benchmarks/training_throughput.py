@@ -30,8 +30,9 @@ from prepare import generate  # benchmarks/prepare.py: the same generated JPEGs
 from rayexp.backbones import create_backbone, list_backbones
 from rayexp.data.catalog import DatasetInfo
 from rayexp.data.pipeline import Normalizer, TrialBatches, build_trial_datasets, configure_data_context
-from rayexp.data.shards import load_manifest, write_dataset
+from rayexp.data.shards import load_manifest
 from rayexp.data.sources import folder
+from rayexp.data.writer import write_dataset
 from rayexp.orchestrate import batch_threads
 from rayexp.training import TrainConfig, make_optimizer, make_scaler, resolve_precision, train_one_epoch
 

@@ -26,9 +26,11 @@ import torch
 
 from rayexp.backbones import create_backbone
 from rayexp.data.catalog import get_dataset_info
+from rayexp.data.codec import decode_image
 from rayexp.data.pipeline import Normalizer, augmented, epoch_seed, memory_batches, normalization
-from rayexp.data.shards import decode_image, load_manifest, read_split, write_dataset
+from rayexp.data.shards import load_manifest, read_split
 from rayexp.data.sources import digits
+from rayexp.data.writer import write_dataset
 from rayexp.grid import TrialKey
 from rayexp.training import TrainConfig, fit, seed_everything
 
@@ -91,38 +93,41 @@ def main() -> None:
     plain = time.perf_counter() - start
 
     from rayexp import tracking
-    from rayexp.orchestrate import SweepConfig, _init_ray, run_sweep
+    from rayexp.orchestrate import run_sweep
+    from rayexp.orchestrate.resources import init_ray
+    from rayexp.settings import SweepPlan, SweepSettings
 
-    cfg = SweepConfig(
-        keys=keys,
+    settings = SweepSettings(
         experiment="overhead",
         data_dir=str(data_dir),
         storage=str(work / "ray_results"),
         tracking_uri=tracking.resolve_tracking_uri(f"sqlite:///{work / 'mlflow.db'}"),
-        weights={args.backbone: "random"},
-        max_epochs=1,
-        patience=1,
+        train=TrainConfig(max_epochs=1, patience=1, precision="fp32", dualopt=False),
         batch_size=args.batch_size,
-        precision="fp32",
-        dualopt=False,
         device="cpu",
+    )
+    plan = SweepPlan(
+        settings=settings,
+        keys=tuple(keys),
+        weights={args.backbone: "random"},
         data_fingerprints={"digits": load_manifest(data_dir, "digits")["fingerprint"]},
     )
     start = time.perf_counter()
-    _init_ray(cfg)
+    init_ray(settings)
     ray_start = time.perf_counter() - start
     start = time.perf_counter()
-    outcome = run_sweep(cfg)
+    outcome = run_sweep(plan)
     sweep = time.perf_counter() - start
     if outcome["errored"]:
         raise SystemExit(f"trials errored: {outcome['errored']}")
-    results = tracking.fetch_trial_results(cfg.tracking_uri, cfg.experiment)
+    results = tracking.fetch_trial_results(settings.tracking_uri, settings.experiment)
     sweep_acc = sorted(r["best_test_acc"] for r in results)
 
     n = len(keys)
     overhead = (sweep - plain) / n
+    images = len(read_split(data_dir, "digits", "train", args.fraction, columns=["label"]))
     print(
-        f"\n# {n} trials of {args.backbone} on digits x {args.fraction} ({len(read_split(data_dir, 'digits', 'train', args.fraction, columns=['label']))} training images), "
+        f"\n# {n} trials of {args.backbone} on digits x {args.fraction} ({images} training images), "
         f"1 epoch, batch {args.batch_size}, CPU ({os.cpu_count()} cores)"
     )
     print(f"{'arm':<28}{'total s':>10}{'s/trial':>10}")

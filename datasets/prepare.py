@@ -58,7 +58,7 @@ def list_datasets(data_dir: str) -> None:
         print(f"{name:<15} {info.domain:<15} {'no':<8} {'-':>13}  {how}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", nargs="?", help="dataset to prepare (a catalog name, or a new name with --source)")
     p.add_argument("--list", action="store_true", help="list every dataset and whether it is prepared")
@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         help="leave out images that cannot be decoded (counted and listed in the manifest) instead of stopping",
     )
     p.add_argument("--force", action="store_true", help="prepare again even if already prepared")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     try:
         if args.list:

@@ -10,176 +10,48 @@ import argparse
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+
+from rayexp import options, preflight, report, tracking
 from rayexp.backbones import get_spec
 from rayexp.data.catalog import default_data_dir, get_dataset_info
 from rayexp.data.shards import is_prepared, is_uri
 from rayexp.errors import RayexpError
-from rayexp.grid import expand_grid, seed_problem
+from rayexp.grid import TrialKey, expand_grid, seed_problem
+from rayexp.results import current_results, summarize
+from rayexp.settings import GROUP_TITLES, SweepPlan, SweepSettings
 
 
-@dataclass
+@dataclass(frozen=True)
 class SweepDefaults:
-    """What distinguishes one sweep script from another."""
+    """What distinguishes one sweep script from another: its help text and its default settings."""
 
     description: str
-    experiment: str
-    backbones: Sequence[str]
-    datasets: Sequence[str]
-    fractions: Sequence[float]
-    seeds: Sequence[int]
-    max_epochs: int
-    patience: int
-    batch_size: int | None = None
-    selection: str = "test"
+    settings: SweepSettings
     fallback_to_random_weights: bool = False
     extra_tags: dict[str, str] = field(default_factory=dict)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and the sweep's docstring as written."""
+    """Defaults in the help (unless unset, a switch, or said in the help already), and the sweep's docstring
+    as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
-def build_parser(defaults: SweepDefaults, with_datasets: bool = True) -> argparse.ArgumentParser:
+def build_parser(defaults: SweepDefaults, exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The sweep's command line: one argument per :class:`~rayexp.settings.SweepSettings` option (less
+    ``exclude``), defaulting to the script's settings, and what only the command line has (--out, --dry-run)."""
     p = argparse.ArgumentParser(description=defaults.description, formatter_class=_HelpFormatter)
-    p.add_argument("--backbones", nargs="+", default=list(defaults.backbones), help="backbone names (see README)")
-    if with_datasets:
-        p.add_argument(
-            "--datasets",
-            nargs="+",
-            default=list(defaults.datasets),
-            help="dataset names (python datasets/prepare.py --list)",
-        )
-    p.add_argument(
-        "--fractions",
-        nargs="+",
-        type=float,
-        default=list(defaults.fractions),
-        help="fractions of the training split, in (0, 1]",
-    )
-    p.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
-    p.add_argument("--data-dir", default=str(default_data_dir()), help="folder of prepared datasets")
-    p.add_argument(
-        "--storage",
-        default=str(Path("ray_results").resolve()),
-        help="Tune/Train storage: a local folder or a bucket URI",
-    )
-    p.add_argument(
-        "--tracking-uri",
-        default="sqlite:///mlflow.db",
-        help="MLflow tracking URI; relative SQLite paths are made absolute",
-    )
-    p.add_argument("--experiment", default=defaults.experiment, help="MLflow experiment and Tune run name")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
-    p.add_argument(
-        "--max-epochs",
-        type=int,
-        default=defaults.max_epochs,
-        help="safety cap on epochs per DualOpt phase (AdamW, then SGD)",
-    )
-    p.add_argument("--patience", type=int, default=defaults.patience, help="epochs without improvement before stopping")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults.batch_size,
-        help="training batch (default: the backbone's registry value)",
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "bf16", "fp16", "fp32"],
-        help="auto: bf16/fp16 on GPU, fp32 on CPU",
-    )
-    p.add_argument(
-        "--selection",
-        default=defaults.selection,
-        choices=["test", "val"],
-        help="monitor test accuracy (the paper) or a held-out 10%% of the training rows",
-    )
-    p.add_argument("--no-dualopt", dest="dualopt", action="store_false", help="AdamW only: skip DualOpt's SGD phase")
-    p.add_argument(
-        "--normalize",
-        default="dataset",
-        choices=["dataset", "imagenet"],
-        help="per-dataset mean/std from the manifest, or ImageNet's",
-    )
-    p.add_argument(
-        "--no-augment",
-        dest="augment",
-        action="store_false",
-        help="no TrivialAugmentWide even where the protocol has it",
-    )
-    p.add_argument(
-        "--scheduler",
-        default="fifo",
-        choices=["fifo", "asha"],
-        help="fifo: every trial runs its full protocol (a fair comparison); asha: budget mode, stops weak backbones early per (dataset, fraction)",
-    )
-    p.add_argument("--grace-period", type=int, default=5, help="ASHA: epochs before a trial can be stopped")
-    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA: keep the top 1/N at each rung")
-    p.add_argument("--trial-time-budget", type=float, default=None, help="stop each trial after this many seconds")
-    p.add_argument(
-        "--trial-epoch-budget", type=int, default=None, help="stop each trial after this many epochs (both phases)"
-    )
-    p.add_argument(
-        "--weights-dir",
-        default=None,
-        help="folder of pretrained weight files (air-gapped clusters); else $RAYEXP_WEIGHTS_DIR, then torch's cache",
-    )
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=["auto", "gpu", "cpu"],
-        help="auto: GPUs when the cluster has some now; gpu: always (an autoscaling cluster adds GPU nodes on demand)",
-    )
-    p.add_argument(
-        "--worker-cpus",
-        type=float,
-        default=None,
-        help="CPUs held by each trial's training worker (default 2 with a GPU, 1 without)",
-    )
-    p.add_argument(
-        "--data-cpus",
-        type=float,
-        default=None,
-        help="CPUs per trial for its Ray Data decode tasks (default 10 with a GPU: 12 vCPU per A100; 1 without)",
-    )
-    p.add_argument(
-        "--gpus-per-trial",
-        "--gpu-per-trial",
-        type=float,
-        default=1.0,
-        help="GPUs per trial; a fraction lets small (1%%) trials share a GPU",
-    )
-    p.add_argument("--accelerator-type", default=None, help="run trials only on this accelerator (e.g. A100-80G)")
-    p.add_argument(
-        "--cache-gb",
-        type=float,
-        default=None,
-        help="decode a trial's images once into its worker's memory when they fit in this many GB (default 4, or 32 on GPUs; 0: decode every epoch)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile each trial's model (GPU; the first epoch pays the compilation)",
-    )
-    p.add_argument("--max-concurrent", type=int, default=None, help="cap on trials running at once")
-    p.add_argument("--log-models", action="store_true", help="log each trial's best weights to MLflow (large)")
+    options.add_arguments(p, defaults.settings, exclude=exclude, titles=GROUP_TITLES)
     p.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted sweep: unfinished trials resume from their checkpoints (finished keys are always skipped)",
-    )
-    p.add_argument("--retry-errored", action="store_true", help="rerun only the trials that errored")
-    p.add_argument(
-        "--retrain-changed",
-        action="store_true",
-        help="retrain, in this experiment, the keys whose runs were made from other data or settings (their old runs are kept, marked superseded); without it such a sweep stops",
-    )
     p.add_argument("--dry-run", action="store_true", help="print the trial count and keys, start nothing")
     return p
 
@@ -231,28 +103,16 @@ def check_common(args: argparse.Namespace) -> None:
     backbone names, and every value that would fail every trial the same way once Ray had started."""
     if args.resume and args.retry_errored:
         raise RayexpError(
-            "--resume and --retry-errored are separate passes: continue the interrupted trials first, then retry the errored ones"
+            "--resume and --retry-errored are separate passes: continue the interrupted trials first, then retry "
+            "the errored ones"
         )
     for name in args.backbones:
         get_spec(name)
-    problems = [p for p in (check(args) for check in VALUE_CHECKS) if p]
+    problems = options.problems(SweepSettings, args)
+    problems += [p for p in [_fp16_needs_gpu(args)] if p]
     problems += [f"--seeds: {problem}" for problem in map(seed_problem, args.seeds) if problem]
     if problems:
         raise RayexpError("bad values, nothing was started:\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-def _at_least(option: str, attr: str, low: float, strict: bool = False, optional: bool = True):
-    """A check that ``args.<attr>`` is ``>= low`` (``> low`` when strict); None always passes when optional."""
-
-    def check(args: argparse.Namespace) -> str | None:
-        value = getattr(args, attr, None)
-        if value is None and optional:
-            return None
-        if value is None or value < low or (strict and value == low):
-            return f"{option} {value}: it must be {'>' if strict else '>='} {low:g}"
-        return None
-
-    return check
 
 
 def _fp16_needs_gpu(args: argparse.Namespace) -> str | None:
@@ -260,28 +120,23 @@ def _fp16_needs_gpu(args: argparse.Namespace) -> str | None:
     with it, so it is refused here (a cluster with --device gpu, or --address with GPUs, will have one)."""
     if args.precision != "fp16" or args.device == "gpu" or (args.address and args.device == "auto"):
         return None
-    import torch
-
     if args.device == "auto" and torch.cuda.is_available():
         return None
-    return "--precision fp16 needs a GPU and this sweep runs on the CPU: use bf16 or fp32 (or --device gpu on a cluster with GPUs)"
+    return (
+        "--precision fp16 needs a GPU and this sweep runs on the CPU: use bf16 or fp32 (or --device gpu on a "
+        "cluster with GPUs)"
+    )
 
 
-VALUE_CHECKS = (
-    _at_least("--max-epochs", "max_epochs", 1, optional=False),
-    _at_least("--patience", "patience", 1, optional=False),
-    _at_least("--batch-size", "batch_size", 1),
-    _at_least("--grace-period", "grace_period", 1, optional=False),
-    _at_least("--reduction-factor", "reduction_factor", 2, optional=False),
-    _at_least("--trial-time-budget", "trial_time_budget", 0, strict=True),
-    _at_least("--trial-epoch-budget", "trial_epoch_budget", 1),
-    _at_least("--worker-cpus", "worker_cpus", 0, strict=True),
-    _at_least("--data-cpus", "data_cpus", 0, strict=True),
-    _at_least("--gpus-per-trial", "gpus_per_trial", 0, strict=True, optional=False),
-    _at_least("--cache-gb", "cache_gb", 0),
-    _at_least("--max-concurrent", "max_concurrent", 1),
-    _fp16_needs_gpu,
-)
+def settings_from(defaults: SweepDefaults, args: argparse.Namespace) -> SweepSettings:
+    """The settings of this run: the script's, with the command line's values (checked by :func:`check_common`),
+    and local locations made absolute so Ray's workers on any node read the same place."""
+    settings = options.from_args(defaults.settings, args)
+    return replace(
+        settings,
+        data_dir=resolve_location(settings.data_dir or str(default_data_dir())),
+        storage=resolve_location(settings.storage),
+    )
 
 
 def check_writable(location: str, option: str) -> None:
@@ -304,109 +159,68 @@ def check_writable(location: str, option: str) -> None:
 
 def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     check_common(args)
-    data_dir = resolve_location(args.data_dir)
-    for name in args.datasets:
-        if is_uri(data_dir) or not is_prepared(data_dir, name):
+    settings = settings_from(defaults, args)
+    for name in settings.datasets:
+        if is_uri(settings.data_dir) or not is_prepared(settings.data_dir, name):
             get_dataset_info(name)  # a prepared dataset of one's own needs no catalog entry
-    keys = expand_grid(args.backbones, args.datasets, args.fractions, args.seeds)
+    keys = expand_grid(settings.backbones, settings.datasets, settings.fractions, settings.seeds)
     if args.dry_run:
         print(
-            f"{len(keys)} trials ({len(args.backbones)} backbones x {len(args.datasets)} datasets x {len(set(args.fractions))} fractions x {len(set(args.seeds))} seeds)"
+            f"{len(keys)} trials ({len(settings.backbones)} backbones x {len(settings.datasets)} datasets x "
+            f"{len(set(settings.fractions))} fractions x {len(set(settings.seeds))} seeds)"
         )
         for key in keys:
             print(key)
         return 0
-    cfg, tracking_uri = sweep_config(defaults, args, keys, args.datasets, data_dir)
+    plan = plan_sweep(defaults, settings, keys)
+    # Imported here: Ray Tune/Train load in seconds, and --help, --dry-run and every preflight error need neither.
     from rayexp.orchestrate import run_sweep
 
-    outcome = run_sweep(cfg)
-    return print_outcome(
-        defaults, args, keys, tracking_uri, outcome, Path(args.out or Path("reports") / args.experiment)
-    )
+    outcome = run_sweep(plan)
+    return print_outcome(plan, outcome, Path(args.out or Path("reports") / settings.experiment))
 
 
-def sweep_config(
+def plan_sweep(
     defaults: SweepDefaults,
-    args: argparse.Namespace,
-    keys: list,
-    datasets: Sequence[str],
-    data_dir: str,
+    settings: SweepSettings,
+    keys: Sequence[TrialKey],
     fallback_to_random: bool | None = None,
-):
-    """Preflight (datasets, input sizes, validation rows, weights, the MLflow store), then the sweep's
-    :class:`~rayexp.orchestrate.SweepConfig` and the resolved tracking URI. Nothing starts on failure."""
-    from rayexp import preflight, tracking
-
-    check_writable(resolve_location(args.storage), "--storage")
-    manifests = preflight.check_datasets(datasets, data_dir)
-    preflight.check_input_sizes(args.backbones, manifests)
-    preflight.check_selection(keys, manifests, args.selection)
+    extra_tags: dict[str, str] | None = None,
+) -> SweepPlan:
+    """Preflight (storage, datasets, input sizes, validation rows, weights, the MLflow store), then the sweep's
+    :class:`~rayexp.settings.SweepPlan`, its tracking URI resolved. Nothing starts on failure."""
+    check_writable(settings.storage, "--storage")
+    datasets = list(dict.fromkeys(k.dataset for k in keys))
+    manifests = preflight.check_datasets(datasets, settings.data_dir)
+    preflight.check_input_sizes(settings.backbones, manifests)
+    preflight.check_selection(keys, manifests, settings.train.selection)
     fallback = defaults.fallback_to_random_weights if fallback_to_random is None else fallback_to_random
-    weights = preflight.resolve_weights(args.backbones, args.weights_dir, fallback)
-    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    tracking.ensure_experiment(tracking_uri, args.experiment)
-
-    from rayexp.orchestrate import SweepConfig
-
-    storage = resolve_location(args.storage)
-    cfg = SweepConfig(
-        keys=keys,
-        experiment=args.experiment,
-        data_dir=data_dir,
-        storage=storage,
-        tracking_uri=tracking_uri,
+    weights = preflight.resolve_weights(settings.backbones, settings.weights_dir, fallback)
+    tracking_uri = tracking.resolve_tracking_uri(settings.tracking_uri)
+    tracking.ensure_experiment(tracking_uri, settings.experiment)
+    return SweepPlan(
+        settings=replace(settings, tracking_uri=tracking_uri),
+        keys=tuple(keys),
         weights=weights,
-        weights_dir=args.weights_dir,
-        address=args.address,
-        max_epochs=args.max_epochs,
-        patience=args.patience,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        selection=args.selection,
-        dualopt=args.dualopt,
-        normalize=args.normalize,
-        augment=args.augment,
-        scheduler=args.scheduler,
-        grace_period=args.grace_period,
-        reduction_factor=args.reduction_factor,
-        trial_time_budget_s=args.trial_time_budget,
-        trial_epoch_budget=args.trial_epoch_budget,
-        device=args.device,
-        accelerator_type=args.accelerator_type,
-        worker_cpus=args.worker_cpus,
-        data_cpus=args.data_cpus,
-        gpus_per_trial=args.gpus_per_trial,
-        max_concurrent=args.max_concurrent,
-        cache_gb=args.cache_gb,
-        compile=args.compile,
-        log_models=args.log_models,
-        resume=args.resume,
-        retry_errored=args.retry_errored,
-        retrain_changed=args.retrain_changed,
-        code_version=code_version(),
-        extra_tags=dict(defaults.extra_tags),
         data_fingerprints={name: manifest["fingerprint"] for name, manifest in manifests.items()},
+        code_version=code_version(),
+        extra_tags={**defaults.extra_tags, **(extra_tags or {})},
     )
-    return cfg, tracking_uri
 
 
-def print_outcome(
-    defaults: SweepDefaults, args: argparse.Namespace, keys: list, tracking_uri: str, outcome: dict, out_dir: Path
-) -> int:
+def print_outcome(plan: SweepPlan, outcome: dict, out_dir: Path) -> int:
     """Build the sweep's report, print its table, what stopped early and what errored; the exit code."""
-    from rayexp import report, tracking
-    from rayexp.results import current_results
-
+    uri, experiment = plan.settings.tracking_uri, plan.settings.experiment
     out_dir = Path(out_dir).expanduser().resolve()
-    paths = report.build_report(tracking_uri, args.experiment, out_dir, expected=keys)
-    rows, left_out = current_results(tracking.fetch_trial_results(tracking_uri, args.experiment))
-    summaries = report.summarize(rows, expected=keys)
-    summaries = [s for s in summaries if (s.backbone, s.dataset, s.fraction) in {k.cell for k in keys}]
+    paths = report.build_report(uri, experiment, out_dir, expected=plan.keys)
+    rows, left_out = current_results(tracking.fetch_trial_results(uri, experiment))
+    summaries = summarize(rows, expected=plan.keys)
+    summaries = [s for s in summaries if (s.backbone, s.dataset, s.fraction) in {k.cell for k in plan.keys}]
     print("\n" + report.markdown_table(summaries))
     for note in left_out:
         print(f"Left out: {note}")
     print(f"Report: {paths['html']} (also report.md, summary.csv, figures) in {out_dir}")
-    print(f"MLflow: mlflow ui --backend-store-uri {tracking_uri}   (experiment {args.experiment!r})")
+    print(f"MLflow: mlflow ui --backend-store-uri {uri}   (experiment {experiment!r})")
     if outcome.get("stopped"):
         print(f"\n{len(outcome['stopped'])} trial(s) stopped early (their best so far is reported):")
         for key, epoch, acc, reason in outcome["stopped"]:

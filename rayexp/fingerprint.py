@@ -21,8 +21,8 @@ import json
 from dataclasses import asdict
 
 from rayexp import __version__
-from rayexp.data.shards import VAL_SHARE
-from rayexp.tracking import BATCH_TAG, DATA_TAG, PROTOCOL_TAG, SETTINGS_TAG, WEIGHTS_TAG
+from rayexp.data.rows import VAL_SHARE
+from rayexp.tracking.schema import BATCH_TAG, DATA_TAG, PROTOCOL_TAG, SETTINGS_TAG, WEIGHTS_TAG
 from rayexp.training import TrainConfig
 
 

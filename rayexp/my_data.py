@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from rayexp import tracking
-from rayexp.cli import SweepDefaults, build_parser, check_common, guarded, print_outcome, resolve_location, sweep_config
+from rayexp import recommend, tracking
+from rayexp.cli import SweepDefaults, build_parser, check_common, guarded, plan_sweep, print_outcome, settings_from
+from rayexp.data import preparation
+from rayexp.data.check import check_source
 from rayexp.errors import RayexpError
 from rayexp.fingerprint import short
 from rayexp.grid import TrialKey, expand_grid
@@ -34,12 +37,13 @@ KNOWN_DOMAINS = (
 
 
 def build_my_data_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
-    p = build_parser(defaults, with_datasets=False)
+    p = build_parser(defaults, exclude=("datasets",))
     g = p.add_argument_group("your data")
     g.add_argument(
         "--source",
         required=True,
-        help="a folder of <class>/ images, a folder with train/ and test/ class folders, or a CSV of path,label[,split]",
+        help="a folder of <class>/ images, a folder with train/ and test/ class folders, or a CSV of "
+        "path,label[,split]",
     )
     g.add_argument(
         "--name", default=None, help="the dataset's name (default: from --source); the experiment is my-data-<name>"
@@ -74,19 +78,6 @@ def build_my_data_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--workers", type=int, default=None, help="processes for the data check and preparation (default: all cores)"
-    )
-    b = p.add_argument_group("budget mode (with --scheduler asha: successive halving across the backbones)")
-    b.add_argument(
-        "--budget-gpu-hours",
-        type=float,
-        default=None,
-        help="stop the whole sweep once this many device-hours (GPU, or CPU without one) are spent",
-    )
-    b.add_argument(
-        "--budget-epochs",
-        type=int,
-        default=None,
-        help="stop the whole sweep once this many epochs, summed over trials, are run",
     )
     return p
 
@@ -130,27 +121,49 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None) -> int:
 
 
 def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
-    from rayexp.data import preparation
-    from rayexp.data.check import check_source
-
-    if (args.budget_gpu_hours is not None and args.budget_gpu_hours <= 0) or (
-        args.budget_epochs is not None and args.budget_epochs < 1
-    ):
-        raise RayexpError("--budget-gpu-hours must be > 0 and --budget-epochs at least 1")
     check_common(args)
     name = args.name or dataset_name(args.source)
-    chosen_experiment = bool(args.experiment)
-    args.experiment = args.experiment or f"my-data-{name}"
+    settings = settings_from(defaults, args)
+    chosen_experiment = bool(settings.experiment)
+    settings = replace(settings, experiment=settings.experiment or f"my-data-{name}", datasets=(name,))
     out_dir = Path(args.out or name).expanduser().resolve()
-    keys = ordered_keys(args.backbones, name, args.fractions, args.seeds)
+    keys = ordered_keys(settings.backbones, name, settings.fractions, settings.seeds)
     if args.dry_run:
         print(
-            f"{len(keys)} trials ({len(args.backbones)} backbones x {len(set(args.fractions))} fractions x {len(set(args.seeds))} seeds) on {name}"
+            f"{len(keys)} trials ({len(settings.backbones)} backbones x {len(set(settings.fractions))} fractions x "
+            f"{len(set(settings.seeds))} seeds) on {name}"
         )
         for key in keys:
             print(key)
         return 0
+    check, lines, manifest = check_and_prepare(args, settings, name, out_dir)
+    if not chosen_experiment:
+        experiment = experiment_for(
+            tracking.resolve_tracking_uri(settings.tracking_uri), settings.experiment, manifest["fingerprint"]
+        )
+        settings = replace(settings, experiment=experiment)
 
+    plan = plan_sweep(
+        defaults, settings, keys, fallback_to_random=args.allow_random_init, extra_tags={"tool": "my_data"}
+    )
+    # Imported here: Ray Tune/Train load in seconds, and the data check and every preflight error need neither.
+    from rayexp.orchestrate import run_sweep
+
+    outcome = run_sweep(plan)
+    uri = plan.settings.tracking_uri
+    check_record = {**check.to_dict(), "lines": lines}
+    paths = recommend.build_recommendation(
+        uri, settings.experiment, name, manifest["domain"], out_dir, expected=keys, check=check_record
+    )
+    code = print_outcome(plan, outcome, out_dir / "report")
+    print(f"\n# Which backbone for {name}?\n{json.loads(paths['json'].read_text())['verdict']}")
+    print(f"Recommendation: {paths['html']} (also recommendation.md, ranking.csv) in {out_dir}")
+    return code
+
+
+def check_and_prepare(args: argparse.Namespace, settings, name: str, out_dir: Path) -> tuple:
+    """The data check of ``--source`` (written to ``out_dir``; serious problems stop here unless
+    ``--accept-warnings``), then its preparation: ``(check, its lines, the prepared manifest)``."""
     info, source = preparation.load_user_source(
         name, args.source, args.domain, tuple(args.input_size), allow_outside=args.allow_outside_paths
     )
@@ -160,8 +173,8 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
         name=name,
         seed=SPLIT_SEED,
         input_size=info.input_size,
-        fractions=args.fractions,
-        selection=args.selection,
+        fractions=settings.fractions,
+        selection=settings.train.selection,
         workers=args.workers,
     )
     lines = check.lines()
@@ -172,35 +185,14 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     serious = check.serious()
     if serious and not args.accept_warnings:
         raise RayexpError(
-            f"the data check found {len(serious)} serious problem(s) in {args.source} ({', '.join(p.kind for p in serious)}; "
-            f"listed above and in {out_dir / 'data_check.txt'}): fix them, or pass --accept-warnings to run anyway. Nothing was trained."
+            f"the data check found {len(serious)} serious problem(s) in {args.source} "
+            f"({', '.join(p.kind for p in serious)}; listed above and in {out_dir / 'data_check.txt'}): fix them, or "
+            "pass --accept-warnings to run anyway. Nothing was trained."
         )
     if serious:
         print(f"[rayexp] --accept-warnings: going on despite {len(serious)} serious problem(s)", flush=True)
-
-    data_dir = resolve_location(args.data_dir)
     manifest = preparation.prepare_user_source(
-        info, source, data_dir, seed=SPLIT_SEED, skip_corrupt=args.accept_warnings, workers=args.workers
+        info, source, settings.data_dir, seed=SPLIT_SEED, skip_corrupt=args.accept_warnings, workers=args.workers
     )
-    print(preparation.summary(manifest, data_dir), flush=True)
-    if not chosen_experiment:
-        args.experiment = experiment_for(
-            tracking.resolve_tracking_uri(args.tracking_uri), args.experiment, manifest["fingerprint"]
-        )
-
-    cfg, tracking_uri = sweep_config(defaults, args, keys, [name], data_dir, fallback_to_random=args.allow_random_init)
-    cfg.budget_device_hours, cfg.budget_epochs = args.budget_gpu_hours, args.budget_epochs
-    cfg.extra_tags = {**cfg.extra_tags, "tool": "my_data"}
-
-    from rayexp import recommend
-    from rayexp.orchestrate import run_sweep
-
-    outcome = run_sweep(cfg)
-    check_record = {**check.to_dict(), "lines": lines}
-    paths = recommend.build_recommendation(
-        tracking_uri, args.experiment, name, manifest["domain"], out_dir, expected=keys, check=check_record
-    )
-    code = print_outcome(defaults, args, keys, tracking_uri, outcome, out_dir / "report")
-    print(f"\n# Which backbone for {name}?\n{json.loads(paths['json'].read_text())['verdict']}")
-    print(f"Recommendation: {paths['html']} (also recommendation.md, ranking.csv) in {out_dir}")
-    return code
+    print(preparation.summary(manifest, settings.data_dir), flush=True)
+    return check, lines, manifest

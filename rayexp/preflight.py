@@ -5,14 +5,18 @@ Each check collects every problem (not just the first) with the command that fix
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
+from rayexp import tracking
 from rayexp.backbones import get_spec
-from rayexp.backbones.weights import weights_status
+from rayexp.backbones.weights import OFFLINE_ENV, weights_status
 from rayexp.data.catalog import get_dataset_info
-from rayexp.data.shards import dataset_location, fraction_thresholds, is_prepared, load_manifest, verify_dataset
+from rayexp.data.rows import fraction_thresholds
+from rayexp.data.shards import dataset_location, is_prepared, load_manifest, verify_dataset
 from rayexp.errors import RayexpError
 
 
@@ -54,8 +58,9 @@ def check_input_sizes(backbones: Sequence[str], manifests: dict[str, dict]) -> N
         for name, manifest in manifests.items():
             h, w = manifest["input_size"]
             if min(h, w) < spec.min_input or (spec.builder == "wavemix_192_16" and (h % 32 or w % 32)):
+                multiples = ", multiples of 32" if spec.builder == "wavemix_192_16" else ""
                 problems.append(
-                    f"  - {backbone} cannot train on {name} at {h}x{w} (smallest side {spec.min_input}{', multiples of 32' if spec.builder == 'wavemix_192_16' else ''})"
+                    f"  - {backbone} cannot train on {name} at {h}x{w} (smallest side {spec.min_input}{multiples})"
                 )
     if problems:
         raise RayexpError("input sizes the backbones cannot take:\n" + "\n".join(problems))
@@ -100,7 +105,8 @@ def check_selection(keys, manifests: dict[str, dict], selection: str) -> None:
         if single:
             names = ", ".join(single[:5]) + (f" and {len(single) - 5} more" if len(single) > 5 else "")
             problems.append(
-                f"  - {dataset} at fraction {fraction}: {len(single)} class(es) have a single training row, none to hold out ({names})"
+                f"  - {dataset} at fraction {fraction}: {len(single)} class(es) have a single training row, none to "
+                f"hold out ({names})"
             )
     if problems:
         raise RayexpError(
@@ -118,12 +124,6 @@ def node_problems(
     Runs on every node of a cluster (as a Ray task) before any trial starts; returns problems, not raises,
     so that the driver can list all nodes' problems at once.
     """
-    import os
-    from pathlib import Path
-
-    from rayexp import tracking
-    from rayexp.backbones.weights import OFFLINE_ENV, weights_status
-
     problems = []
     for name in datasets:
         try:

@@ -60,7 +60,10 @@ PRIORS: dict[str, Prior] = {
     "plant": Prior(
         favoured=("convnext_tiny", "regnet_y_3_2gf", "densenet161", "efficientnet_v2_s"),
         cautioned=(),
-        evidence="ConvNeXt, EfficientNet, DenseNet (top on PlantVillage) and RegNet lead on plants, at 100% and at 10% of the data.",
+        evidence=(
+            "ConvNeXt, EfficientNet, DenseNet (top on PlantVillage) and RegNet lead on plants, "
+            "at 100% and at 10% of the data."
+        ),
     ),
     "texture": Prior(
         favoured=("convnext_tiny", "regnet_y_3_2gf"),
@@ -75,7 +78,10 @@ PRIORS: dict[str, Prior] = {
     "handwriting": Prior(
         favoured=("wavemix_192_16",),
         cautioned=(),
-        evidence="WaveMix is recommended for low-resolution images (state of the art on EMNIST); not one of the paper's domains.",
+        evidence=(
+            "WaveMix is recommended for low-resolution images (state of the art on EMNIST); "
+            "not one of the paper's domains."
+        ),
     ),
 }
 

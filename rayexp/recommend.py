@@ -13,16 +13,18 @@ looks complete.
 from __future__ import annotations
 
 import csv
-import html
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from rayexp import tracking
+from rayexp.backbones import REGISTRY
 from rayexp.grid import TrialKey, format_fraction
 from rayexp.priors import LIGHTWEIGHT, prior_for
-from rayexp.report import MISSING, figure_accuracy_vs_fraction, pct, prediction_loader
+from rayexp.rendering import Table, figure_accuracy_vs_fraction, pct, row, spread, write_page
+from rayexp.report import prediction_loader
 from rayexp.results import (
     CellSummary,
     Judgement,
@@ -92,8 +94,6 @@ def rank_backbones(
     Order: :func:`rayexp.results.scored` (the best of the seeds; ties by mean, then name), each with its
     average rank; backbones with no finished seed come last, unranked.
     """
-    from rayexp.backbones import REGISTRY
-
     rows = [r for r in results if r["dataset"] == dataset and float(r["fraction"]) == fraction]
     cells = summarize(
         rows, expected=[TrialKey(b, dataset, fraction, seed) for b in backbones for seed in (seeds or (0,))]
@@ -102,7 +102,7 @@ def rank_backbones(
     ranks = average_ranks({c.backbone: c.best_of_3 for c in ranked_cells})
     ranked = []
     for cell in ranked_cells + sorted((c for c in cells if c.best_of_3 is None), key=lambda c: c.backbone):
-        runs = [r for r in rows if r["backbone"] == cell.backbone and r.get("status") == "FINISHED"]
+        runs = [r for r in rows if r["backbone"] == cell.backbone and r.get("status") == tracking.FINISHED]
         spec = REGISTRY.get(cell.backbone)
         ranked.append(
             Ranked(
@@ -133,12 +133,6 @@ def rank_backbones(
     return ranked
 
 
-def _spread(r: Ranked) -> str:
-    if r.mean is None:
-        return MISSING
-    return f"{100 * r.mean:.2f}" + (f" ± {100 * r.std:.2f}" if r.std is not None else "")
-
-
 def _cheapest(names: Sequence[str], ranked: Sequence[Ranked]) -> str:
     found = [r for r in ranked if r.backbone in names and r.params_m]
     if not found:
@@ -163,25 +157,32 @@ def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None)
     if kind == "chance":
         leader = judgement.leaders[0]
         text = (
-            f"No backbone learned on {dataset}: the best mean test accuracy, {pct(max(s.mean or 0.0 for s in judgement.leaders))}%, is not clearly "
-            f"above chance ({chance_text(leader)}). Nothing is recommended: check the labels and the data check, train longer, or add data."
+            f"No backbone learned on {dataset}: the best mean test accuracy, "
+            f"{pct(max(s.mean or 0.0 for s in judgement.leaders))}%, is not clearly above chance "
+            f"({chance_text(leader)}). "
+            "Nothing is recommended: check the labels and the data check, train longer, or add data."
         )
         return text + (_RANDOM_INIT if "random" in (first.weights or "") else "")
-    standing = f"{_spread(first)}% mean test accuracy over {first.n_seeds} seed(s), best {pct(first.best)}%."
+    standing = (
+        f"{spread(first.mean, first.std)}% mean test accuracy over {first.n_seeds} seed(s), best {pct(first.best)}%."
+    )
     if kind == "tie":
         names = [s.backbone for s in judgement.leaders]
         text = (
-            f"Tie on {dataset}: {', '.join(names)} score {pct(judgement.leaders[0].best_of_3)}% best of seeds each; choose on cost"
-            + _cheapest(names, ranked)
+            f"Tie on {dataset}: {', '.join(names)} score {pct(judgement.leaders[0].best_of_3)}% best of seeds each; "
+            "choose on cost" + _cheapest(names, ranked)
         )
     elif kind == "alone":
         text = f"Use **{first.backbone}** for {dataset}: {standing} It is the only backbone with a finished seed."
     elif kind == "clear":
-        text = f"Use **{first.backbone}** for {dataset}: {standing} Its lead over {judgement.runner_up.backbone}: {judgement.verdict.text()}."
+        text = (
+            f"Use **{first.backbone}** for {dataset}: {standing} "
+            f"Its lead over {judgement.runner_up.backbone}: {judgement.verdict.text()}."
+        )
     elif kind == "unknown":
         text = (
-            f"**{first.backbone}** leads on {dataset}: {standing} {judgement.runner_up.backbone} is close behind, and the "
-            f"{judgement.verdict.text()}."
+            f"**{first.backbone}** leads on {dataset}: {standing} {judgement.runner_up.backbone} is close behind, "
+            f"and the {judgement.verdict.text()}."
         )
     else:
         second = judgement.runner_up.backbone
@@ -204,8 +205,9 @@ def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None)
 def prior_text(domain: str, ranked: Sequence[Ranked]) -> list[str]:
     """The paper's prior for ``domain`` and how the measured ranking compares with it."""
     prior, specific = prior_for(domain)
+    which = f"the {domain} domain" if specific else f"a domain it did not study ({domain}), its general advice"
     lines = [
-        f"The paper's prior for {'the ' + domain + ' domain' if specific else 'a domain it did not study (' + domain + '), its general advice'} "
+        f"The paper's prior for {which} "
         f"(from its text; its tables were lost): favoured {', '.join(prior.favoured)}"
         + (f"; cautioned against {', '.join(prior.cautioned)}" if prior.cautioned else "")
         + ".",
@@ -256,10 +258,18 @@ def write_ranking_csv(ranked: Sequence[Ranked], path: Path) -> None:
 
 
 def _stopped_text(stop: dict) -> str:
-    return f"seed {stop['seed']} stopped by {stop['stopped_by']} after {stop['epochs_run']:.0f} epochs at {pct(stop['best_test_acc'])}%"
+    return (
+        f"seed {stop['seed']} stopped by {stop['stopped_by']} after {stop['epochs_run']:.0f} epochs "
+        f"at {pct(stop['best_test_acc'])}%"
+    )
 
 
-def _table(ranked: Sequence[Ranked]) -> tuple[list[str], list[list[str]]]:
+def _stopped_line(r: Ranked) -> str:
+    return f"{r.backbone}: " + "; ".join(_stopped_text(s) for s in r.stopped if s["epochs_run"] is not None)
+
+
+def ranking_table(ranked: Sequence[Ranked], fraction: float) -> Table:
+    """The ranking as the pages show it: rank, accuracy, seeds, cost and early stops per backbone."""
     head = [
         "rank",
         "backbone",
@@ -277,10 +287,10 @@ def _table(ranked: Sequence[Ranked]) -> tuple[list[str], list[list[str]]]:
         seeds = str(r.n_seeds) if r.cell is None or r.cell.n_planned <= r.n_seeds else f"{r.n_seeds}/{r.cell.n_planned}"
         chance = " (not above chance)" if r.cell is not None and r.cell.above_chance is False else ""
         rows.append(
-            [
+            row(
                 f"{r.rank:g}" if r.rank is not None else "-",
                 r.backbone,
-                _spread(r),
+                spread(r.mean, r.std),
                 pct(r.best) + chance,
                 seeds,
                 "" if r.params_m is None else f"{r.params_m:g}",
@@ -288,9 +298,14 @@ def _table(ranked: Sequence[Ranked]) -> tuple[list[str], list[list[str]]]:
                 "" if r.train_images_per_s is None else f"{r.train_images_per_s:.0f}",
                 "" if r.inference_images_per_s is None else f"{r.inference_images_per_s:.0f}",
                 ", ".join(_stopped_text(s) for s in r.stopped if s["epochs_run"] is not None),
-            ]
+            )
         )
-    return head, rows
+    return Table(
+        head,
+        rows,
+        title=f"Ranking at fraction {format_fraction(fraction)}",
+        leader=bool(ranked) and ranked[0].rank is not None,
+    )
 
 
 @dataclass
@@ -349,94 +364,90 @@ def recommend(
     )
 
 
-def render_markdown(rec: Recommendation, figure: Path | None) -> str:
-    head, rows = _table(rec.ranked)
-    parts = [
-        f"# Which backbone for {rec.dataset}?\n",
-        f"## Verdict\n\n{rec.verdict}\n",
-        f"## Ranking at fraction {format_fraction(rec.fraction)}\n",
-        "| "
-        + " | ".join(head)
-        + " |\n|"
-        + "---|" * len(head)
-        + "\n"
-        + "".join("| " + " | ".join(row) + " |\n" for row in rows),
-        "## The paper's prior\n\n" + "\n\n".join(rec.prior) + "\n",
-        f"## How this was decided\n\n{rec.rules}\n",
-    ]
-    if rec.left_out:
-        parts.insert(2, "**Left out:** " + " ".join(rec.left_out) + "\n")
-    stopped = [r for r in rec.ranked if r.stopped]
-    if stopped or rec.not_run:
-        lines = [
-            f"- {r.backbone}: " + "; ".join(_stopped_text(s) for s in r.stopped if s["epochs_run"] is not None)
-            for r in stopped
-        ]
-        if rec.not_run:
-            lines.append(f"- never started (the budget was spent first): {', '.join(rec.not_run)}")
-        parts.append("## Stopped early\n\n" + "\n".join(lines) + "\n")
-    if figure is not None:
-        parts.append(f"## Accuracy vs training-set size\n\n![accuracy vs fraction]({figure.name})\n")
-    if rec.check is not None:
-        parts.append("## Data check\n\n```\n" + "\n".join(rec.check.get("lines", [])) + "\n```\n")
-    return "\n".join(parts)
+@dataclass
+class RecommendationPage:
+    """A recommendation's content once, for ``recommendation.md`` and ``recommendation.html`` to render."""
+
+    title: str
+    verdict: str  # Markdown bold
+    left_out: list[str]
+    ranking: Table
+    prior: list[str]
+    rules: str
+    stopped: list[str]  # backbones stopped early, and the keys never started
+    figure: Path | None
+    check: list[str] | None  # the data check's lines
 
 
-def render_html(rec: Recommendation, figure: Path | None) -> str:
-    import base64
-    import re
+def recommendation_page(rec: Recommendation, figure: Path | None) -> RecommendationPage:
+    stopped = [_stopped_line(r) for r in rec.ranked if r.stopped]
+    if rec.not_run:
+        stopped.append(f"never started (the budget was spent first): {', '.join(rec.not_run)}")
+    return RecommendationPage(
+        title=f"Which backbone for {rec.dataset}?",
+        verdict=rec.verdict,
+        left_out=rec.left_out,
+        ranking=ranking_table(rec.ranked, rec.fraction),
+        prior=rec.prior,
+        rules=rec.rules,
+        stopped=stopped,
+        figure=figure,
+        check=None if rec.check is None else list(rec.check.get("lines", [])),
+    )
 
-    def bold(text: str) -> str:
-        return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
 
-    head, rows = _table(rec.ranked)
-    out = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>Which backbone for {html.escape(rec.dataset)}?</title><style>"
-        "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:nth-child(2),th:nth-child(2){text-align:left}"
-        "tr.first td{background:#c6efce;font-weight:bold}.verdict{font-size:1.15em}pre{background:#f6f6f6;padding:1em}</style></head><body>",
-        f"<h1>Which backbone for {html.escape(rec.dataset)}?</h1>",
-        f"<p class='verdict'>{bold(rec.verdict)}</p>",
-        f"<h2>Ranking at fraction {format_fraction(rec.fraction)}</h2><table><tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        + "</tr>",
-    ]
-    out += [
-        f"<tr class='{'first' if i == 0 and row[0] != '-' else ''}'>"
-        + "".join(f"<td>{html.escape(c)}</td>" for c in row)
-        + "</tr>"
-        for i, row in enumerate(rows)
-    ]
-    if rec.left_out:
-        out.insert(3, "<p><b>Left out:</b> " + html.escape(" ".join(rec.left_out)) + "</p>")
-    out.append("</table><h2>The paper's prior</h2>" + "".join(f"<p>{html.escape(line)}</p>" for line in rec.prior))
-    out.append(f"<h2>How this was decided</h2><p>{html.escape(rec.rules)}</p>")
-    if rec.not_run or any(r.stopped for r in rec.ranked):
-        out.append(
-            "<h2>Stopped early</h2><ul>"
-            + "".join(
-                f"<li>{html.escape(r.backbone)}: "
-                + "; ".join(html.escape(_stopped_text(s)) for s in r.stopped if s["epochs_run"] is not None)
-                + "</li>"
-                for r in rec.ranked
-                if r.stopped
-            )
-            + (
-                f"<li>never started (the budget was spent first): {html.escape(', '.join(rec.not_run))}</li>"
-                if rec.not_run
-                else ""
-            )
-            + "</ul>"
-        )
-    if figure is not None:
-        data = base64.b64encode(figure.read_bytes()).decode()
-        out.append(
-            f"<h2>Accuracy vs training-set size</h2><img alt='accuracy vs fraction' src='data:image/png;base64,{data}'>"
-        )
-    if rec.check is not None:
-        out.append("<h2>Data check</h2><pre>" + html.escape("\n".join(rec.check.get("lines", []))) + "</pre>")
-    out.append("</body></html>")
-    return "\n".join(out)
+def write_learning_curves(rec: Recommendation, results: Sequence[dict], out: Path) -> dict[str, Path]:
+    """With several fractions: ``learning_curves.csv`` and, when drawn, ``accuracy_vs_fraction.png`` in ``out``."""
+    paths = {"learning_curves": out / "learning_curves.csv"}
+    with open(paths["learning_curves"], "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["backbone", "fraction", "mean", "std", "best_of_seeds", "n_seeds"])
+        for fraction, ranked in rec.curves.items():
+            for r in ranked:
+                writer.writerow([r.backbone, fraction, r.mean, r.std, r.best, r.n_seeds])
+    summaries = summarize([r for r in results if r["dataset"] == rec.dataset])
+    if figure_accuracy_vs_fraction(summaries, rec.dataset, out / "accuracy_vs_fraction.png", top=len(rec.ranked)):
+        paths["figure"] = out / "accuracy_vs_fraction.png"
+    return paths
+
+
+def recommendation_json(rec: Recommendation) -> str:
+    judgement = rec.judgement
+    return json.dumps(
+        {
+            "dataset": rec.dataset,
+            "domain": rec.domain,
+            "fraction": rec.fraction,
+            "verdict": rec.verdict,
+            "ranking": [asdict(r) for r in rec.ranked],
+            "not_run": rec.not_run,
+            "prior": rec.prior,
+            "left_out": rec.left_out,
+            "judgement": None
+            if judgement is None
+            else {
+                "kind": judgement.kind,
+                "leaders": [s.backbone for s in judgement.leaders],
+                "verdict": None if judgement.verdict is None else asdict(judgement.verdict),
+            },
+            "rules": rec.rules,
+        },
+        indent=1,
+        default=str,
+    )
+
+
+def _log_recommendation(uri: str, experiment: str, rec: Recommendation, paths: dict[str, Path]) -> None:
+    run = tracking.summary_run(uri, experiment)
+    for path in paths.values():
+        run.log_bytes(path.read_bytes(), f"{tracking.RECOMMENDATION_ARTIFACTS}/{path.name}")
+    best = next((r for r in rec.ranked if r.mean is not None), None)
+    run.finish(
+        {
+            "backbones_ranked": sum(r.mean is not None for r in rec.ranked),
+            **({"best_mean_test_acc": best.mean} if best else {}),
+        }
+    )
 
 
 def build_recommendation(
@@ -452,8 +463,6 @@ def build_recommendation(
     """Write ``recommendation.html``, ``recommendation.md``, ``ranking.csv`` (and with several fractions
     ``learning_curves.csv`` and ``accuracy_vs_fraction.png``) to ``out_dir``; log them to the sweep's
     summary run under ``recommendation/``."""
-    from rayexp import tracking
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, left_out = current_results(tracking.fetch_trial_results(uri, experiment))
@@ -461,57 +470,14 @@ def build_recommendation(
     rec.left_out = left_out
     write_ranking_csv(rec.ranked, out / "ranking.csv")
     paths = {"ranking": out / "ranking.csv", "markdown": out / "recommendation.md", "html": out / "recommendation.html"}
-    figure = None
     if rec.curves:
-        with open(out / "learning_curves.csv", "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["backbone", "fraction", "mean", "std", "best_of_seeds", "n_seeds"])
-            for fraction, ranked in rec.curves.items():
-                for r in ranked:
-                    writer.writerow([r.backbone, fraction, r.mean, r.std, r.best, r.n_seeds])
-        paths["learning_curves"] = out / "learning_curves.csv"
-        summaries = summarize([r for r in results if r["dataset"] == dataset])
-        if figure_accuracy_vs_fraction(summaries, dataset, out / "accuracy_vs_fraction.png", top=len(rec.ranked)):
-            figure = paths["figure"] = out / "accuracy_vs_fraction.png"
+        paths.update(write_learning_curves(rec, results, out))
     if check is not None:
         (out / "data_check.json").write_text(json.dumps(check, indent=1))
         paths["data_check"] = out / "data_check.json"
-    (out / "recommendation.md").write_text(render_markdown(rec, figure))
-    (out / "recommendation.html").write_text(render_html(rec, figure))
-    (out / "recommendation.json").write_text(
-        json.dumps(
-            {
-                "dataset": rec.dataset,
-                "domain": rec.domain,
-                "fraction": rec.fraction,
-                "verdict": rec.verdict,
-                "ranking": [asdict(r) for r in rec.ranked],
-                "not_run": rec.not_run,
-                "prior": rec.prior,
-                "left_out": rec.left_out,
-                "judgement": None
-                if rec.judgement is None
-                else {
-                    "kind": rec.judgement.kind,
-                    "leaders": [s.backbone for s in rec.judgement.leaders],
-                    "verdict": None if rec.judgement.verdict is None else asdict(rec.judgement.verdict),
-                },
-                "rules": rec.rules,
-            },
-            indent=1,
-            default=str,
-        )
-    )
+    write_page(recommendation_page(rec, paths.get("figure")), out, "recommendation")
     paths["json"] = out / "recommendation.json"
+    paths["json"].write_text(recommendation_json(rec))
     if log_to_mlflow:
-        run = tracking.summary_run(uri, experiment)
-        for path in paths.values():
-            run.log_bytes(path.read_bytes(), f"recommendation/{path.name}")
-        best = next((r for r in rec.ranked if r.mean is not None), None)
-        run.finish(
-            {
-                "backbones_ranked": sum(r.mean is not None for r in rec.ranked),
-                **({"best_mean_test_acc": best.mean} if best else {}),
-            }
-        )
+        _log_recommendation(uri, experiment, rec, paths)
     return paths

@@ -26,6 +26,7 @@ import numpy as np
 
 from rayexp.fingerprint import short
 from rayexp.grid import TrialKey
+from rayexp.tracking.schema import FINISHED
 
 
 def current_results(rows: Iterable[dict]) -> tuple[list[dict], list[str]]:
@@ -36,7 +37,7 @@ def current_results(rows: Iterable[dict]) -> tuple[list[dict], list[str]]:
     that nothing shows they share data and protocol.
     """
     rows = list(rows)
-    finished = [r for r in rows if r.get("status") == "FINISHED"]
+    finished = [r for r in rows if r.get("status") == FINISHED]
     marked = [r for r in finished if r.get("data_fingerprint") and r.get("protocol_fingerprint")]
     if not marked:
         notes = (
@@ -49,19 +50,10 @@ def current_results(rows: Iterable[dict]) -> tuple[list[dict], list[str]]:
         )
         return rows, notes
 
-    def newest(candidates: list[dict]) -> dict:
-        return max(candidates, key=lambda r: (r.get("start_time") or 0, r.get("run_id") or ""))
-
-    protocol = newest(marked)["protocol_fingerprint"]
-    data = {
-        dataset: newest([r for r in marked if r["dataset"] == dataset and r["protocol_fingerprint"] == protocol])[
-            "data_fingerprint"
-        ]
-        for dataset in sorted({r["dataset"] for r in marked if r["protocol_fingerprint"] == protocol})
-    }
+    protocol, data = _current_fingerprints(marked)
     kept, left = [], {"protocol": 0, "data": 0, "none": 0}
     for row in rows:
-        if row.get("status") != "FINISHED":
+        if row.get("status") != FINISHED:
             kept.append(row)
         elif not row.get("protocol_fingerprint") or not row.get("data_fingerprint"):
             left["none"] += 1
@@ -71,6 +63,25 @@ def current_results(rows: Iterable[dict]) -> tuple[list[dict], list[str]]:
             left["data"] += 1
         else:
             kept.append(row)
+    return kept, _left_out_notes(left, protocol, data, finished)
+
+
+def _current_fingerprints(marked: list[dict]) -> tuple[str, dict[str, str]]:
+    """The protocol of the newest run, and per dataset the data of its newest run with that protocol."""
+
+    def newest(candidates: list[dict]) -> dict:
+        return max(candidates, key=lambda r: (r.get("start_time") or 0, r.get("run_id") or ""))
+
+    protocol = newest(marked)["protocol_fingerprint"]
+    current = [r for r in marked if r["protocol_fingerprint"] == protocol]
+    data = {
+        dataset: newest([r for r in current if r["dataset"] == dataset])["data_fingerprint"]
+        for dataset in sorted({r["dataset"] for r in current})
+    }
+    return protocol, data
+
+
+def _left_out_notes(left: dict[str, int], protocol: str, data: dict[str, str], finished: list[dict]) -> list[str]:
     notes = []
     if left["protocol"]:
         notes.append(
@@ -91,7 +102,7 @@ def current_results(rows: Iterable[dict]) -> tuple[list[dict], list[str]]:
         )
     if left["none"]:
         notes.append(f"{left['none']} finished run(s) left out: they record no fingerprint (an older rayexp made them)")
-    return kept, notes
+    return notes
 
 
 @dataclass(frozen=True)
@@ -151,7 +162,7 @@ def is_above_chance(accuracy: float, test_rows: int | None, chance: float | None
     :data:`CHANCE_ALPHA`. None when the test split's size or chance level is unknown."""
     if not test_rows or chance is None:
         return None
-    from scipy.stats import binom
+    from scipy.stats import binom  # imported here: ~0.5 s, only a report judging cells needs it
 
     correct = round(accuracy * test_rows)
     return bool(binom.sf(correct - 1, test_rows, chance) < CHANCE_ALPHA)
@@ -191,7 +202,7 @@ def summarize(results: Iterable[dict], expected: Sequence[TrialKey] = ()) -> lis
         domains[row["dataset"]] = row.get("domain") or ""
         planned.setdefault(cell, set()).add(int(row.get("seed", 0)))
         finished.setdefault(cell, [])
-        if row.get("status") == "FINISHED" and row.get("best_test_acc") is not None:
+        if row.get("status") == FINISHED and row.get("best_test_acc") is not None:
             finished[cell].append(row)
             known = facts.setdefault(row["dataset"], {})
             for name in ("num_classes", "test_rows", "test_majority_rate"):
@@ -373,7 +384,10 @@ class Verdict:
         """The evidence in one clause, for a report line."""
         if self.outcome == "unknown":
             return f"seed noise is unknown ({self.inputs}): run more seeds before trusting the order"
-        interval = f"mean difference {100 * self.difference:+.2f} points, 95% interval [{100 * self.low:+.2f}, {100 * self.high:+.2f}]"
+        interval = (
+            f"mean difference {100 * self.difference:+.2f} points, "
+            f"95% interval [{100 * self.low:+.2f}, {100 * self.high:+.2f}]"
+        )
         how = f"{self.rule} over {self.inputs}" + (f"; {self.note}" if self.note else "")
         if self.outcome == "clear":
             return f"a clear lead ({interval}; {how})"
@@ -403,7 +417,7 @@ def paired_bootstrap(correct_first: np.ndarray, correct_second: np.ndarray) -> t
 
 
 def _by_seed(rows: Sequence[dict]) -> dict[int, dict]:
-    return {int(r["seed"]): r for r in rows if r.get("status") == "FINISHED" and r.get("best_test_acc") is not None}
+    return {int(r["seed"]): r for r in rows if r.get("status") == FINISHED and r.get("best_test_acc") is not None}
 
 
 def _predictions_problem(pairs: Sequence[tuple[dict, Predictions]]) -> str:
@@ -454,27 +468,40 @@ def compare(
     if len(common) < 2:
         inputs = f"{len(common)} seed(s) in common"
         return Verdict(first.backbone, second.backbone, "unknown", None, None, None, "none", inputs)
-    accuracy = np.array([[a[s]["best_test_acc"], b[s]["best_test_acc"]] for s in common])
     note = ""
     if load is not None:
-        loaded = [(load(a[s]), load(b[s])) for s in common]
-        if all(p is not None and q is not None for p, q in loaded):
-            note = _predictions_problem(
-                [(a[s], p) for s, (p, _) in zip(common, loaded)] + [(b[s], q) for s, (_, q) in zip(common, loaded)]
-            )
-            if not note:
-                order = loaded[0][0].ids
-                correct = [(p.correct(order), q.correct(order)) for p, q in loaded]
-                difference, low, high = paired_bootstrap(
-                    np.stack([x for x, _ in correct]), np.stack([y for _, y in correct])
-                )
-                outcome = "clear" if low > 0 else "tied"
-                inputs = f"the same {len(order)} test images x {len(common)} seeds"
-                return Verdict(
-                    first.backbone, second.backbone, outcome, difference, low, high, "paired bootstrap", inputs
-                )
-        else:
-            note = "no per-image test predictions for every seed"
+        verdict, note = _paired_verdict(first, second, a, b, common, load)
+        if verdict is not None:
+            return verdict
+    return _summary_verdict(first, second, a, b, common, note)
+
+
+def _paired_verdict(
+    first: CellSummary, second: CellSummary, a: dict, b: dict, common: list[int], load: PredictionLoader
+) -> tuple[Verdict | None, str]:
+    """The paired bootstrap's verdict, or None and why it cannot be had."""
+    loaded = [(load(a[s]), load(b[s])) for s in common]
+    if not all(p is not None and q is not None for p, q in loaded):
+        return None, "no per-image test predictions for every seed"
+    problem = _predictions_problem(
+        [(a[s], p) for s, (p, _) in zip(common, loaded)] + [(b[s], q) for s, (_, q) in zip(common, loaded)]
+    )
+    if problem:
+        return None, problem
+    order = loaded[0][0].ids
+    correct = [(p.correct(order), q.correct(order)) for p, q in loaded]
+    difference, low, high = paired_bootstrap(np.stack([x for x, _ in correct]), np.stack([y for _, y in correct]))
+    outcome = "clear" if low > 0 else "tied"
+    inputs = f"the same {len(order)} test images x {len(common)} seeds"
+    return Verdict(first.backbone, second.backbone, outcome, difference, low, high, "paired bootstrap", inputs), ""
+
+
+def _summary_verdict(
+    first: CellSummary, second: CellSummary, a: dict, b: dict, common: list[int], note: str
+) -> Verdict:
+    """The summary rule: the mean difference over common seeds against 1.96 standard errors (the seed
+    differences' spread and each accuracy's binomial error on the test split)."""
+    accuracy = np.array([[a[s]["best_test_acc"], b[s]["best_test_acc"]] for s in common])
     differences = accuracy[:, 0] - accuracy[:, 1]
     variance = float(np.var(differences, ddof=1)) / len(common)
     n = first.test_rows or second.test_rows
@@ -486,17 +513,8 @@ def compare(
     difference, se = float(differences.mean()), math.sqrt(variance)
     outcome = "clear" if difference - Z * se > 0 else "tied"
     inputs = f"{len(common)} seeds" + (f" and {n} test images" if n else "")
-    return Verdict(
-        first.backbone,
-        second.backbone,
-        outcome,
-        difference,
-        difference - Z * se,
-        difference + Z * se,
-        "summary rule",
-        inputs,
-        note,
-    )
+    low, high = difference - Z * se, difference + Z * se
+    return Verdict(first.backbone, second.backbone, outcome, difference, low, high, "summary rule", inputs, note)
 
 
 @dataclass(frozen=True)
@@ -541,7 +559,8 @@ def judge(
 
 
 def chance_text(s: CellSummary) -> str:
-    """The chance level of a cell's dataset in words: the majority-class rate, and 1/classes beside it when they differ."""
+    """The chance level of a cell's dataset in words: the majority-class rate, and 1/classes beside it when they
+    differ."""
     if s.chance is None:
         return "chance level unknown"
     uniform = 1 / s.n_classes if s.n_classes else None

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from rayexp.errors import RayexpError
+from rayexp.options import option, problems
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -29,30 +30,41 @@ SELECTIONS = ("test", "val")
 PHASES = ("AdamW", "SGD")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """The hyperparameters of one trial (the paper's DualOpt); every field is logged as an MLflow param."""
+    """The hyperparameters of one trial (the paper's DualOpt); every field is logged as an MLflow param.
 
-    max_epochs: int = 100  # safety cap on epochs per phase
-    patience: int = 10  # epochs without improvement that end a phase
+    The fields with an :func:`~rayexp.options.option` are sweep settings, on the sweeps' command line; the
+    others are the protocol's fixed values."""
+
+    max_epochs: int = option(
+        100, help="safety cap on epochs per DualOpt phase (AdamW, then SGD)", type=int, minimum=1, group="protocol"
+    )
+    patience: int = option(
+        10, help="epochs without improvement that end a phase", type=int, minimum=1, group="protocol"
+    )
     lr: float = 1e-3  # AdamW
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     sgd_lr: float = 1e-3
     sgd_momentum: float = 0.9
-    dualopt: bool = True  # False: AdamW only, no SGD phase
-    selection: str = "test"  # monitored accuracy: the paper's test, or a held-out val split
-    precision: str = "auto"
+    dualopt: bool = option(
+        True, help="AdamW only: skip DualOpt's SGD phase", negate=True, flag="--no-dualopt", group="protocol"
+    )
+    selection: str = option(
+        "test",
+        help="the accuracy that picks the best epoch: the test split's (the paper) or a held-out 10%% of the "
+        "training rows'",
+        choices=SELECTIONS,
+        group="protocol",
+    )
+    precision: str = option("auto", help="auto: bf16/fp16 on GPU, fp32 on CPU", choices=PRECISIONS, group="protocol")
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise RayexpError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        if self.selection not in SELECTIONS:
-            raise RayexpError(f"selection {self.selection!r} is not one of {', '.join(SELECTIONS)}")
-        if self.max_epochs < 1 or self.patience < 1:
-            raise RayexpError(f"max_epochs ({self.max_epochs}) and patience ({self.patience}) must be at least 1")
+        if bad := problems(TrainConfig, self):
+            raise RayexpError("; ".join(bad))
 
 
 def seed_everything(seed: int) -> None:

@@ -13,17 +13,20 @@ like the others; ``--backbones mobilenet_v3_large`` runs it.
 import sys
 
 from rayexp.cli import SweepDefaults, main
+from rayexp.settings import SweepSettings
+from rayexp.training import TrainConfig
 
 DEMO = SweepDefaults(
     description=__doc__,
-    experiment="demo",
-    backbones=["shufflenet_v2_x2_0", "regnet_y_3_2gf"],
-    datasets=["digits"],
-    fractions=[0.1, 1.0],
-    seeds=[0, 1, 2],
-    max_epochs=2,
-    patience=2,
-    batch_size=16,
+    settings=SweepSettings(
+        experiment="demo",
+        backbones=("shufflenet_v2_x2_0", "regnet_y_3_2gf"),
+        datasets=("digits",),
+        fractions=(0.1, 1.0),
+        seeds=(0, 1, 2),
+        train=TrainConfig(max_epochs=2, patience=2),
+        batch_size=16,
+    ),
     fallback_to_random_weights=True,
 )
 

@@ -10,16 +10,19 @@ from rayexp.backbones import list_backbones
 from rayexp.cli import SweepDefaults, main
 from rayexp.data.catalog import PAPER_DATASETS
 from rayexp.grid import PAPER_FRACTIONS, PAPER_SEEDS
+from rayexp.settings import SweepSettings
+from rayexp.training import TrainConfig
 
 PAPER = SweepDefaults(
     description=__doc__,
-    experiment="which-backbone",
-    backbones=[spec.name for spec in list_backbones()],
-    datasets=list(PAPER_DATASETS),
-    fractions=list(PAPER_FRACTIONS),
-    seeds=list(PAPER_SEEDS),
-    max_epochs=100,
-    patience=10,
+    settings=SweepSettings(
+        experiment="which-backbone",
+        backbones=tuple(spec.name for spec in list_backbones()),
+        datasets=tuple(PAPER_DATASETS),
+        fractions=tuple(PAPER_FRACTIONS),
+        seeds=tuple(PAPER_SEEDS),
+        train=TrainConfig(max_epochs=100, patience=10),
+    ),
     fallback_to_random_weights=False,
 )
 

@@ -17,17 +17,18 @@ import sys
 from rayexp.backbones import list_backbones
 from rayexp.cli import SweepDefaults
 from rayexp.my_data import main
+from rayexp.settings import SweepSettings
+from rayexp.training import TrainConfig
 
 MY_DATA = SweepDefaults(
     description=__doc__,
-    experiment="",  # my-data-<name>
-    backbones=[spec.name for spec in list_backbones()],
-    datasets=[],
-    fractions=[1.0],
-    seeds=[0, 1, 2],
-    max_epochs=100,
-    patience=10,
-    selection="val",
+    settings=SweepSettings(
+        experiment="",  # my-data-<name>
+        backbones=tuple(spec.name for spec in list_backbones()),
+        fractions=(1.0,),
+        seeds=(0, 1, 2),
+        train=TrainConfig(max_epochs=100, patience=10, selection="val"),
+    ),
 )
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ import torch
 
 from rayexp.backbones import create_backbone, get_spec
 from rayexp.data.catalog import get_dataset_info
-from rayexp.data.shards import write_dataset
 from rayexp.data.sources import digits
+from rayexp.data.writer import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -24,6 +26,18 @@ PAPER_NAMES = {
 
 def test_registry_holds_the_papers_eleven():
     assert set(NAMES) == PAPER_NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spec_is_pure_data(name):
+    spec = get_spec(name)
+    assert spec.name == name
+    for field in dataclasses.fields(spec):
+        value = getattr(spec, field.name)
+        assert type(value) in (str, int, float), (field.name, value)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.name = "other"
+    assert dataclasses.replace(spec) == spec and hash(dataclasses.replace(spec)) == hash(spec)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -18,7 +18,10 @@ from PIL import Image
 from rayexp import tracking
 from rayexp.cli import SweepDefaults, main
 from rayexp.data.pipeline import ShardDataError, decode_resize_batch, png_problem
-from rayexp.data.shards import MANIFEST, _file_sha256, load_manifest, manifest_fingerprint
+from rayexp.data.shards import MANIFEST, load_manifest, manifest_fingerprint
+from rayexp.data.shards import file_sha256 as _file_sha256
+from rayexp.settings import SweepSettings
+from rayexp.training import TrainConfig
 
 
 def _png(seed: int = 0) -> bytes:
@@ -115,14 +118,15 @@ def test_a_sweep_on_a_corrupt_shard_fails_once_with_the_message_in_summary_and_m
     part, row_id = corrupt_a_training_image(tmp_path / "data")
     defaults = SweepDefaults(
         description="corrupt",
-        experiment="corrupt",
-        backbones=["shufflenet_v2_x2_0"],
-        datasets=["digits"],
-        fractions=[1.0],
-        seeds=[0],
-        max_epochs=1,
-        patience=1,
-        batch_size=64,
+        settings=SweepSettings(
+            experiment="corrupt",
+            backbones=("shufflenet_v2_x2_0",),
+            datasets=("digits",),
+            fractions=(1.0,),
+            seeds=(0,),
+            train=TrainConfig(max_epochs=1, patience=1),
+            batch_size=64,
+        ),
         fallback_to_random_weights=True,
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

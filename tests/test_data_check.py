@@ -12,7 +12,7 @@ from PIL import Image
 
 from rayexp.data.check import check_source, min_train_images
 from rayexp.data.preparation import prepare
-from rayexp.data.shards import Source, SourceRecord, assign_splits
+from rayexp.data.records import Source, SourceRecord, assign_splits
 from rayexp.data.sources import folder
 from rayexp.errors import RayexpError
 

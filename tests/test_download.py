@@ -10,9 +10,14 @@ import threading
 import zipfile
 from functools import partial
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from rayexp.data.download import RemoteFile, download, find_or_extract, safe_extract
+from rayexp.data.preparation import prepare
+from rayexp.data.shards import load_manifest
+from rayexp.data.sources import eurosat
 from rayexp.errors import RayexpError
 
 
@@ -116,9 +121,6 @@ def test_find_or_extract(tmp_path):
 
 
 def _eurosat_zip(path, per_class=4):
-    import numpy as np
-    from PIL import Image
-
     with zipfile.ZipFile(path, "w") as zf:
         for cls in ("AnnualCrop", "Forest"):
             for i in range(per_class):
@@ -128,10 +130,6 @@ def _eurosat_zip(path, per_class=4):
 
 
 def test_prepare_download_end_to_end_and_checksum_mismatch(http_folder, tmp_path, monkeypatch):
-    from rayexp.data.preparation import prepare
-    from rayexp.data.shards import load_manifest
-    from rayexp.data.sources import eurosat
-
     folder, base = http_folder
     _eurosat_zip(folder / "EuroSAT.zip")
     digest = hashlib.md5((folder / "EuroSAT.zip").read_bytes()).hexdigest()

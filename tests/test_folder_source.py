@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rayexp.data.codec import decode_image
 from rayexp.data.preparation import prepare
-from rayexp.data.shards import decode_image, load_manifest, read_split
+from rayexp.data.shards import load_manifest, read_split
+from rayexp.data.sources import folder
 from rayexp.errors import RayexpError
 from tests.conftest import REPO
 
@@ -145,8 +147,6 @@ def _csv_source(tmp_path, outside_row):
 
 @pytest.mark.parametrize("outside_row", ["absolute", "dotdot", "symlink"])
 def test_csv_paths_outside_its_folder_are_refused_unless_allowed(tmp_path, outside_row):
-    from rayexp.data.sources import folder
-
     csv_path, listed = _csv_source(tmp_path, outside_row)
     expected = (
         rf"labels.csv line 4: image '{re.escape(listed)}' resolves to .*elsewhere/out.png, outside the CSV's "

@@ -1,6 +1,7 @@
 """Attacks on a sweep's inputs, each refused before Ray starts: tampered shards and manifests, bad values,
 stale results, a second sweep into a running experiment. Real shards, a real MLflow store, the real CLI."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -15,18 +16,21 @@ from rayexp import tracking
 from rayexp.cli import SweepDefaults, main
 from rayexp.data.shards import MANIFEST, load_manifest, manifest_fingerprint
 from rayexp.errors import RayexpError
+from rayexp.settings import SweepSettings
+from rayexp.training import TrainConfig
 from tests.test_sweep_e2e import _argv
 
 DEFAULTS = SweepDefaults(
     description="integrity",
-    experiment="attacks",
-    backbones=["shufflenet_v2_x2_0"],
-    datasets=["digits"],
-    fractions=[0.1],
-    seeds=[0],
-    max_epochs=1,
-    patience=1,
-    batch_size=16,
+    settings=SweepSettings(
+        experiment="attacks",
+        backbones=("shufflenet_v2_x2_0",),
+        datasets=("digits",),
+        fractions=(0.1,),
+        seeds=(0,),
+        train=TrainConfig(max_epochs=1, patience=1),
+        batch_size=16,
+    ),
     fallback_to_random_weights=True,
 )
 
@@ -185,19 +189,13 @@ def test_a_rerun_after_the_data_changed_stops_before_training(data, tmp_path, ca
     manifest = load_manifest(data, "digits")
     old = {"data_fingerprint": "sha256:" + "0" * 64}
     # A run as a sweep would write it with the same protocol, but of another data version.
-    from rayexp.orchestrate import SweepConfig
+    from rayexp.settings import SweepPlan
 
-    cfg = SweepConfig(
-        keys=[TrialKey.parse(key)],
-        experiment="attacks",
-        data_dir=str(data),
-        storage="",
-        tracking_uri=uri,
+    cfg = SweepPlan(
+        settings=dataclasses.replace(DEFAULTS.settings, data_dir=str(data), tracking_uri=uri),
+        keys=(TrialKey.parse(key),),
         weights={"shufflenet_v2_x2_0": "random"},
         data_fingerprints={"digits": manifest["fingerprint"]},
-        max_epochs=1,
-        patience=1,
-        batch_size=16,
     )
     tags = {**cfg.identity(TrialKey.parse(key)), **old}
     tracking.TrialRun.open(uri, "attacks", key, tags, {}).finish({"best_test_acc": 0.9})

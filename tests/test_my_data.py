@@ -16,18 +16,19 @@ from PIL import Image
 from rayexp import tracking
 from rayexp.cli import SweepDefaults
 from rayexp.my_data import dataset_name, main, ordered_keys
+from rayexp.settings import SweepSettings
+from rayexp.training import TrainConfig
 
 DEFAULTS = SweepDefaults(
     description="my data test",
-    experiment="",
-    backbones=["shufflenet_v2_x2_0", "mobilenet_v3_large"],
-    datasets=[],
-    fractions=[1.0],
-    seeds=[0, 1],
-    max_epochs=2,
-    patience=2,
-    batch_size=32,
-    selection="val",
+    settings=SweepSettings(
+        experiment="",
+        backbones=("shufflenet_v2_x2_0", "mobilenet_v3_large"),
+        fractions=(1.0,),
+        seeds=(0, 1),
+        train=TrainConfig(max_epochs=2, patience=2, selection="val"),
+        batch_size=32,
+    ),
 )
 COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
 
@@ -135,14 +136,16 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = tracking.fetch_trial_results(uri, "my-data-colours")
-    assert sorted(r["key"] for r in runs) == sorted(f"{b}/colours/1.0/{s}" for b in DEFAULTS.backbones for s in (0, 1))
+    assert sorted(r["key"] for r in runs) == sorted(
+        f"{b}/colours/1.0/{s}" for b in DEFAULTS.settings.backbones for s in (0, 1)
+    )
     assert all(r["status"] == "FINISHED" and r["weights"] == "random" and r["inference_images_per_s"] > 0 for r in runs)
 
     with open(tmp_path / "out" / "ranking.csv") as handle:
         ranking = list(csv.DictReader(handle))
     assert [row["rank"] for row in ranking] in (["1", "2"], ["1.5", "1.5"]) and {
         row["backbone"] for row in ranking
-    } == set(DEFAULTS.backbones)
+    } == set(DEFAULTS.settings.backbones)
     bests = [float(row["best_of_seeds"]) for row in ranking]
     assert bests == sorted(bests, reverse=True) and all(
         row["n_seeds"] == "2" and row["complete"] == "True" for row in ranking
@@ -251,7 +254,8 @@ def test_budget_mode_on_digits_folder_stops_and_reports_what_it_stopped(ray_loca
     assert listed == {(r["seed"], r["backbone"]) for r in stopped}
     ran = {r["key"] for r in runs}
     assert (
-        set(rec["not_run"]) == {str(k) for k in ordered_keys(DEFAULTS.backbones, "digits_folder", [1.0], [0, 1])} - ran
+        set(rec["not_run"])
+        == {str(k) for k in ordered_keys(DEFAULTS.settings.backbones, "digits_folder", [1.0], [0, 1])} - ran
     )
     markdown = (tmp_path / "out" / "recommendation.md").read_text()
     assert "## Stopped early" in markdown and "## Data check" in markdown and planted["broken"] in markdown

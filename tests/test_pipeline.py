@@ -3,9 +3,27 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision.transforms import v2
 
-from rayexp.data.pipeline import Normalizer, build_split_dataset
-from rayexp.data.shards import fraction_count, load_manifest, read_split
+from rayexp.data.catalog import CATALOG
+from rayexp.data.pipeline import (
+    IMAGENET_MEAN,
+    Normalizer,
+    TrialBatches,
+    augmented,
+    augments,
+    build_split_dataset,
+    build_trial_datasets,
+    load_splits,
+    memory_batches,
+    normalization,
+    trivial_augment,
+)
+from rayexp.data.preparation import dataset_info
+from rayexp.data.rows import fraction_count, fraction_thresholds, holdout_count, split_rows
+from rayexp.data.shards import load_manifest, read_split
+from rayexp.errors import RayexpError
 
 
 @pytest.mark.slow
@@ -27,20 +45,18 @@ def test_pipeline_decodes_resizes_filters_and_normalizes(ray_local, digits_dir):
 
 
 def test_augmentation_follows_the_protocol_per_dataset():
-    from rayexp.data.catalog import CATALOG
-    from rayexp.data.pipeline import augments
-
+    """The catalog holds the protocol's choice, preparation writes it into the manifest, a trial reads it there."""
     for name in ("breakhis_40x", "breakhis_400x", "galaxy10"):
-        assert not augments({"name": name}), name
-    for name in ("cifar10", "dtd", "rsna_pneumonia", "my_own_data"):
-        assert augments({"name": name}), name
-    assert not augments({"name": "cifar10"}, enabled=False)
+        assert not CATALOG[name].augment, name
+    for name in ("cifar10", "dtd", "rsna_pneumonia"):
+        assert CATALOG[name].augment, name
+    assert dataset_info("my_own_data", "folder/", None).augment
+    assert augments({"augment": True}) and not augments({"augment": False})
+    assert not augments({"augment": True}, enabled=False)
     assert CATALOG["breakhis_40x"].input_size == (448, 672) and CATALOG["cifar10"].input_size == (256, 256)
 
 
 def test_trivial_augment_is_per_image_seeded_and_keeps_shape():
-    from rayexp.data.pipeline import trivial_augment
-
     images = torch.randint(0, 256, (8, 24, 20, 3), dtype=torch.uint8)
     a = trivial_augment(images, seed=1)
     assert a.shape == images.shape and a.dtype == torch.uint8
@@ -50,8 +66,6 @@ def test_trivial_augment_is_per_image_seeded_and_keeps_shape():
 
 
 def test_normalization_uses_the_manifest_or_imagenet(digits_dir):
-    from rayexp.data.pipeline import IMAGENET_MEAN, normalization
-
     manifest = load_manifest(digits_dir, "digits")
     mean, std = normalization(manifest, "dataset")
     assert mean == manifest["normalization"]["mean"] and std == manifest["normalization"]["std"]
@@ -67,9 +81,6 @@ def test_normalization_uses_the_manifest_or_imagenet(digits_dir):
 
 @pytest.mark.slow
 def test_trial_datasets_cache_holds_every_split_once_and_streams_when_too_big(ray_local, digits_dir):
-    from rayexp.data.pipeline import build_trial_datasets, load_splits, split_rows
-    from rayexp.data.shards import fraction_thresholds, holdout_count
-
     manifest = load_manifest(digits_dir, "digits")
     datasets, cached = build_trial_datasets(digits_dir, manifest, 0.1, "val", cache_bytes=1e9)
     assert cached and set(datasets) == {"cache"}
@@ -95,8 +106,7 @@ def test_trial_datasets_cache_holds_every_split_once_and_streams_when_too_big(ra
 
 @pytest.mark.slow
 def test_trial_batches_are_the_same_cached_or_streamed_in_what_they_hold(ray_local, digits_dir):
-    from rayexp.data.pipeline import TrialBatches, build_trial_datasets
-    from rayexp.orchestrate import split_row_ids
+    from rayexp.orchestrate.artifacts import split_row_ids
 
     manifest = load_manifest(digits_dir, "digits")
     normalize = Normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"], torch.device("cpu"))
@@ -124,8 +134,6 @@ def test_trial_batches_are_the_same_cached_or_streamed_in_what_they_hold(ray_loc
 
 
 def test_augmented_is_seeded_per_batch_and_independent_of_threads():
-    from rayexp.data.pipeline import augmented, memory_batches
-
     images = torch.randint(0, 256, (40, 16, 16, 3), dtype=torch.uint8)
     labels = torch.arange(40)
     one = list(augmented(memory_batches(images, labels, 8, shuffle_seed=5), seed=7, threads=1))
@@ -140,12 +148,8 @@ def test_augmented_is_seeded_per_batch_and_independent_of_threads():
 
 
 def test_trivial_augment_draws_as_torchvision_does():
-    """Our generator-driven TrivialAugmentWide picks the same op and magnitude as torchvision's own, given the same seed."""
-    from PIL import Image
-    from torchvision.transforms import v2
-
-    from rayexp.data.pipeline import trivial_augment
-
+    """Our generator-driven TrivialAugmentWide picks the same op and magnitude as torchvision's own, given the
+    same seed."""
     image = torch.randint(0, 256, (1, 40, 36, 3), dtype=torch.uint8)
     for seed in range(12):
         torch.manual_seed(seed)
@@ -154,8 +158,7 @@ def test_trivial_augment_draws_as_torchvision_does():
 
 
 def test_predictions_csv_names_each_test_row_by_its_id_and_refuses_an_unknown_row(digits_dir):
-    from rayexp.errors import RayexpError
-    from rayexp.orchestrate import predictions_csv, split_row_ids
+    from rayexp.orchestrate.artifacts import predictions_csv, split_row_ids
 
     table = read_split(digits_dir, "digits", "test", columns=["id", "label", "rank"])
     labels, ranks = table["label"].to_pylist(), table["rank"].to_pylist()

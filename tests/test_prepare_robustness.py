@@ -21,15 +21,12 @@ from PIL import Image, ImageOps
 
 from rayexp.data.catalog import DatasetInfo
 from rayexp.data.check import check_source
+from rayexp.data.codec import CorruptImageError, decode_image
 from rayexp.data.preparation import prepare
-from rayexp.data.shards import (
-    CorruptImageError,
-    Source,
-    SourceRecord,
-    decode_image,
-    read_split,
-    write_dataset,
-)
+from rayexp.data.records import Source, SourceRecord
+from rayexp.data.scratch import leftover_name
+from rayexp.data.shards import read_split
+from rayexp.data.writer import write_dataset
 from rayexp.errors import RayexpError
 from tests.conftest import REPO
 
@@ -221,8 +218,6 @@ def _dead_pid() -> int:
 
 
 def test_leftovers_of_dead_runs_are_removed_those_of_live_runs_kept(tmp_path):
-    from rayexp.data.shards import leftover_name
-
     data = tmp_path / "data"
     data.mkdir()
     dead, live = _dead_pid(), os.getpid()

@@ -200,8 +200,8 @@ def test_report_and_recommendation_give_one_verdict_from_predictions_in_mlflow(t
     )
     assert "Verdict: the leader's lead over the runner-up is clear when a paired bootstrap" in text  # the rule, stated
     assert (
-        "**surface defect**: use **resnet50** — mean rank 1.0 over 1 dataset(s) at 1.0; next swin_t (2.0); a clear lead on 1 of 1"
-        in text
+        "**surface defect**: use **resnet50** — mean rank 1.0 over 1 dataset(s) at 1.0; next swin_t (2.0); "
+        "a clear lead on 1 of 1" in text
     )
     rec = json.loads(
         build_recommendation(uri, "exp", "neu", "surface defect", tmp_path / "rec", log_to_mlflow=False)[

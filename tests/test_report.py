@@ -3,7 +3,8 @@ import csv
 import pytest
 
 from rayexp.grid import TrialKey
-from rayexp.report import markdown_table, summarize, write_report
+from rayexp.report import markdown_table, write_report
+from rayexp.results import summarize
 
 
 def _row(backbone, seed, acc, status="FINISHED", fraction=1.0):

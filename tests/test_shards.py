@@ -1,4 +1,5 @@
 import hashlib
+import importlib.util
 import io
 import json
 import shutil
@@ -11,22 +12,23 @@ import pytest
 from PIL import Image
 
 from rayexp.data.catalog import DatasetInfo, get_dataset_info
+from rayexp.data.codec import decode_image, stored_size
+from rayexp.data.records import Source, SourceRecord
+from rayexp.data.rows import fraction_count, holdout_count
 from rayexp.data.shards import (
     MANIFEST,
-    Source,
-    SourceRecord,
-    decode_image,
-    fraction_count,
+    is_prepared,
     load_manifest,
     manifest_fingerprint,
     read_split,
     row_groups_scanned,
-    stored_size,
+    split_paths,
     verify_dataset,
-    write_dataset,
 )
 from rayexp.data.sources import digits
+from rayexp.data.writer import write_dataset
 from rayexp.errors import RayexpError
+from tests.conftest import REPO
 
 
 def _tiny_info(name="tiny", size=(16, 16), encoding="png") -> DatasetInfo:
@@ -105,8 +107,6 @@ def _ids_digest(ids) -> tuple[int, str]:
 
 
 def test_fraction_rows_are_the_rank_rule_and_unchanged_by_the_stored_order(digits_dir):
-    from rayexp.data.shards import holdout_count
-
     manifest = load_manifest(digits_dir, "digits")
     counts = manifest["splits"]["train"]["class_counts"]
     every = read_split(digits_dir, "digits", "train", columns=["id", "label", "rank"]).to_pydict()
@@ -216,8 +216,6 @@ def test_unprepared_dataset_error_says_how_to_prepare(tmp_path):
 
 def test_a_uri_data_dir_reads_like_a_path(digits_dir):
     """A bucket URI works wherever a local data dir does when reading shards; file:// exercises the same code."""
-    from rayexp.data.shards import is_prepared, split_paths
-
     uri = digits_dir.as_uri()
     assert is_prepared(uri, "digits") and not is_prepared(uri, "cifar10")
     manifest = load_manifest(uri, "digits")
@@ -246,10 +244,6 @@ def _as_format_2(folder) -> None:
 
 def test_a_format_2_dataset_is_refused_by_readers_and_prepared_again(digits_dir, tmp_path, capsys):
     """``make demo`` runs ``datasets/prepare.py digits`` on machines that may hold digits in format 2."""
-    import importlib.util
-
-    from tests.conftest import REPO
-
     data = tmp_path / "data"
     shutil.copytree(digits_dir / "digits", data / "digits")
     _as_format_2(data / "digits")

@@ -11,18 +11,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray.data
 import torch
 
 from rayexp.data.catalog import DatasetInfo
-from rayexp.data.shards import (
-    Source,
-    SourceRecord,
-    fraction_count,
-    load_manifest,
-    read_split,
-    row_groups_scanned,
-    write_dataset,
-)
+from rayexp.data.pipeline import Normalizer, TrialBatches, build_trial_datasets, configure_data_context
+from rayexp.data.records import Source, SourceRecord
+from rayexp.data.rows import fraction_count
+from rayexp.data.shards import load_manifest, read_split, row_groups_scanned
+from rayexp.data.writer import write_dataset
 
 NAME = "imbalanced"
 TRAIN = (1050, 300, 150)  # 70/20/10% of 1,500 training rows
@@ -93,15 +90,6 @@ def test_a_streamed_epoch_keeps_the_class_mix_all_the_way_through(ray_local, imb
     """The streamed path of a trial (cache_bytes=0) on a real local Ray: every tenth of an epoch has the
     split's class mix. Stored sorted by rank instead, the last tenths of an epoch were the majority class
     alone (70% -> 100%)."""
-    import ray.data
-
-    from rayexp.data.pipeline import (
-        Normalizer,
-        TrialBatches,
-        build_trial_datasets,
-        configure_data_context,
-    )
-
     manifest = load_manifest(imbalanced_dir, NAME)
     context = ray.data.DataContext.get_current()
     saved = context.execution_options

@@ -1,5 +1,6 @@
 """End to end: the sweep command line on a real local Ray instance, real MLflow, real checkpoints."""
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -8,18 +9,21 @@ import torch
 
 from rayexp import tracking
 from rayexp.cli import SweepDefaults, main
+from rayexp.settings import SweepSettings
+from rayexp.training import TrainConfig
 from tests.conftest import plant_weights
 
 DEFAULTS = SweepDefaults(
     description="test sweep",
-    experiment="e2e",
-    backbones=["mobilenet_v3_large", "shufflenet_v2_x2_0"],
-    datasets=["digits"],
-    fractions=[0.1],
-    seeds=[0],
-    max_epochs=2,
-    patience=2,
-    batch_size=64,
+    settings=SweepSettings(
+        experiment="e2e",
+        backbones=("mobilenet_v3_large", "shufflenet_v2_x2_0"),
+        datasets=("digits",),
+        fractions=(0.1,),
+        seeds=(0,),
+        train=TrainConfig(max_epochs=2, patience=2),
+        batch_size=64,
+    ),
     fallback_to_random_weights=True,
 )
 
@@ -161,7 +165,7 @@ def test_bad_input_fails_fast_naming_problem_and_fix(extra, message, digits_dir,
 
 
 def test_full_grid_refuses_to_start_without_weights(digits_dir, tmp_path, capsys):
-    strict = SweepDefaults(**{**DEFAULTS.__dict__, "fallback_to_random_weights": False})
+    strict = dataclasses.replace(DEFAULTS, fallback_to_random_weights=False)
     assert main(strict, _argv(tmp_path, digits_dir, "--backbones", "resnet50", "swin_t")) == 2
     err = capsys.readouterr().err
     assert "pretrained weights cannot be had, nothing was started" in err

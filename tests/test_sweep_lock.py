@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rayexp import tracking
 from rayexp.errors import RayexpError
-from rayexp.tracking import acquire_sweep_lock, sweep_lock_holder
+from rayexp.tracking import SweepLock, acquire_sweep_lock
+from rayexp.tracking import lock as sweep_lock
+from rayexp.tracking.schema import KIND_TAG, LOCK_KIND, heartbeat_tag, holder_param
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,7 +92,7 @@ def wait_ready(folder: Path, n: int, timeout: float = 60) -> None:
 def lock_run_id(uri: str, experiment: str) -> str:
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
-    (run,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.KIND_TAG}` = 'lock'")
+    (run,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`{KIND_TAG}` = '{LOCK_KIND}'")
     return run.info.run_id
 
 
@@ -100,15 +101,33 @@ def plant_holder(uri: str, experiment: str, generation: int, heartbeat_age_s: fl
     client = MlflowClient(tracking_uri=uri)
     run_id = lock_run_id(uri, experiment)
     holder = {"host": "elsewhere", "pid": 4242, "started": "2025-01-01T00:00:00+00:00", "token": "planted"}
-    client.log_param(run_id, f"holder.{generation}", json.dumps(holder))
-    client.set_tag(run_id, f"heartbeat.{generation}", str(time.time() - heartbeat_age_s))
+    client.log_param(run_id, holder_param(generation), json.dumps(holder))
+    client.set_tag(run_id, heartbeat_tag(generation), str(time.time() - heartbeat_age_s))
+
+
+def lock_holder(uri: str, experiment: str) -> dict | None:
+    """Who holds the lock of ``experiment`` as acquire_sweep_lock judges it (a live holder first): host, pid,
+    started, token and ``stale``; None when no sweep holds it."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    holds = [h for h in map(sweep_lock._hold, sweep_lock._lock_runs(client, exp.experiment_id)) if h is not None]
+    if not holds:
+        return None
+    hold = min(holds, key=lambda h: h.stale is not None)
+    return {**hold.holder, "stale": hold.stale}
+
+
+def held(lock: SweepLock) -> bool:
+    """Whether the store still has ``lock``'s generation as the unreleased one of its lock run."""
+    hold = sweep_lock._hold(MlflowClient(tracking_uri=lock.uri).get_run(lock.run_id))
+    return hold is not None and hold.generation == lock.generation
 
 
 def test_second_sweep_refused_naming_holder_then_acquires_after_release(uri: str, tmp_path: Path) -> None:
     lock = acquire_sweep_lock(uri, "exp")
     assert lock.generation == 1
-    holder = sweep_lock_holder(uri, "exp")
-    assert (holder["host"], holder["pid"], holder["stale"]) == (socket.gethostname(), os.getpid(), None)
+    held_by = lock_holder(uri, "exp")
+    assert (held_by["host"], held_by["pid"], held_by["stale"]) == (socket.gethostname(), os.getpid(), None)
 
     folder = tmp_path / "other"
     other = start(uri, folder, "once", "exp", "exp")  # another driver: two tries, one before, one after release
@@ -121,7 +140,7 @@ def test_second_sweep_refused_naming_holder_then_acquires_after_release(uri: str
 
     lock.release()
     lock.release()  # idempotent
-    assert sweep_lock_holder(uri, "exp") is None
+    assert lock_holder(uri, "exp") is None
     (folder / "go.1").touch()
     out, err = other.communicate(timeout=60)
     assert (out.strip(), other.returncode) == ("exp acquired 2", 0), err
@@ -147,8 +166,8 @@ def test_simultaneous_sweeps_exactly_one_acquires(uri: str, tmp_path: Path) -> N
         assert verdicts == ["acquired", "refused"], (experiment, outs)
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(experiment)
-        locks = tracking._lock_runs(client, exp.experiment_id)
-        assert sum(tracking._hold(r) is not None for r in locks) == 1  # one holder, on one lock run
+        locks = sweep_lock._lock_runs(client, exp.experiment_id)
+        assert sum(sweep_lock._hold(r) is not None for r in locks) == 1  # one holder, on one lock run
 
 
 def test_killed_holder_taken_over_only_with_resume(uri: str, tmp_path: Path) -> None:
@@ -160,8 +179,8 @@ def test_killed_holder_taken_over_only_with_resume(uri: str, tmp_path: Path) -> 
     os.kill(proc.pid, signal.SIGKILL)  # no release, no more heartbeats
     proc.wait()  # reaped: its pid is gone
 
-    holder = sweep_lock_holder(uri, "exp")
-    assert holder["pid"] == proc.pid and "is gone" in holder["stale"]
+    held_by = lock_holder(uri, "exp")
+    assert held_by["pid"] == proc.pid and "is gone" in held_by["stale"]
     with pytest.raises(RayexpError, match="--resume") as refused:
         acquire_sweep_lock(uri, "exp")
     assert f"pid {proc.pid} on host {socket.gethostname()}" in str(refused.value)
@@ -169,14 +188,14 @@ def test_killed_holder_taken_over_only_with_resume(uri: str, tmp_path: Path) -> 
 
     with acquire_sweep_lock(uri, "exp", resume=True) as lock:
         assert lock.generation == 2
-        assert sweep_lock_holder(uri, "exp")["pid"] == os.getpid()
-    assert lock.released and sweep_lock_holder(uri, "exp") is None
+        assert lock_holder(uri, "exp")["pid"] == os.getpid()
+    assert not held(lock) and lock_holder(uri, "exp") is None
 
 
 def test_holder_on_another_host_judged_by_its_heartbeat(uri: str) -> None:
     acquire_sweep_lock(uri, "exp").release()  # makes the lock run; generation 1 released
 
-    plant_holder(uri, "exp", 2, heartbeat_age_s=tracking.STALE_S + 60)
+    plant_holder(uri, "exp", 2, heartbeat_age_s=sweep_lock.STALE_S + 60)
     with pytest.raises(RayexpError, match="--resume") as refused:
         acquire_sweep_lock(uri, "exp")
     assert "host elsewhere" in str(refused.value) and "no heartbeat for" in str(refused.value)
@@ -192,23 +211,23 @@ def test_holder_on_another_host_judged_by_its_heartbeat(uri: str) -> None:
 
 
 def test_heartbeat_refreshed_while_held_and_stopped_on_release(uri: str, monkeypatch) -> None:
-    monkeypatch.setattr(tracking, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(sweep_lock, "HEARTBEAT_S", 0.1)
     client = MlflowClient(tracking_uri=uri)
     lock = acquire_sweep_lock(uri, "exp")
-    first = float(client.get_run(lock.run_id).data.tags["heartbeat.1"])  # written before acquire returned
+    first = float(client.get_run(lock.run_id).data.tags[heartbeat_tag(1)])  # written before acquire returned
     time.sleep(0.5)
-    later = float(client.get_run(lock.run_id).data.tags["heartbeat.1"])
+    later = float(client.get_run(lock.run_id).data.tags[heartbeat_tag(1)])
     assert later > first
-    assert lock.still_held()
+    assert held(lock)
     lock.release()
-    assert not lock._thread.is_alive() and not lock.still_held()
-    stopped = client.get_run(lock.run_id).data.tags["heartbeat.1"]
+    assert not lock._thread.is_alive() and not held(lock)
+    stopped = client.get_run(lock.run_id).data.tags[heartbeat_tag(1)]
     time.sleep(0.3)
-    assert client.get_run(lock.run_id).data.tags["heartbeat.1"] == stopped
+    assert client.get_run(lock.run_id).data.tags[heartbeat_tag(1)] == stopped
 
     # a heartbeat older than STALE_S makes a holder on another host stale
-    monkeypatch.setattr(tracking, "STALE_S", 0.2)
+    monkeypatch.setattr(sweep_lock, "STALE_S", 0.2)
     plant_holder(uri, "exp", 2, heartbeat_age_s=0)
-    assert sweep_lock_holder(uri, "exp")["stale"] is None
+    assert lock_holder(uri, "exp")["stale"] is None
     time.sleep(0.3)
-    assert "no heartbeat" in sweep_lock_holder(uri, "exp")["stale"]
+    assert "no heartbeat" in lock_holder(uri, "exp")["stale"]

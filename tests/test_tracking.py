@@ -5,6 +5,7 @@ import pytest
 
 from rayexp import tracking
 from rayexp.errors import RayexpError
+from rayexp.tracking.schema import KIND_TAG, SUPERSEDED_KIND, SUPERSEDED_TAG
 
 
 def test_tracking_uri_is_made_absolute(tmp_path, monkeypatch):
@@ -32,9 +33,11 @@ def test_one_run_per_key_continued_not_duplicated(tmp_path):
     tags = {"backbone": "resnet50", "dataset": "digits", "domain": "d", "fraction": "0.1", "seed": "0"}
     run = tracking.TrialRun.open(uri, "exp", "resnet50/digits/0.1/0", tags, {"lr": 0.001})
     run.log_metrics({"test_acc": 0.5}, step=1)
-    run.fail()  # e.g. the worker died
+    tracking.fail_trial_run(uri, "exp", "resnet50/digits/0.1/0", "the worker died", tags, None)
+    assert tracking.trial_statuses(uri, "exp") == {"resnet50/digits/0.1/0": "FAILED"}
     again = tracking.TrialRun.open(uri, "exp", "resnet50/digits/0.1/0", tags, {"lr": 0.001, "batch_size": 64})
     assert again.run_id == run.run_id
+    assert tracking.ERROR_TAG not in tracking.trial_record(uri, "exp", "resnet50/digits/0.1/0")["tags"]
     again.log_metrics({"test_acc": 0.6}, step=2)
     assert tracking.trial_statuses(uri, "exp") == {"resnet50/digits/0.1/0": "RUNNING"}
     again.finish({"best_test_acc": 0.6})
@@ -46,56 +49,53 @@ def test_one_run_per_key_continued_not_duplicated(tmp_path):
 
 def test_trial_selection_finished_errored_interrupted(tmp_path):
     from rayexp.grid import expand_grid
-    from rayexp.orchestrate import SweepConfig, select_trials
+    from rayexp.orchestrate import select_trials
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     keys = expand_grid(["resnet50"], ["dtd"], [1.0], [0, 1, 2, 3])
-    cfg = SweepConfig(
-        keys=keys,
-        experiment="exp",
-        data_dir="",
-        storage="",
-        tracking_uri=uri,
-        weights={"resnet50": "random"},
-        data_fingerprints={"dtd": "sha256:" + "a" * 64},
-    )
+    cfg = _plan(uri, keys, {"resnet50": "random"})
     runs = [tracking.TrialRun.open(uri, "exp", str(k), {"seed": str(k.seed), **cfg.identity(k)}, {}) for k in keys[:3]]
     runs[0].finish({"best_test_acc": 0.5})
-    runs[1].fail()  # errored; runs[2] stays RUNNING: its driver was killed
+    tracking.fail_trial_run(uri, "exp", str(keys[1]), "boom", {}, None)  # errored; runs[2] stays RUNNING: driver killed
     with pytest.raises(RayexpError, match=r"1 trial\(s\) of experiment 'exp' were interrupted .* pass --resume"):
         select_trials(cfg)
-    cfg.resume = True
+    cfg = _plan(uri, keys, {"resnet50": "random"}, resume=True)
     todo, skipped = select_trials(cfg)
     assert [k.seed for k in todo] == [2, 3] and skipped == 2  # errored left for --retry-errored
-    cfg.retry_errored = True
+    cfg = _plan(uri, keys, {"resnet50": "random"}, resume=True, retry_errored=True)
     todo, _ = select_trials(cfg)
     assert [k.seed for k in todo] == [1]
 
 
-def _finished_sweep(tmp_path, **changes):
-    """A finished 2-seed sweep in a real MLflow store, and the config of a new sweep with ``changes``."""
-    from dataclasses import replace
+def _plan(uri, keys, weights, fingerprints=None, train=None, **settings):
+    """The plan of a sweep of ``keys`` into experiment 'exp' of ``uri``, with ``settings`` (``train``: the
+    TrainConfig's changes)."""
+    from rayexp.settings import SweepPlan, SweepSettings
+    from rayexp.training import TrainConfig
 
+    return SweepPlan(
+        settings=SweepSettings(experiment="exp", tracking_uri=uri, train=TrainConfig(**(train or {})), **settings),
+        keys=tuple(keys),
+        weights=weights,
+        data_fingerprints=fingerprints or {"dtd": "sha256:" + "a" * 64},
+    )
+
+
+def _finished_sweep(tmp_path, weights=None, data_fingerprints=None, **changes):
+    """A finished 2-seed sweep in a real MLflow store, and the plan of a new sweep with ``changes``
+    (``max_epochs``, ``selection`` and ``precision`` are the TrainConfig's)."""
     from rayexp.grid import expand_grid
-    from rayexp.orchestrate import SweepConfig
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     keys = expand_grid(["resnet50"], ["dtd"], [1.0], [0, 1])
-    old = SweepConfig(
-        keys=keys,
-        experiment="exp",
-        data_dir="",
-        storage="",
-        tracking_uri=uri,
-        weights={"resnet50": "pretrained"},
-        data_fingerprints={"dtd": "sha256:" + "a" * 64},
-        max_epochs=100,
-    )
+    old = _plan(uri, keys, {"resnet50": "pretrained"})
     for k in keys:
         tracking.TrialRun.open(uri, "exp", str(k), {"seed": str(k.seed), **old.identity(k)}, {}).finish(
             {"best_test_acc": 0.5}
         )
-    return uri, replace(old, **changes)
+    train = {k: changes.pop(k) for k in ("max_epochs", "selection", "precision") if k in changes}
+    new = _plan(uri, keys, weights or {"resnet50": "pretrained"}, data_fingerprints, train=train, **changes)
+    return uri, new
 
 
 @pytest.mark.parametrize(
@@ -134,27 +134,20 @@ def test_retrain_changed_supersedes_the_old_runs_and_trains_again(tmp_path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
-    old = client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`rayexp.kind` = 'superseded'")
-    assert len(old) == 2 and "the data changed" in old[0].data.tags["superseded_because"]
+    experiment_id = client.get_experiment_by_name("exp").experiment_id
+    old = client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = '{SUPERSEDED_KIND}'")
+    assert len(old) == 2 and "the data changed" in old[0].data.tags[SUPERSEDED_TAG]
 
 
 def test_a_run_without_fingerprints_is_not_taken_as_done(tmp_path):
     from rayexp.grid import expand_grid
-    from rayexp.orchestrate import SweepConfig, select_trials
+    from rayexp.orchestrate import select_trials
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     (key,) = expand_grid(["resnet50"], ["dtd"], [1.0], [0])
     tracking.TrialRun.open(uri, "exp", str(key), {"seed": "0"}, {}).finish(
         {"best_test_acc": 0.9}
     )  # an older rayexp's run
-    cfg = SweepConfig(
-        keys=[key],
-        experiment="exp",
-        data_dir="",
-        storage="",
-        tracking_uri=uri,
-        weights={"resnet50": "random"},
-        data_fingerprints={"dtd": "sha256:" + "a" * 64},
-    )
+    cfg = _plan(uri, [key], {"resnet50": "random"})
     with pytest.raises(RayexpError, match="records no fingerprint"):
         select_trials(cfg)

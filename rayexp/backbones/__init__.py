@@ -1,14 +1,14 @@
-"""Backbones: a registry of specs and one entry point, ``create_backbone(name, num_classes, pretrained)``."""
+"""Backbones: specs as data, pretrained weights, and one entry point, ``create_backbone``.
 
-from rayexp.backbones.registry import (
-    REGISTRY,
-    BackboneSpec,
-    count_parameters,
-    create_backbone,
-    get_head,
-    get_spec,
-    list_backbones,
-)
+Layered like timm, each module importing only the ones above it:
+
+- ``specs``: the :class:`BackboneSpec` table and name look-up; pure data, no torch.
+- ``weights``: finding, checking, downloading and loading pretrained weights.
+- ``factory``: building a backbone and replacing its head (uses ``wavemix`` for WaveMix).
+"""
+
+from rayexp.backbones.factory import count_parameters, create_backbone, get_head
+from rayexp.backbones.specs import REGISTRY, BackboneSpec, get_spec, list_backbones
 from rayexp.backbones.weights import find_weights_file, load_pretrained_state_dict, weights_status
 
 __all__ = [

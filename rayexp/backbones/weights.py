@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rayexp.backbones.registry import BackboneSpec
+from rayexp.backbones.specs import BackboneSpec
 from rayexp.errors import RayexpError
 
 WEIGHTS_DIR_ENV = "RAYEXP_WEIGHTS_DIR"
@@ -26,8 +26,11 @@ OFFLINE_ENV = "RAYEXP_OFFLINE"  # "1": never probe or download; only local files
 
 
 def weights_url(spec: BackboneSpec) -> str:
+    """Where the published weight file of ``spec`` is downloaded from."""
     if spec.weights.startswith("http"):
         return spec.weights
+    # Lazy on purpose: torchvision costs about 1.6 s to import, and this module is imported by
+    # `import rayexp.backbones` and the preflight, which need no URL when the file is cached.
     from torchvision.models import get_weight
 
     return get_weight(spec.weights).url

@@ -4,7 +4,7 @@ Preparation only stops on an image it cannot decode. Other problems in a user's 
 and surface, if at all, as numbers that look fine: an image copied into both train and test inflates
 every backbone's test score, a class with one training image breaks ``selection=val`` at small
 fractions, a grayscale minority is quietly converted. :func:`check_source` finds these on the very split
-preparation will write (it shares :func:`~rayexp.data.shards.assign_splits` and the image loading) and
+preparation will write (it shares :func:`~rayexp.data.records.assign_splits` and the image loading) and
 reports them as :class:`Problem` s; the serious ones stop a run unless the user accepts them.
 """
 
@@ -18,17 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
-from rayexp.data.shards import (
-    DECODE_ERRORS,
-    SPLITS,
-    Source,
-    _Progress,
-    assign_splits,
-    fraction_count,
-    load_image,
-    parallel_map,
-    to_rgb,
-)
+from rayexp.data.codec import DECODE_ERRORS, load_image, to_rgb
+from rayexp.data.records import Source, assign_splits
+from rayexp.data.rows import fraction_count
+from rayexp.data.shards import SPLITS
+from rayexp.data.workers import Progress, parallel_map
 from rayexp.errors import RayexpError
 
 KINDS = (
@@ -180,6 +174,35 @@ def check_source(
     records = list(source.records)
     if not isinstance(source.records, (list, tuple)):
         source.records = records
+    labels = _checked_labels(name, source, records)
+    splits = assign_splits(name, source, records, labels, seed)
+
+    progress = Progress(f"checking {name}", len(records), quiet)
+    results = list(
+        parallel_map(_inspect_job, [(r.image, r.id) for r in records], workers or os.cpu_count() or 1, progress)
+    )
+    ok = [i for i, res in enumerate(results) if res[0] is not None]
+    unreadable = [records[i].id for i, res in enumerate(results) if res[0] is None]
+
+    present = [s for s in SPLITS if s in set(splits)]
+    counts = {s: [0] * len(source.classes) for s in present}
+    for i in ok:
+        counts[splits[i]][records[i].label] += 1
+    sizes = _size_summary(results, ok)
+    modes = dict(Counter(results[i][2] for i in ok).most_common())
+
+    problems = _unreadable(unreadable)
+    problems += _duplicates(records, splits, results, ok, source.classes)
+    problems += _small_classes(records, counts, source.classes, fractions, selection)
+    problems += _imbalance(records, splits, counts, source.classes)
+    problems += _small_images(records, results, ok, tuple(input_size))
+    problems += _mixed_modes(records, results, ok, modes, source.classes)
+    problems.sort(key=lambda p: (not p.serious, KINDS.index(p.kind)))
+    return DataCheck(list(source.classes), counts, sizes, modes, problems, name=name, input_size=tuple(input_size))
+
+
+def _checked_labels(name: str, source: Source, records: list) -> np.ndarray:
+    """The records' labels, refused when there are none, one is outside the classes, or only one class occurs."""
     if not records:
         raise RayexpError(f"dataset {name!r}: the source yielded no images")
     n_classes = len(source.classes)
@@ -193,48 +216,34 @@ def check_source(
             f"dataset {name!r} has images of {len(set(labels.tolist()))} class(es) ({', '.join(source.classes)}): "
             "choosing a classifier needs at least two; add a folder of images of another class"
         )
-    splits = assign_splits(name, source, records, labels, seed)
+    return labels
 
-    progress = _Progress(f"checking {name}", len(records), quiet)
-    results = list(
-        parallel_map(_inspect_job, [(r.image, r.id) for r in records], workers or os.cpu_count() or 1, progress)
-    )
-    ok = [i for i, res in enumerate(results) if res[0] is not None]
-    unreadable = [records[i].id for i, res in enumerate(results) if res[0] is None]
 
-    present = [s for s in SPLITS if s in set(splits)]
-    counts = {s: [0] * n_classes for s in present}
-    for i in ok:
-        counts[splits[i]][records[i].label] += 1
+def _size_summary(results: list[tuple], ok: list[int]) -> dict:
+    """The min, median and max (H, W) of the readable images; empty when none is."""
+    if not ok:
+        return {}
     heights = np.array([results[i][0] for i in ok])
     widths = np.array([results[i][1] for i in ok])
-    sizes = {}
-    if ok:
-        sizes = {
-            "min": (int(heights.min()), int(widths.min())),
-            "median": (int(np.median(heights)), int(np.median(widths))),
-            "max": (int(heights.max()), int(widths.max())),
-        }
-    modes = dict(Counter(results[i][2] for i in ok).most_common())
+    return {
+        "min": (int(heights.min()), int(widths.min())),
+        "median": (int(np.median(heights)), int(np.median(widths))),
+        "max": (int(heights.max()), int(widths.max())),
+    }
 
-    problems: list[Problem] = []
-    if unreadable:
-        problems.append(
-            Problem(
-                "unreadable",
-                True,
-                f"{len(unreadable)} image(s) cannot be decoded, so preparation would stop on them: "
-                "fix or remove these files, or pass --accept-warnings to skip them",
-                unreadable,
-            )
+
+def _unreadable(ids: list[str]) -> list[Problem]:
+    if not ids:
+        return []
+    return [
+        Problem(
+            "unreadable",
+            True,
+            f"{len(ids)} image(s) cannot be decoded, so preparation would stop on them: "
+            "fix or remove these files, or pass --accept-warnings to skip them",
+            ids,
         )
-    problems += _duplicates(records, splits, results, ok, source.classes)
-    problems += _small_classes(records, counts, source.classes, fractions, selection)
-    problems += _imbalance(records, splits, counts, source.classes)
-    problems += _small_images(records, results, ok, tuple(input_size))
-    problems += _mixed_modes(records, results, ok, modes, source.classes)
-    problems.sort(key=lambda p: (not p.serious, KINDS.index(p.kind)))
-    return DataCheck(list(source.classes), counts, sizes, modes, problems, name=name, input_size=tuple(input_size))
+    ]
 
 
 def _labels_note(groups: list[list[int]], records, classes: list[str]) -> str:
@@ -322,8 +331,10 @@ def _imbalance(records, splits: list[str], counts: dict[str, list[int]], classes
         Problem(
             "imbalance",
             False,
-            f"training classes range from {min(present)} to {train[largest]} images ({max(present) / min(present):.0f}:1; "
-            f"smallest {', '.join(repr(classes[c]) for c in minority[:5])}{', ...' if len(minority) > 5 else ''}, largest {classes[largest]!r}): "
+            f"training classes range from {min(present)} to {train[largest]} images "
+            f"({max(present) / min(present):.0f}:1; "
+            f"smallest {', '.join(repr(classes[c]) for c in minority[:5])}{', ...' if len(minority) > 5 else ''}, "
+            f"largest {classes[largest]!r}): "
             "plain accuracy mostly reflects the large classes; add images to the small ones or read balanced accuracy",
             [r.id for r, s in zip(records, splits) if s == "train" and r.label in small],
         )
@@ -336,7 +347,10 @@ def _small_images(records, results: list[tuple], ok: list[int], input_size: tupl
         return []
     at = _hw(input_size)
     if len(small) * 2 <= len(ok):
-        message = f"{len(small)} of {len(ok)} images are smaller than the training size {at} and will be upscaled (blurred); check they are not thumbnails or crops"
+        message = (
+            f"{len(small)} of {len(ok)} images are smaller than the training size {at} and will be upscaled "
+            "(blurred); check they are not thumbnails or crops"
+        )
     else:
         sizes = Counter((results[i][0], results[i][1]) for i in small).most_common(1)[0][0]
         message = (

@@ -63,7 +63,8 @@ def download(remote: RemoteFile, folder: str | os.PathLike, quiet: bool = False)
     """Download ``remote`` into ``folder`` (kept if already there and verified); returns its path."""
     if remote.checksum is None:
         raise RayexpError(
-            f"{remote.filename} has no published checksum to verify a download against; download {remote.url} yourself and pass --source"
+            f"{remote.filename} has no published checksum to verify a download against; download {remote.url} yourself "
+            "and pass --source"
         )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -299,16 +300,6 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
     finally:
         extractor.close()
     return target
-
-
-def materialize(path: str | os.PathLike, work: str | os.PathLike) -> Path:
-    """A folder holding ``path``'s content: the folder itself, or an archive safely extracted under ``work``."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise RayexpError(f"{path} does not exist; point --source at the downloaded folder or archive")
-    if path.is_dir():
-        return path
-    return safe_extract(path, Path(work) / path.name.split(".")[0])
 
 
 def find_or_extract(

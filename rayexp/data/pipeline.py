@@ -23,9 +23,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import ray.data
 import torch
+from PIL import Image
+from ray.data.expressions import col, lit
 
-from rayexp.data.shards import position_bounds, rank_ranges, split_paths
+from rayexp.data.rows import Dialect, TrialRows, split_rows
+from rayexp.data.shards import split_paths
 from rayexp.errors import RayexpError
 
 CACHE_SPLITS = ("train", "test", "val")  # the codes of the ``split`` column of a trial's cache dataset
@@ -78,6 +82,8 @@ def decode_resize_batch(
     column passes through (int64): with the label it names the row in its split, so that an evaluation's
     predictions can be written against the rows' ids.
     """
+    # torchvision takes over a second to import, and a trial's driver process imports this module only to
+    # build its datasets: it is imported where images are decoded or augmented, in the processes that do so.
     from torchvision.io import ImageReadMode, decode_image
     from torchvision.transforms.v2.functional import resize
 
@@ -121,8 +127,6 @@ def configure_data_context(data_cpus: float):
     """Set this process's Ray Data context up the way every trial reads shards; returns the execution
     options for a trial's ingest: order preserved (same seed, same batches), decoding bounded to
     ``data_cpus`` so that the training worker keeps its own CPUs."""
-    import ray.data
-
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -134,26 +138,10 @@ def configure_data_context(data_cpus: float):
     return ray.data.ExecutionOptions(preserve_order=True, resource_limits=ray.data.ExecutionResources(cpu=data_cpus))
 
 
-def ray_fraction_expr(manifest: dict, fraction: float, part: str = "all"):
-    """The rule of :func:`rayexp.data.shards.fraction_filter` as a Ray Data expression.
-
-    Ray Data pushes it down into the Parquet scan, so row groups whose ``position`` statistics lie outside
-    the fraction are not read.
-    """
-    from ray.data.expressions import col, lit
-
-    ranges = rank_ranges(manifest, fraction, part)
-    expr = None
-    for labels, lo, hi in ranges:
-        term = col("label").is_in(labels) & (col("rank") < lit(hi))
-        if lo:
-            term = term & (col("rank") >= lit(lo))
-        expr = term if expr is None else expr | term
-    lo_position, hi_position = position_bounds(ranges, manifest["splits"]["train"]["class_counts"])
-    prune = col("position") < lit(hi_position)
-    if lo_position > 0:
-        prune = (col("position") >= lit(lo_position)) & prune
-    return prune & expr
+# TrialRows' filter in Ray Data's expressions: Ray Data pushes it down into the Parquet scan, so row groups
+# whose ``position`` statistics lie outside the rows are not read. (Ray 2.60 refuses a PyArrow expression
+# there: read_parquet's ``filter=`` is deprecated, and an error with its default V2 reader.)
+RAY_DATA = Dialect(col, lit, lambda column, values: column.is_in(values))
 
 
 def build_split_dataset(
@@ -167,17 +155,17 @@ def build_split_dataset(
     tag: str | None = None,
 ):
     """A Ray Dataset of one split (a fraction of it, or its train/val part, for ``train``) as resized uint8
-    images and labels; with ``tag``, also a ``split`` column holding that name's code in :data:`CACHE_SPLITS`."""
-    import ray.data
-
+    images and labels; with ``tag``, also a ``split`` column holding that name's code in :data:`CACHE_SPLITS`.
+    The rows read are :class:`rayexp.data.rows.TrialRows` ``(split, fraction, part)``."""
+    rows = TrialRows(split, fraction, part)
     # A part file holds up to 4,096 rows; read it as several tasks (by row groups) so that every data CPU
     # decodes, each in the same task that read its rows (a repartition between them halved throughput).
     blocks = max(1, math.ceil(manifest["splits"][split]["rows"] / DECODE_BLOCK_ROWS))
     paths = split_paths(data_dir, manifest, split)
     dataset = ray.data.read_parquet(paths, override_num_blocks=blocks, include_paths=True)
     dataset = dataset.select_columns(["image", "label", "rank", "position", "id", "path"])
-    if split == "train" and (fraction < 1.0 or part != "all"):
-        dataset = dataset.filter(expr=ray_fraction_expr(manifest, fraction, part))
+    if not rows.whole:
+        dataset = dataset.filter(expr=rows.filter(manifest, RAY_DATA))
     return dataset.map_batches(
         decode_resize_batch,
         fn_kwargs={
@@ -189,13 +177,6 @@ def build_split_dataset(
         batch_format="numpy",
         batch_size=decode_batch_size,
     )
-
-
-def split_rows(manifest: dict, split: str, fraction: float = 1.0, part: str = "all") -> int:
-    """Rows a trial reads from ``split``: all of it, or ``fraction`` (or its train/val part) of the training split."""
-    if split == "train" and (fraction < 1.0 or part != "all"):
-        return sum(len(labels) * (hi - lo) for labels, lo, hi in rank_ranges(manifest, fraction, part))
-    return manifest["splits"][split]["rows"]
 
 
 def build_trial_datasets(
@@ -227,11 +208,8 @@ def build_trial_datasets(
 
 def augments(manifest: dict, enabled: bool = True) -> bool:
     """Whether a trial on this dataset uses TrivialAugmentWide: the protocol's choice (all but BreakHis and
-    Galaxy10), unless turned off for the sweep."""
-    from rayexp.data.catalog import CATALOG
-
-    default = CATALOG[manifest["name"]].augment if manifest["name"] in CATALOG else True
-    return enabled and bool(manifest.get("augment", default))
+    Galaxy10), which preparation wrote into the manifest from the catalog, unless turned off for the sweep."""
+    return enabled and bool(manifest["augment"])
 
 
 def trivial_augment(images: torch.Tensor, seed: int) -> torch.Tensor:
@@ -244,8 +222,7 @@ def trivial_augment(images: torch.Tensor, seed: int) -> torch.Tensor:
     while the training loop draws dropout masks from the global generator. The ops run on PIL images,
     as in torchvision's usual recipe: about twice as fast as on tensors, and Pillow releases the GIL.
     """
-    from PIL import Image
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # imported when used: see decode_resize_batch
 
     augment = v2.TrivialAugmentWide()
     space = augment._AUGMENTATION_SPACE
@@ -385,14 +362,14 @@ def augmented(batches: Iterable[Batch], seed: int, threads: int = 1) -> Iterator
 class TrialBatches:
     """The batches one trial trains and evaluates on, from its Ray Data iterators (Train dataset shards).
 
-    Cached (``iterators`` holds the ``cache`` dataset of :func:`build_trial_datasets`): its splits are loaded into memory (:func:`load_splits`), in a
-    background thread that overlaps with building the model, and every epoch is a fresh seeded
-    permutation; otherwise every epoch streams from the ``train`` iterator with a seeded local shuffle
-    buffer. Training batches are augmented when ``augment``, then normalised by ``normalize``, in
-    ``threads`` threads ahead of the training loop; on a GPU the normalisation stays on the device (the
-    uint8 batch crosses PCIe, four times smaller than float). Training yields ``(images, labels)``;
-    evaluation yields ``(images, labels, ranks)``, the ranks on the CPU, so that each prediction can be
-    traced to its row of the split.
+    Cached (``iterators`` holds the ``cache`` dataset of :func:`build_trial_datasets`): its splits are
+    loaded into memory (:func:`load_splits`), in a background thread that overlaps with building the
+    model, and every epoch is a fresh seeded permutation; otherwise every epoch streams from the ``train``
+    iterator with a seeded local shuffle buffer. Training batches are augmented when ``augment``, then
+    normalised by ``normalize``, in ``threads`` threads ahead of the training loop; on a GPU the
+    normalisation stays on the device (the uint8 batch crosses PCIe, four times smaller than float).
+    Training yields ``(images, labels)``; evaluation yields ``(images, labels, ranks)``, the ranks on the
+    CPU, so that each prediction can be traced to its row of the split.
     """
 
     def __init__(

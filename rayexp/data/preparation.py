@@ -18,19 +18,10 @@ from types import ModuleType
 
 from rayexp.data.catalog import CATALOG, DatasetInfo, get_dataset_info
 from rayexp.data.download import download
-from rayexp.data.shards import (
-    FORMAT_VERSION,
-    Source,
-    dataset_dir,
-    is_prepared,
-    leftover_name,
-    load_manifest,
-    outdated_format,
-    remove_stale_leftovers,
-    storage_error,
-    verify_dataset,
-    write_dataset,
-)
+from rayexp.data.records import Source
+from rayexp.data.scratch import leftover_name, remove_stale_leftovers, storage_error
+from rayexp.data.shards import FORMAT_VERSION, dataset_dir, is_prepared, load_manifest, outdated_format, verify_dataset
+from rayexp.data.writer import write_dataset
 from rayexp.errors import RayexpError
 from rayexp.grid import SEED_LIMIT, seed_problem
 
@@ -103,6 +94,35 @@ def _source_root(path: str | os.PathLike, work: Path) -> Path:
     return root
 
 
+def _source_files(
+    info: DatasetInfo,
+    module: ModuleType,
+    data_dir: Path,
+    work: Path,
+    source: str | os.PathLike | None,
+    download_files: bool,
+    quiet: bool,
+) -> Path:
+    """The folder the source module reads: ``--source``'s, the download folder (downloading first with
+    ``download_files``), or the scratch folder for digits, which ship inside scikit-learn."""
+    if source is not None:
+        return _source_root(source, work)
+    if download_files:
+        remote = module.remote_files(info.name)
+        if not remote:
+            raise RayexpError(f"{info.name} cannot be downloaded automatically: {module.local_help(info.name)}")
+        root = downloads_dir(data_dir, info.name)
+        for item in remote:
+            download(item, root, quiet=quiet)
+        return root
+    if downloads_dir(data_dir, info.name).is_dir():
+        return downloads_dir(data_dir, info.name)
+    if not module.remote_files(info.name) and info.source == "digits":
+        return work
+    how = "--download, or " if module.remote_files(info.name) else ""
+    raise RayexpError(f"{info.name}: no source files; pass {how}--source PATH. {module.local_help(info.name)}")
+
+
 def prepare(
     name: str,
     data_dir: str | os.PathLike,
@@ -152,22 +172,7 @@ def prepare(
     except OSError as exc:
         raise storage_error(info.name, data_dir, exc) from exc
     try:
-        if source is not None:
-            root = _source_root(source, work)
-        elif download_files:
-            remote = module.remote_files(info.name)
-            if not remote:
-                raise RayexpError(f"{info.name} cannot be downloaded automatically: {module.local_help(info.name)}")
-            root = downloads_dir(data_dir, info.name)
-            for item in remote:
-                download(item, root, quiet=quiet)
-        elif downloads_dir(data_dir, info.name).is_dir():
-            root = downloads_dir(data_dir, info.name)
-        elif not module.remote_files(info.name) and info.source == "digits":
-            root = work
-        else:
-            how = "--download, or " if module.remote_files(info.name) else ""
-            raise RayexpError(f"{info.name}: no source files; pass {how}--source PATH. {module.local_help(info.name)}")
+        root = _source_files(info, module, data_dir, work, source, download_files, quiet)
         src = module.load_source(info.name, root, work, split, **({"allow_outside": True} if allow_outside else {}))
         if info.n_classes and len(src.classes) != info.n_classes and split == "default" and source is None:
             src.notes.append(f"{len(src.classes)} classes where the paper has {info.n_classes}")
@@ -247,7 +252,8 @@ def prepare_user_source(
             if same:
                 if not quiet:
                     print(
-                        f"[rayexp] {info.name}: the prepared copy in {dataset_dir(data_dir, info.name)} is of the same files; not preparing again"
+                        f"[rayexp] {info.name}: the prepared copy in {dataset_dir(data_dir, info.name)} is of the same "
+                        "files; not preparing again"
                     )
                 return manifest
             if not quiet:

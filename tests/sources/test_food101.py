@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rayexp.data.codec import decode_image
 from rayexp.data.download import file_digest
 from rayexp.data.preparation import prepare
-from rayexp.data.shards import decode_image, read_split
+from rayexp.data.shards import read_split
 from rayexp.data.sources import food101
 from rayexp.errors import RayexpError
 

@@ -11,9 +11,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
+from rayexp.data.codec import decode_image
 from rayexp.data.download import file_digest
 from rayexp.data.preparation import prepare
-from rayexp.data.shards import decode_image, read_split
+from rayexp.data.shards import read_split
 from rayexp.data.sources import rsna
 from rayexp.errors import RayexpError
 

@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
+from rayexp.data.codec import decode_image
 from rayexp.data.download import file_digest
 from rayexp.data.preparation import prepare
-from rayexp.data.shards import decode_image, load_manifest, read_split
+from rayexp.data.shards import load_manifest, read_split
 from rayexp.data.sources import stanford_dogs
 from rayexp.errors import RayexpError
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rayexp.data.codec import decode_image
 from rayexp.data.download import file_digest
 from rayexp.data.preparation import prepare
-from rayexp.data.shards import decode_image, load_manifest, read_split
+from rayexp.data.shards import load_manifest, read_split
 from rayexp.data.sources import tiny_imagenet
 from rayexp.errors import RayexpError
 

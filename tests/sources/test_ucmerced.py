@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rayexp.data.codec import decode_image
 from rayexp.data.download import file_digest
 from rayexp.data.preparation import prepare
-from rayexp.data.shards import decode_image, read_split, stratified_test_mask
+from rayexp.data.records import stratified_test_mask
+from rayexp.data.shards import read_split
 from rayexp.data.sources import ucmerced
 from rayexp.errors import RayexpError
 

@@ -12,6 +12,7 @@ Every module here defines
   them, and return the class names and records. ``split`` is ``"default"`` (rayexp's rule) or
   ``"paper"`` (the paper's counts where they differ).
 
-Encoding, resizing, splitting by fraction, ranking, statistics, writing and verifying live once in
-:mod:`rayexp.data.shards`; a source module only says what the images and labels are.
+A source module only says what the images and labels are, as a :class:`rayexp.data.records.Source`;
+splitting, ranking, encoding, resizing, statistics and writing live once in :mod:`rayexp.data.writer`
+(with :mod:`rayexp.data.records` and :mod:`rayexp.data.codec`), verifying in :mod:`rayexp.data.shards`.
 """

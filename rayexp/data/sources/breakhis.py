@@ -19,7 +19,7 @@ import numpy as np
 
 from rayexp.data.catalog import get_dataset_info
 from rayexp.data.download import RemoteFile, file_digest, find_or_extract
-from rayexp.data.shards import Source, SourceRecord, stratified_test_mask
+from rayexp.data.records import Source, SourceRecord, stratified_test_mask
 from rayexp.errors import RayexpError
 
 DATASETS = ("breakhis_40x", "breakhis_100x", "breakhis_200x", "breakhis_400x")
@@ -73,7 +73,8 @@ def _parse(path: Path, breast: Path) -> tuple[int, str, str]:
     folder_class = path.relative_to(breast).parts[0]
     if folder_class != CLASSES[label] or path.parent.name.upper() != f"{match['mag']}X":
         raise RayexpError(
-            f"{path}: its name says {CLASSES[label]} at {match['mag']}X but it is filed under {folder_class}/.../{path.parent.name}"
+            f"{path}: its name says {CLASSES[label]} at {match['mag']}X but it is filed under "
+            f"{folder_class}/.../{path.parent.name}"
         )
     return label, f"{match['year']}-{match['slide']}", match["mag"]
 
@@ -126,9 +127,13 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
         ]
     else:
         n_test = sum(side == "test" for side in sides.values())
-        rule = f"by patient, stratified on the patient's class: {len(sides) - n_test} patients train / {n_test} test, the same at every magnification"
+        rule = (
+            f"by patient, stratified on the patient's class: {len(sides) - n_test} patients train / {n_test} test, "
+            "the same at every magnification"
+        )
         notes = [
-            f"split by patient, not by image as in the paper: train/test counts differ from the paper's {info.train}/{info.test}"
+            "split by patient, not by image as in the paper: train/test counts differ from the paper's "
+            f"{info.train}/{info.test}"
         ]
     if len(records) != info.train + info.test:
         notes.append(f"{len(records)} images at {mag}X where the paper's train+test is {info.train + info.test}")

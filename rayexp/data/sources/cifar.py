@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rayexp.data.download import RemoteFile
-from rayexp.data.shards import Source, SourceRecord
+from rayexp.data.records import Source, SourceRecord
 from rayexp.errors import RayexpError
 
 DATASETS = ("cifar10", "cifar100")
@@ -124,10 +124,12 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
         if (root / layout.folder).exists() or (root.name == layout.folder):
             raise RayexpError(
                 f"found an extracted {layout.folder} but not {archive_name} in {root}: CIFAR's pickles are loaded only "
-                f"from the original archive after its checksum matched; put {archive_name} there (download {URLS[name]})"
+                f"from the original archive after its checksum matched; put {archive_name} there (download "
+                f"{URLS[name]})"
             )
         raise RayexpError(
-            f"expected {archive_name} in {root} (download it from {URLS[name]}); point --source at it or the folder holding it"
+            f"expected {archive_name} in {root} (download it from {URLS[name]}); point --source at it or the folder "
+            "holding it"
         )
     members = {f"{layout.folder}/{m}" for m in (*layout.train, *layout.test, layout.meta)}
     found = _read_verified(archive, checksum, members)

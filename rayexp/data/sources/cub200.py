@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rayexp.data.download import RemoteFile, file_digest, locate_dataset_folder
-from rayexp.data.shards import Source, SourceRecord
+from rayexp.data.records import Source, SourceRecord
 from rayexp.errors import RayexpError
 
 DATASETS = ("cub200",)
@@ -62,14 +62,16 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
         label = int(labels[image_id]) - 1
         if not 0 <= label < len(classes):
             raise RayexpError(
-                f"{folder / 'image_class_labels.txt'}: image id {image_id} has class {label + 1}, outside 1..{len(classes)}"
+                f"{folder / 'image_class_labels.txt'}: image id {image_id} has class {label + 1}, outside "
+                f"1..{len(classes)}"
             )
         path = folder / "images" / rel
         if not path.is_file():
             raise RayexpError(f"images.txt lists {rel}, but {path} does not exist")
         if is_train[image_id] not in ("0", "1"):
             raise RayexpError(
-                f"{folder / 'train_test_split.txt'}: image id {image_id} has is_train {is_train[image_id]!r}, expected 0 or 1"
+                f"{folder / 'train_test_split.txt'}: image id {image_id} has is_train {is_train[image_id]!r}, expected "
+                "0 or 1"
             )
         records.append(
             SourceRecord(path, label, f"images/{rel}", split="train" if is_train[image_id] == "1" else "test")

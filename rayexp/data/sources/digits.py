@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from rayexp.data.download import RemoteFile
-from rayexp.data.shards import Source, SourceRecord
+from rayexp.data.records import Source, SourceRecord
 
 DATASETS = ("digits",)
 
@@ -24,6 +24,8 @@ def local_help(name: str) -> str:
 
 
 def load_source(name: str, root: Path | None = None, work: Path | None = None, split: str = "default") -> Source:
+    # scikit-learn takes about a second to import and only preparing digits needs it (the tests and the
+    # benchmarks import this module at start, most of them without preparing), so it is imported when used.
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

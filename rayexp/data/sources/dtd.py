@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rayexp.data.download import RemoteFile, file_digest, locate_dataset_folder
-from rayexp.data.shards import Source, SourceRecord
+from rayexp.data.records import Source, SourceRecord
 from rayexp.errors import RayexpError
 
 DATASETS = ("dtd",)

@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
 
 from rayexp.data.download import RemoteFile, find_or_extract, verify_checksum
-from rayexp.data.shards import Source, SourceRecord
+from rayexp.data.records import Source, SourceRecord
 from rayexp.errors import RayexpError
 
 DATASETS = ("flowers102",)
@@ -148,12 +149,11 @@ def local_help(name: str) -> str:
 
 def _mat(root: Path, filename: str, keys: tuple[str, ...]) -> dict:
     """A verified .mat file's variables; the labels and the split come only from the published files."""
-    from scipy.io import loadmat
-
     path = root / filename
     if not path.is_file():
         raise RayexpError(
-            f"expected {filename} in {root} (download it from {BASE_URL}{filename}); point --source at the folder holding it"
+            f"expected {filename} in {root} (download it from {BASE_URL}{filename}); point --source at the folder "
+            "holding it"
         )
     verify_checksum(path, CHECKSUMS[filename])
     mat = loadmat(path)

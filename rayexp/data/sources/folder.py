@@ -18,7 +18,7 @@ import hashlib
 from pathlib import Path
 
 from rayexp.data.download import RemoteFile
-from rayexp.data.shards import Source, SourceRecord
+from rayexp.data.records import Source, SourceRecord
 from rayexp.errors import RayexpError
 
 DATASETS = ("plantclef",)
@@ -35,7 +35,10 @@ def local_help(name: str) -> str:
             "PlantCLEF's 20-species subset used by the paper is not published: put its images in "
             "train/<species>/ and val/<species>/ folders (or one folder per species) and pass --source that folder"
         )
-    return "pass --source a folder of <class>/ images, a folder with train/ and test/ class folders, or a CSV of path,label"
+    return (
+        "pass --source a folder of <class>/ images, a folder with train/ and test/ class folders, "
+        "or a CSV of path,label"
+    )
 
 
 def _images(folder: Path) -> list[Path]:
@@ -164,7 +167,8 @@ def load_source(name: str, root: Path, work: Path, split: str = "default", *, al
     classes = sorted({c.name for d in split_dirs.values() for c in _class_folders(d)})
     if not classes:
         raise RayexpError(
-            f"{root} has no class folders; expected <class>/ folders of images (or train/ and test/ with class folders, or a CSV of path,label)"
+            f"{root} has no class folders; expected <class>/ folders of images (or train/ and test/ with class "
+            "folders, or a CSV of path,label)"
         )
     index = {c: i for i, c in enumerate(classes)}
     records: list[SourceRecord] = []

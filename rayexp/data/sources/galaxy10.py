@@ -11,10 +11,11 @@ import functools
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from rayexp.data.download import RemoteFile, verify_checksum
-from rayexp.data.shards import Source, SourceRecord
+from rayexp.data.records import Source, SourceRecord
 from rayexp.errors import RayexpError
 
 DATASETS = ("galaxy10",)
@@ -52,8 +53,6 @@ def _open(path: str, mtime_ns: int):
     ``mtime_ns`` is part of the key so that a replaced file is reopened. A compressed file's chunks may
     span several images; a 64 MiB chunk cache lets images read in order share a decompressed chunk.
     """
-    import h5py
-
     return h5py.File(path, "r", rdcc_nbytes=64 << 20, rdcc_nslots=10007)
 
 
@@ -66,12 +65,11 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
     path = Path(root) / FILENAME
     if not path.is_file():
         raise RayexpError(
-            f"expected {FILENAME} in {root} (download it from {URL}); point --source at the file or the folder holding it"
+            f"expected {FILENAME} in {root} (download it from {URL}); point --source at the file or the folder holding "
+            "it"
         )
     path = path.resolve()
     verify_checksum(path, CHECKSUMS[FILENAME])
-    import h5py
-
     with h5py.File(path, "r") as handle:
         missing = [key for key in ("images", "ans") if key not in handle]
         if missing:

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from rayexp.data.download import RemoteFile, file_digest, safe_extract, tree_digest
-from rayexp.data.shards import Source, SourceRecord
+from rayexp.data.records import Source, SourceRecord
 from rayexp.errors import RayexpError
 
 DATASETS = ("neu",)
@@ -43,8 +43,10 @@ def remote_files(name: str) -> list[RemoteFile]:
 def local_help(name: str) -> str:
     return (
         "NEU surface defect database has no stable download: get NEU-CLS (1,800 BMPs named Cr_1.bmp ... Sc_300.bmp, "
-        "from Northeastern University's Song Kechen page or a mirror) or NEU-DET (NEU-DET/{train,validation}/images/<class>/*.jpg, "
-        "e.g. from Kaggle), extract it (a .rar must be unpacked first) and pass --source the folder or a .zip/.tar of it"
+        "from Northeastern University's Song Kechen page or a mirror) or NEU-DET "
+        "(NEU-DET/{train,validation}/images/<class>/*.jpg, "
+        "e.g. from Kaggle), extract it (a .rar must be unpacked first) and pass --source the folder or a .zip/.tar of "
+        "it"
     )
 
 
@@ -87,7 +89,8 @@ def _det_records(base: Path, det: Path) -> list[SourceRecord]:
         images = det / split / "images"
         if not images.is_dir():
             raise RayexpError(
-                f"NEU-DET folder {det} has no {split}/images/ folder; expected {'/, '.join(DET_SPLITS)}/ with images/<class>/"
+                f"NEU-DET folder {det} has no {split}/images/ folder; expected {'/, '.join(DET_SPLITS)}/ with "
+                "images/<class>/"
             )
         for class_dir in sorted(p for p in images.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if class_dir.name not in CLASSES:
@@ -130,7 +133,8 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
         records = _det_records(base, det)
         layout = "NEU-DET (its train/validation folders pooled)"
         notes = [
-            "NEU-DET's own train/validation folders (240/60 per class) are pooled and re-split 200/100 per class, as the paper does"
+            "NEU-DET's own train/validation folders (240/60 per class) are pooled and re-split 200/100 per class, as "
+            "the paper does"
         ]
     if archive is not None:
         checksums = {archive.name: "sha256:" + file_digest(archive)}

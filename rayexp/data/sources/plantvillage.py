@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rayexp.data.download import RemoteFile, find_or_extract, source_checksums
-from rayexp.data.shards import Source
+from rayexp.data.records import Source
 from rayexp.data.sources.folder import class_folder_records
 
 DATASETS = ("plantvillage",)

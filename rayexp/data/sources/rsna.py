@@ -20,9 +20,10 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import pydicom
 
 from rayexp.data.download import RemoteFile, file_digest, find_or_extract
-from rayexp.data.shards import Source, SourceRecord
+from rayexp.data.records import Source, SourceRecord
 from rayexp.errors import RayexpError
 
 DATASETS = ("rsna_pneumonia",)
@@ -63,8 +64,6 @@ def to_uint8(dataset) -> np.ndarray:
 
 def read_dicom(path: str) -> np.ndarray:
     """The image of one DICOM file (module level, so that a partial of it pickles to worker processes)."""
-    import pydicom
-
     return to_uint8(pydicom.dcmread(path))
 
 
@@ -96,7 +95,8 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
     for patient in patients:
         if not (base / IMAGES / f"{patient}.dcm").is_file():
             raise RayexpError(
-                f"{labels_csv} lists patient {patient} but {base / IMAGES / (patient + '.dcm')} is missing; is {IMAGES}/ complete?"
+                f"{labels_csv} lists patient {patient} but {base / IMAGES / (patient + '.dcm')} is missing; is "
+                f"{IMAGES}/ complete?"
             )
 
     def image(patient: str) -> functools.partial:

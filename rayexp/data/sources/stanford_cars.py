@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
 
 from rayexp.data.download import RemoteFile, file_digest, safe_extract
-from rayexp.data.shards import Source, SourceRecord
+from rayexp.data.records import Source, SourceRecord
 from rayexp.errors import RayexpError
 
 DATASETS = ("stanford_cars",)
@@ -45,13 +46,19 @@ def remote_files(name: str) -> list[RemoteFile]:
 
 def local_help(name: str) -> str:
     return (
-        "Stanford Cars' original host is gone, so download a copy by hand and pass --source the folder (or archive) holding it. "
-        "Either (a) the devkit layout, as torchvision reads it (https://github.com/pytorch/vision/issues/7545#issuecomment-1631441616): "
-        "the images from Kaggle https://www.kaggle.com/datasets/jessicali9530/stanford-cars-dataset (cars_train/, cars_test/), "
-        "the devkit https://github.com/pytorch/vision/files/11644847/car_devkit.tgz (devkit/cars_train_annos.mat, devkit/cars_meta.mat) "
-        "and the test labels cars_test_annos_withlabels.mat (linked from that torchvision issue; devkit/cars_test_annos.mat has no labels), "
+        "Stanford Cars' original host is gone, so download a copy by hand and pass --source the folder (or archive) "
+        "holding it. "
+        "Either (a) the devkit layout, as torchvision reads it "
+        "(https://github.com/pytorch/vision/issues/7545#issuecomment-1631441616): "
+        "the images from Kaggle https://www.kaggle.com/datasets/jessicali9530/stanford-cars-dataset (cars_train/, "
+        "cars_test/), "
+        "the devkit https://github.com/pytorch/vision/files/11644847/car_devkit.tgz (devkit/cars_train_annos.mat, "
+        "devkit/cars_meta.mat) "
+        "and the test labels cars_test_annos_withlabels.mat (linked from that torchvision issue; "
+        "devkit/cars_test_annos.mat has no labels), "
         "all in one folder; or (b) class folders train/<class>/ and test/<class>/, e.g. Kaggle "
-        "https://www.kaggle.com/datasets/cyizhuo/stanford-cars-by-classes-folder; or (c) cars_annos.mat beside car_ims/ (the original all-in-one release)"
+        "https://www.kaggle.com/datasets/cyizhuo/stanford-cars-by-classes-folder; or (c) cars_annos.mat beside "
+        "car_ims/ (the original all-in-one release)"
     )
 
 
@@ -88,8 +95,6 @@ def _scan(root: Path) -> _Scan:
 
 
 def _load_mat(path: Path) -> dict:
-    from scipy.io import loadmat
-
     try:
         return loadmat(path, squeeze_me=True)
     except (ValueError, TypeError, OSError) as exc:
@@ -105,7 +110,8 @@ def _annotations(path: Path, name_field: str) -> np.ndarray:
     fields = annotations.dtype.names or ()
     if "class" not in fields:
         raise RayexpError(
-            f"{path} has no 'class' field: it is the unlabelled test file; get cars_test_annos_withlabels.mat ({local_help('stanford_cars')})"
+            f"{path} has no 'class' field: it is the unlabelled test file; get cars_test_annos_withlabels.mat "
+            f"({local_help('stanford_cars')})"
         )
     if name_field not in fields:
         raise RayexpError(f"{path}: annotations have no {name_field!r} field (fields: {', '.join(fields)})")
@@ -245,8 +251,8 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
     if found is None:
         raise RayexpError(
             f"no Stanford Cars layout found in {root}: expected {TRAIN_ANNOS} with cars_test_annos_withlabels.mat, "
-            f"{META} and cars_train/, cars_test/ images; or {ALL_ANNOS} beside car_ims/; or train/<class>/ and test/<class>/ folders. "
-            + local_help(name)
+            f"{META} and cars_train/, cars_test/ images; or {ALL_ANNOS} beside car_ims/; or train/<class>/ and "
+            "test/<class>/ folders. " + local_help(name)
         )
     classes, records, read, rule = found
     checksums = {p.name: "sha256:" + file_digest(p) for p in archives + read}

@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
 
 from rayexp.data.download import RemoteFile, file_digest, find_or_extract
-from rayexp.data.shards import Source, SourceRecord
+from rayexp.data.records import Source, SourceRecord
 from rayexp.errors import RayexpError
 
 DATASETS = ("stanford_dogs",)
@@ -33,8 +34,10 @@ def remote_files(name: str) -> list[RemoteFile]:
 
 def local_help(name: str) -> str:
     return (
-        f"download images.tar and lists.tar from {BASE_URL} (http://vision.stanford.edu/aditya86/ImageNetDogs/main.html) "
-        "and pass --source the folder holding them (or the folder where they were extracted: Images/ and train_list.mat, test_list.mat)"
+        f"download images.tar and lists.tar from {BASE_URL} "
+        "(http://vision.stanford.edu/aditya86/ImageNetDogs/main.html) "
+        "and pass --source the folder holding them (or the folder where they were extracted: Images/ and "
+        "train_list.mat, test_list.mat)"
     )
 
 
@@ -48,8 +51,6 @@ def _strings(cell: np.ndarray) -> list[str]:
 
 def read_list(path: Path) -> tuple[list[str], list[int]]:
     """(``file_list``, 1-based ``labels``) of one of the official list files."""
-    from scipy.io import loadmat
-
     try:
         mat = loadmat(path)
     except (ValueError, TypeError, OSError) as exc:
@@ -107,7 +108,8 @@ def load_source(name: str, root: Path, work: Path, split: str = "default") -> So
     missing = [f for f, _, _ in entries if not (images / f).is_file()]
     if missing:
         raise RayexpError(
-            f"{len(missing)} image(s) of the official lists are missing under {images}, e.g. {missing[0]}; is images.tar fully extracted?"
+            f"{len(missing)} image(s) of the official lists are missing under {images}, e.g. {missing[0]}; is "
+            "images.tar fully extracted?"
         )
     records = [SourceRecord(images / f, k - 1, f.replace("\\", "/"), split=s) for f, k, s in entries]
     return Source(classes, records, "official lists (train_list.mat vs test_list.mat)", checksums=checksums)

@@ -1,0 +1,212 @@
+"""Backbone specs: pure data, one small frozen record per backbone, and name look-up.
+
+Figures are from ``shared/protocol.md`` (torchvision's model cards; WaveMix from the paper). The default
+batch size is for one 80 GB A100 at 256x256 with mixed precision; it is fixed and recorded per backbone
+rather than halved on out-of-memory, because a batch size that changes with the machine silently
+changes the protocol between backbones.
+
+This module does no I/O and imports neither torch nor torchvision: where a spec's weights come from is
+:func:`rayexp.backbones.weights.weights_url`, building one is :func:`rayexp.backbones.factory.create_backbone`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rayexp.errors import RayexpError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the sweep needs to know about one backbone."""
+
+    name: str
+    title: str
+    builder: str  # torchvision.models builder, or "wavemix_192_16" (ours)
+    weights: str  # torchvision weights enum member "ResNet50_Weights.IMAGENET1K_V2", or a URL
+    weights_file: str  # file name in $TORCH_HOME/hub/checkpoints (or --weights-dir)
+    imagenet_top1: float
+    params_m: float  # millions, at 1000 classes
+    family: str  # "CNN", "transformer" or "token-mixer"
+    head: str  # dotted path of the final Linear to replace, e.g. "fc", "classifier.3"
+    feature_dim: int  # in_features of that head
+    min_input: int  # smallest input side: the total stride, below which the last stage sees padding only
+    batch_size: int  # default training batch for one 80 GB A100 at 256x256, mixed precision
+
+    @property
+    def weights_tag(self) -> str:
+        """Short name of the pretrained weights, recorded as the ``weights`` param of every run."""
+        return self.weights.rsplit(".", 1)[-1] if not self.weights.startswith("http") else self.weights_file
+
+
+_SPECS = [
+    BackboneSpec(
+        name="resnet50",
+        title="ResNet-50",
+        builder="resnet50",
+        weights="ResNet50_Weights.IMAGENET1K_V2",
+        weights_file="resnet50-11ad3fa6.pth",
+        imagenet_top1=80.86,
+        params_m=25.6,
+        family="CNN",
+        head="fc",
+        feature_dim=2048,
+        min_input=32,
+        batch_size=256,
+    ),
+    BackboneSpec(
+        name="wavemix_192_16",
+        title="WaveMix-192/16 (level 3)",
+        builder="wavemix_192_16",
+        weights="https://huggingface.co/cloudwalker/wavemix/resolve/main/Saved_Models_Weights/ImageNet/wavemix_192_16_75.06.pth",
+        weights_file="wavemix_192_16_75.06.pth",
+        imagenet_top1=75.32,
+        params_m=27.9,
+        family="token-mixer",
+        head="pool.2",
+        feature_dim=192,
+        min_input=32,
+        batch_size=128,
+    ),
+    BackboneSpec(
+        name="convnext_tiny",
+        title="ConvNeXt-Tiny",
+        builder="convnext_tiny",
+        weights="ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
+        weights_file="convnext_tiny-983f1562.pth",
+        imagenet_top1=82.52,
+        params_m=28.6,
+        family="CNN",
+        head="classifier.2",
+        feature_dim=768,
+        min_input=32,
+        batch_size=256,
+    ),
+    BackboneSpec(
+        name="swin_t",
+        title="Swin-T",
+        builder="swin_t",
+        weights="Swin_T_Weights.IMAGENET1K_V1",
+        weights_file="swin_t-704ceda3.pth",
+        imagenet_top1=81.47,
+        params_m=28.3,
+        family="transformer",
+        head="head",
+        feature_dim=768,
+        min_input=32,
+        batch_size=256,
+    ),
+    BackboneSpec(
+        name="swin_v2_t",
+        title="SwinV2-T",
+        builder="swin_v2_t",
+        weights="Swin_V2_T_Weights.IMAGENET1K_V1",
+        weights_file="swin_v2_t-b137f0e2.pth",
+        imagenet_top1=82.07,
+        params_m=28.4,
+        family="transformer",
+        head="head",
+        feature_dim=768,
+        min_input=32,
+        batch_size=192,
+    ),
+    BackboneSpec(
+        name="efficientnet_v2_s",
+        title="EfficientNetV2-S",
+        builder="efficientnet_v2_s",
+        weights="EfficientNet_V2_S_Weights.IMAGENET1K_V1",
+        weights_file="efficientnet_v2_s-dd5fe13b.pth",
+        imagenet_top1=84.23,
+        params_m=21.5,
+        family="CNN",
+        head="classifier.1",
+        feature_dim=1280,
+        min_input=32,
+        batch_size=192,
+    ),
+    BackboneSpec(
+        name="densenet161",
+        title="DenseNet-161",
+        builder="densenet161",
+        weights="DenseNet161_Weights.IMAGENET1K_V1",
+        weights_file="densenet161-8d451a50.pth",
+        imagenet_top1=77.14,
+        params_m=28.7,
+        family="CNN",
+        head="classifier",
+        feature_dim=2208,
+        min_input=32,
+        batch_size=128,
+    ),
+    BackboneSpec(
+        name="mobilenet_v3_large",
+        title="MobileNetV3-Large",
+        builder="mobilenet_v3_large",
+        weights="MobileNet_V3_Large_Weights.IMAGENET1K_V2",
+        weights_file="mobilenet_v3_large-5c1a4163.pth",
+        imagenet_top1=75.27,
+        params_m=5.5,
+        family="CNN",
+        head="classifier.3",
+        feature_dim=1280,
+        min_input=32,
+        batch_size=512,
+    ),
+    BackboneSpec(
+        name="regnet_y_3_2gf",
+        title="RegNetY-3.2GF",
+        builder="regnet_y_3_2gf",
+        weights="RegNet_Y_3_2GF_Weights.IMAGENET1K_V2",
+        weights_file="regnet_y_3_2gf-9180c971.pth",
+        imagenet_top1=81.98,
+        params_m=19.4,
+        family="CNN",
+        head="fc",
+        feature_dim=1512,
+        min_input=32,
+        batch_size=256,
+    ),
+    BackboneSpec(
+        name="resnext50_32x4d",
+        title="ResNeXt-50 32x4d",
+        builder="resnext50_32x4d",
+        weights="ResNeXt50_32X4D_Weights.IMAGENET1K_V2",
+        weights_file="resnext50_32x4d-1a0047aa.pth",
+        imagenet_top1=81.20,
+        params_m=25.0,
+        family="CNN",
+        head="fc",
+        feature_dim=2048,
+        min_input=32,
+        batch_size=256,
+    ),
+    BackboneSpec(
+        name="shufflenet_v2_x2_0",
+        title="ShuffleNetV2 2.0x",
+        builder="shufflenet_v2_x2_0",
+        weights="ShuffleNet_V2_X2_0_Weights.IMAGENET1K_V1",
+        weights_file="shufflenetv2_x2_0-8be3c8ee.pth",
+        imagenet_top1=76.23,
+        params_m=7.4,
+        family="CNN",
+        head="fc",
+        feature_dim=2048,
+        min_input=32,
+        batch_size=512,
+    ),
+]
+
+REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def list_backbones() -> list[BackboneSpec]:
+    """All registered backbones, in the paper's order."""
+    return list(REGISTRY.values())
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The spec of ``name``, or an error listing the known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise RayexpError(f"unknown backbone {name!r}; known backbones: {', '.join(REGISTRY)}") from None

@@ -1,0 +1,22 @@
+"""Ray at the edges: the only package that imports ``ray.tune`` and ``ray.train``.
+
+Ray Tune enumerates the grid: each trial is a Tune function (:mod:`.driver`) that builds the trial's Ray Data
+pipeline and fits a Ray Train ``TorchTrainer`` with one worker (:mod:`.worker`), which trains with
+:mod:`rayexp.training` and logs to MLflow with :mod:`rayexp.tracking`.
+
+* :mod:`.sweep`: a whole sweep (lock, keys, Ray, Tune, outcome) and the cluster's preflight
+* :mod:`.resume`: which keys to train now (finished, errored, interrupted, changed)
+* :mod:`.context`: what every trial receives (the plan, its resources, the cells' parent runs)
+* :mod:`.resources`: resources per trial, concurrency, the local Ray instance
+* :mod:`.driver` / :mod:`.worker`: one trial's Tune function and its Train worker
+* :mod:`.artifacts`: what a trial logs besides metrics (config, history, confusion matrix, predictions)
+* :mod:`.failures`: which errors are retried, and their messages
+* :mod:`.schedulers` / :mod:`.callbacks`: FIFO or grouped ASHA, budgets, the cells' summaries
+"""
+
+from rayexp.orchestrate.callbacks import update_cell_summary
+from rayexp.orchestrate.resources import DRIVER_RESOURCE
+from rayexp.orchestrate.resume import select_trials
+from rayexp.orchestrate.sweep import run_sweep
+
+__all__ = ["DRIVER_RESOURCE", "run_sweep", "select_trials", "update_cell_summary"]

@@ -1,0 +1,115 @@
+"""The Tune function of one trial: build its Ray Data pipeline and fit a one-worker ``TorchTrainer``.
+
+The worker (:func:`rayexp.orchestrate.worker.train_worker`) reports each epoch back to Tune through
+``TuneReportCallback`` (the Train V2 pattern; not ``Tuner(trainer)``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray.train
+import ray.tune
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from rayexp import fingerprint, tracking
+from rayexp.data.pipeline import build_trial_datasets, configure_data_context
+from rayexp.data.rows import split_rows
+from rayexp.data.shards import load_manifest
+from rayexp.errors import RayexpError
+from rayexp.grid import TrialKey
+from rayexp.orchestrate.context import TrialContext
+from rayexp.orchestrate.failures import is_deterministic, record_failure
+from rayexp.orchestrate.worker import train_worker
+
+MAX_FAILURES = 2  # Train restarts a trial's worker this often after a lost worker or node
+
+
+def trial_driver(config: dict, context: TrialContext) -> None:
+    """One trial. ``config`` holds only the trial key (so Tune's tables stay readable); ``context``, the same
+    for every trial, arrives through ``tune.with_parameters``. A deterministic error (bad data, a bug) is
+    recorded in the key's MLflow run, which exists even when the trial failed before training, and fails the
+    trial once."""
+    key = TrialKey.parse(config["key"])
+    try:
+        _drive(key, context)
+    except BaseException as exc:
+        if isinstance(exc, RayexpError) or is_deterministic(exc):
+            message = record_failure(context, key, exc)
+            raise RayexpError(message) from None  # Tune does not retry a trial function (FailureConfig 0)
+        raise
+
+
+def _manifest(key: TrialKey, context: TrialContext) -> dict:
+    """The dataset's manifest, refused when it changed since the sweep's preflight."""
+    data_dir = context.plan.settings.data_dir
+    manifest = load_manifest(data_dir, key.dataset)
+    expected = context.plan.data_fingerprints[key.dataset]
+    if manifest["fingerprint"] != expected:
+        raise RayexpError(
+            f"dataset {key.dataset!r} changed while the sweep ran (fingerprint {fingerprint.short(expected)} when it "
+            f"started, {fingerprint.short(manifest['fingerprint'])} now): do not prepare a dataset a sweep is using; "
+            "run the sweep again once preparation is done"
+        )
+    return manifest
+
+
+def _drive(key: TrialKey, context: TrialContext) -> None:
+    settings, resources = context.plan.settings, context.resources
+    # Train V2's controller polls its workers this often; the default 2 s adds up to ~4 s per trial at
+    # start and finish. A local instance has no spot nodes, so no preemption-watcher actor either.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    if context.local:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    manifest = _manifest(key, context)
+    selection = settings.train.selection
+    execution = configure_data_context(resources.data_cpus)
+    datasets, _ = build_trial_datasets(settings.data_dir, manifest, key.fraction, selection, resources.cache_bytes)
+    train_rows = split_rows(manifest, "train", key.fraction, part="train" if selection == "val" else "all")
+    worker_resources = {"CPU": resources.worker_cpus, **({"GPU": resources.gpus} if resources.gpus else {})}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "key": str(key),
+            "context": context,
+            "manifest": manifest,
+            "train_rows": train_rows,
+            "datasets": list(datasets),
+            "trial_id": ray.tune.get_context().get_trial_id(),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=1,
+            use_gpu=resources.gpus > 0,
+            resources_per_worker=worker_resources,
+            accelerator_type=resources.accelerator_type or None,
+        ),
+        # One worker needs no collectives; gloo also runs where a "GPU" is only a logical resource.
+        torch_config=TorchConfig(backend="gloo"),
+        datasets=datasets,
+        # One worker: its datasets are not split, so no per-dataset split-coordinator actor starts;
+        # each pipeline runs in the worker's own process.
+        dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=execution),
+        run_config=_train_run_config(key, context),
+    )
+    trainer.fit()
+    # A worker that met a deterministic error ended its Train run normally (so Train would not retry it) and
+    # left the error in its FAILED MLflow run; a run that did not finish is a failed trial either way.
+    record = tracking.trial_record(settings.tracking_uri, settings.experiment, str(key))
+    if record is None or record["status"] != tracking.FINISHED:
+        error = (record or {}).get("tags", {}).get(tracking.ERROR_TAG)
+        raise RayexpError(error or f"trial {key} ended without finishing its MLflow run")
+
+
+def _train_run_config(key: TrialKey, context: TrialContext) -> ray.train.RunConfig:
+    settings = context.plan.settings
+    return ray.train.RunConfig(
+        # Named after the trial, so a restored trial finds its Train run and checkpoints again.
+        name=key.dirname,
+        storage_path=f"{settings.storage.rstrip('/')}/train_runs/{settings.experiment}",  # a folder or bucket URI
+        callbacks=[TuneReportCallback()],
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),
+        # Per-report INFO lines would drown Tune's progress table, which shows the same numbers.
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+    )

@@ -1,0 +1,87 @@
+"""Resources and concurrency: what each trial holds, how many run at once, and the local Ray instance.
+
+Per trial, the Tune function holds no CPU, only one unit of the custom resource ``rayexp_trial_driver``; the
+Train worker holds ``worker_cpus`` (and a GPU share when the cluster has GPUs); the Ray Data tasks that decode
+get ``data_cpus``, kept free by bounding concurrency. Without that reserve, trial actors can hold every CPU
+and Ray Data waits forever without an error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from rayexp.errors import RayexpError
+from rayexp.orchestrate.context import TrialResources
+from rayexp.settings import SweepSettings
+
+DRIVER_RESOURCE = "rayexp_trial_driver"
+# Every trial starts a Train controller, a worker and a few helper actors, so a small machine runs more
+# Python processes than it has cores, and Ray would kill idle task workers after 1 s above that count;
+# the next trial's Ray Data tasks then pay for a fresh process and its imports again. Keep them.
+LOCAL_RAY_CONFIG = {"num_workers_soft_limit": 16, "idle_worker_killing_time_threshold_ms": 300_000}
+
+
+def trial_cpus(settings: SweepSettings, use_gpu: bool) -> tuple[float, float]:
+    """(training worker CPUs, Ray Data CPUs) per trial: the settings', else 2 and 10 with a GPU (12 vCPU per
+    A100), 1 and 1 without."""
+    worker = settings.worker_cpus if settings.worker_cpus is not None else (2.0 if use_gpu else 1.0)
+    data = settings.data_cpus if settings.data_cpus is not None else (10.0 if use_gpu else 1.0)
+    return worker, data
+
+
+def trial_resources(settings: SweepSettings, use_gpu: bool) -> TrialResources:
+    """Each trial's resources; the image cache defaults to 4 GB per trial on the CPU, 32 GB on a GPU node
+    (most of the 20 datasets at 100%)."""
+    worker, data = trial_cpus(settings, use_gpu)
+    cache_gb = settings.cache_gb if settings.cache_gb is not None else (32.0 if use_gpu else 4.0)
+    return TrialResources(
+        worker_cpus=worker,
+        data_cpus=data,
+        gpus=settings.gpus_per_trial if use_gpu else 0.0,
+        cache_bytes=cache_gb * 1e9,
+        accelerator_type=settings.accelerator_type,
+    )
+
+
+def init_ray(settings: SweepSettings) -> None:
+    """Connect to ``--address``, or start a local instance with one trial-driver slot per trial that fits."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if settings.address:
+        ray.init(address=settings.address, log_to_driver=True)
+        return
+    total = os.cpu_count() or 1
+    slots = max(1, int(total // sum(trial_cpus(settings, use_gpu=False))))
+    # The dashboard stays on: Train V2 frees a finished trial's worker resources through it.
+    ray.init(
+        num_cpus=total, resources={DRIVER_RESOURCE: slots}, include_dashboard=True, _system_config=LOCAL_RAY_CONFIG
+    )
+
+
+def plan_concurrency(settings: SweepSettings) -> tuple[int, bool]:
+    """(trials that may run at once, whether trials use GPUs), from the cluster's resources."""
+    resources = ray.cluster_resources()
+    drivers = resources.get(DRIVER_RESOURCE, 0)
+    if drivers < 1:
+        raise RayexpError(
+            f"the Ray cluster at {settings.address or 'local'} has no '{DRIVER_RESOURCE}' resource, which the trial "
+            f"functions run on; start its head with ray start --head --resources='{{\"{DRIVER_RESOURCE}\": 64}}' "
+            "(cluster.yaml does this)"
+        )
+    gpus, per_trial = resources.get("GPU", 0), settings.gpus_per_trial
+    if settings.device == "gpu":
+        # GPU nodes may not exist yet: trials ask for them and the autoscaler adds nodes.
+        limit = int(drivers) if gpus == 0 else min(int(drivers), max(1, int(gpus // per_trial)))
+        use_gpu = True
+    else:
+        use_gpu = settings.device == "auto" and gpus >= per_trial > 0
+        by_cpu = int(resources.get("CPU", 0) // sum(trial_cpus(settings, use_gpu)))
+        limit = min(int(drivers), max(1, by_cpu))
+        if use_gpu:
+            limit = min(limit, max(1, int(gpus // per_trial)))
+    if settings.max_concurrent:
+        limit = min(limit, settings.max_concurrent)
+    return max(1, limit), use_gpu

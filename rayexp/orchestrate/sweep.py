@@ -1,0 +1,144 @@
+"""A whole sweep: lock the experiment, choose the keys, start Ray, run the trials through Tune, sort out
+what finished, stopped early, never started or errored."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+import ray.tune
+from ray.data._internal.stats import get_or_create_stats_actor
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from rayexp import tracking
+from rayexp.backbones.weights import OFFLINE_ENV
+from rayexp.data.shards import load_manifest
+from rayexp.errors import RayexpError
+from rayexp.grid import TrialKey
+from rayexp.orchestrate.callbacks import CellSummaryCallback, update_cell_summary
+from rayexp.orchestrate.context import TrialContext
+from rayexp.orchestrate.driver import trial_driver
+from rayexp.orchestrate.failures import error_message
+from rayexp.orchestrate.resources import DRIVER_RESOURCE, init_ray, plan_concurrency, trial_resources
+from rayexp.orchestrate.resume import select_trials
+from rayexp.orchestrate.schedulers import SweepStopper, make_scheduler, make_stop, stop_reason
+from rayexp.preflight import node_problems
+from rayexp.settings import SweepPlan
+
+
+def run_sweep(plan: SweepPlan) -> dict:
+    """Run every key of ``plan`` that has no finished MLflow run of the same data and protocol; returns what
+    ran, what errored and what stopped. One sweep per experiment at a time
+    (:func:`rayexp.tracking.acquire_sweep_lock`)."""
+    s = plan.settings
+    tracking.ensure_experiment(s.tracking_uri, s.experiment)
+    with tracking.acquire_sweep_lock(s.tracking_uri, s.experiment, resume=s.resume):
+        return _run_locked(plan)
+
+
+def _run_locked(plan: SweepPlan) -> dict:
+    s = plan.settings
+    todo, skipped = select_trials(plan)
+    if not todo:
+        return {"ran": [], "errored": [], "stopped": [], "not_started": [], "skipped": skipped}
+    domains = {d: load_manifest(s.data_dir, d)["domain"] for d in sorted({k.dataset for k in todo})}
+    cells = sorted({k.cell for k in todo})
+    cell_runs = tracking.ensure_cell_runs(s.tracking_uri, s.experiment, cells, domains, seeds=plan.planned_seeds())
+    init_ray(s)
+    if s.address:
+        preflight_cluster(plan, sorted(domains))
+    keep_ray_data_stats_actor()
+    concurrency, use_gpu = plan_concurrency(s)
+    if s.train.precision == "fp16" and not use_gpu:
+        raise RayexpError(
+            f"--precision fp16 needs a GPU, and the trials of this sweep run on the CPU (the cluster at {s.address} "
+            "has no GPU now): use --precision bf16 or fp32, or --device gpu to wait for GPU nodes"
+        )
+    print(f"[rayexp] {len(todo)} trials, up to {concurrency} at a time, on {'GPU' if use_gpu else 'CPU'}")
+    context = TrialContext(plan, trial_resources(s, use_gpu), cell_runs, local=not s.address)
+    stopper = make_stop(s, use_gpu)
+    grid = _tuner(plan, context, todo, concurrency, stopper).fit()
+    outcome = _outcome(plan, grid, stopper)
+    for cell in cells:  # stopped trials were closed only now
+        update_cell_summary(s.tracking_uri, s.experiment, *cell)
+    return {"ran": [str(k) for k in todo], **outcome, "skipped": skipped}
+
+
+def _tuner(
+    plan: SweepPlan, context: TrialContext, todo: list[TrialKey], concurrency: int, stopper: SweepStopper | None
+) -> ray.tune.Tuner:
+    s = plan.settings
+    return ray.tune.Tuner(
+        ray.tune.with_resources(
+            ray.tune.with_parameters(trial_driver, context=context), {"cpu": 0, DRIVER_RESOURCE: 1}
+        ),
+        param_space={"key": ray.tune.grid_search([str(k) for k in todo])},
+        tune_config=ray.tune.TuneConfig(
+            max_concurrent_trials=concurrency,
+            reuse_actors=True,
+            scheduler=make_scheduler(s),
+            trial_name_creator=lambda trial: trial.config["key"],
+            trial_dirname_creator=lambda trial: TrialKey.parse(trial.config["key"]).dirname,
+        ),
+        run_config=ray.tune.RunConfig(
+            name=s.experiment,
+            storage_path=s.storage,
+            stop=stopper,
+            callbacks=[CellSummaryCallback(s.tracking_uri, s.experiment)],
+            # A trial function's error is deterministic (bad data, a bug): lost workers and nodes are retried
+            # inside the trial, by Train's FailureConfig.
+            failure_config=ray.tune.FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def _outcome(plan: SweepPlan, grid: ray.tune.ResultGrid, stopper: SweepStopper | None) -> dict:
+    """What errored (with the message its MLflow run recorded), what stopped early (its run closed as such) and
+    what never started."""
+    s = plan.settings
+    records = tracking.trial_records(s.tracking_uri, s.experiment)
+    recorded = {k: v["tags"].get(tracking.ERROR_TAG) for k, v in records.items()}
+    errored, stopped, not_started = [], [], []
+    for result in grid:
+        key, metrics = result.config["key"], result.metrics or {}
+        if result.error is not None:
+            errored.append((key, recorded.get(key) or error_message(result.error), result.path))
+        elif not metrics:
+            not_started.append(key)  # the sweep's budget was spent before it began
+        else:
+            reason = stop_reason(s, stopper, metrics)
+            if tracking.close_stopped_run(s.tracking_uri, s.experiment, key, s.train.selection, reason=reason):
+                stopped.append((key, metrics.get("epoch"), metrics.get("best_acc"), reason))
+    return {"errored": errored, "stopped": stopped, "not_started": not_started}
+
+
+def preflight_cluster(plan: SweepPlan, datasets: list[str]) -> None:
+    """On a cluster, before any trial: every alive node must read the datasets, find the weights and reach
+    MLflow."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    s = plan.settings
+    check = ray.remote(num_cpus=0)(node_problems)
+    pretrained = sorted(b for b, w in plan.weights.items() if w == "pretrained")
+    args = (s.data_dir, datasets, pretrained, s.weights_dir, s.tracking_uri, os.environ.get(OFFLINE_ENV) == "1")
+    refs = {
+        f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": check.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(*args)
+        for n in nodes
+    }
+    problems = [f"  - node {node}: {p}" for node, ref in refs.items() for p in ray.get(ref, timeout=300)]
+    if problems:
+        raise RayexpError("nodes of the cluster cannot run the sweep, nothing was started:\n" + "\n".join(problems))
+    print(f"[rayexp] preflight passed on {len(nodes)} nodes")
+
+
+def keep_ray_data_stats_actor() -> None:
+    """Create Ray Data's stats actor from this (the sweep's) process, so it lives as long as the sweep.
+
+    Otherwise each trial's training worker creates it, owns it, and it dies with the worker: one more Python
+    process started per trial. ``get_or_create_stats_actor`` is private to Ray Data, so ``pyproject.toml`` pins
+    Ray's minor version and ``tests/test_layout.py`` fails when the hook moves.
+    """
+    get_or_create_stats_actor()

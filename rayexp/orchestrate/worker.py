@@ -1,0 +1,224 @@
+"""The Ray Train worker of one trial: plain PyTorch through :func:`rayexp.training.fit`, logged to MLflow.
+
+A deterministic error is recorded in the trial's MLflow run (FAILED, with the message) and the worker
+returns, so that Train does not retry it; the trial driver reads the run and fails the trial once. Any other
+error is raised, for Train to restart the worker from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import tempfile
+import traceback
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from rayexp import tracking, training
+from rayexp.backbones import create_backbone, get_head, get_spec
+from rayexp.data.pipeline import Normalizer, TrialBatches, augments, normalization
+from rayexp.grid import TrialKey
+from rayexp.orchestrate.artifacts import log_predictions, log_trial_artifacts, split_row_ids
+from rayexp.orchestrate.context import TrialContext
+from rayexp.orchestrate.failures import is_deterministic, record_failure
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def train_worker(config: dict) -> None:
+    """The ``train_loop_per_worker`` of the trial's ``TorchTrainer`` (see the module's docstring)."""
+    key = TrialKey.parse(config["key"])
+    try:
+        _train(key, config)
+    except BaseException as exc:
+        if ray.train.get_context().get_world_rank() == 0:
+            record_failure(config["context"], key, exc)
+        if not is_deterministic(exc):
+            raise
+        traceback.print_exc()  # the whole story in the worker's log; the driver reads the message from MLflow
+
+
+def _device() -> torch.device:
+    """Ray's device for this worker; a GPU assigned by Ray but not visible to this PyTorch (a logical GPU, a
+    CPU build) trains on the CPU."""
+    return ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _model(key: TrialKey, context: TrialContext, n_classes: int, device: torch.device) -> torch.nn.Module:
+    pretrained = context.plan.weights[key.backbone] == "pretrained"
+    training.seed_everything(key.seed)  # seeds the new head's init
+    model = create_backbone(
+        key.backbone, n_classes, pretrained=pretrained, weights_dir=context.plan.settings.weights_dir
+    )
+    training.keep_fp32(get_head(model, get_spec(key.backbone)))  # fp32 logits: argmax and loss not rounded to bf16
+    model = model.to(device, memory_format=torch.channels_last)
+    if context.plan.settings.compile:
+        model.compile()  # in place: the state dict keeps its keys, so checkpoints stay interchangeable
+    return model
+
+
+def _resumed_checkpoint(key: TrialKey, identity: dict, device: torch.device) -> dict | None:
+    """The trial's last checkpoint when Train restored one made from the same data and settings."""
+    ray_checkpoint = ray.train.get_checkpoint()
+    if ray_checkpoint is None:
+        return None
+    with ray_checkpoint.as_directory() as folder:
+        # Our own checkpoint (it holds NumPy RNG state, which weights_only refuses), from the trial's storage.
+        checkpoint = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+    if checkpoint.get("identity") != identity:
+        # Left by a training of other data or settings (a key retrained with --retrain-changed, or an older
+        # rayexp): continuing it would report its old numbers under this run's fingerprints.
+        print(
+            f"[rayexp] {key}: the checkpoint in its Train run was made from other data or settings; training "
+            "from the start",
+            flush=True,
+        )
+        return None
+    return checkpoint
+
+
+def _batches(config: dict, key: TrialKey, batch_size: int, device: torch.device) -> TrialBatches:
+    context, manifest = config["context"], config["manifest"]
+    settings = context.plan.settings
+    return TrialBatches(
+        {name: ray.train.get_dataset_shard(name) for name in config["datasets"]},
+        batch_size=batch_size,
+        seed=key.seed,
+        normalize=Normalizer(*normalization(manifest, settings.normalize), device),
+        augment=augments(manifest, settings.augment),
+        threads=context.resources.batch_threads(cached="cache" in config["datasets"]),
+        shuffle_buffer=min(config["train_rows"], 1024),
+    )
+
+
+def _open_run(
+    config: dict, key: TrialKey, cfg: training.TrainConfig, batch_size: int, identity: dict, device: torch.device
+) -> tuple[tracking.TrialRun, dict]:
+    """The trial's MLflow run, opened (or reopened on a restart) under its cell's parent run, and its params."""
+    context, manifest = config["context"], config["manifest"]
+    plan, settings = context.plan, context.plan.settings
+    node = tracking.node_tags(
+        node=socket.gethostname(),
+        node_ip=ray.util.get_node_ip_address(),
+        node_id=ray.get_runtime_context().get_node_id(),
+        ray_trial_id=config["trial_id"],
+        accelerator=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    )
+    tags = tracking.trial_tags(
+        str(key),
+        key.backbone,
+        key.dataset,
+        key.fraction,
+        key.seed,
+        domain=manifest["domain"],
+        selection=cfg.selection,
+        code_version=plan.code_version,
+        node=node,
+        identity=identity,
+        extra=plan.extra_tags,
+    )
+    test = manifest["splits"]["test"]
+    params = tracking.trial_params(
+        asdict(cfg),
+        precision_resolved=training.resolve_precision(cfg.precision, device),
+        batch_size=batch_size,
+        weights=get_spec(key.backbone).weights_tag if plan.weights[key.backbone] == "pretrained" else "random",
+        input_size=manifest["input_size"],
+        normalization=settings.normalize,
+        augmented=augments(manifest, settings.augment),
+        scheduler=settings.scheduler,
+        train_rows=config["train_rows"],
+        data_cache="cache" in config["datasets"],
+        compile=settings.compile,
+        test_rows=test["rows"],
+        test_class_counts=test["class_counts"],
+        num_classes=manifest["n_classes"],
+    )
+    parent = context.cell_runs.get(tracking.cell_name(*key.cell))
+    run = tracking.TrialRun.open(settings.tracking_uri, settings.experiment, str(key), tags, params, parent)
+    return run, params
+
+
+def _train(key: TrialKey, config: dict) -> None:
+    context: TrialContext = config["context"]
+    manifest = config["manifest"]
+    settings = context.plan.settings
+    device = _device()
+    batch_size = settings.batch_size_for(key.backbone)
+    identity = context.plan.identity(key)
+    cfg = replace(settings.train, seed=key.seed)
+    model = _model(key, context, manifest["n_classes"], device)
+    checkpoint = _resumed_checkpoint(key, identity, device)
+    batches = _batches(config, key, batch_size, device)
+    run, params, test_ids = None, {}, {}
+    if ray.train.get_context().get_world_rank() == 0:
+        run, params = _open_run(config, key, cfg, batch_size, identity, device)
+        test_ids = split_row_ids(settings.data_dir, key.dataset, "test")
+
+    def on_epoch(metrics: dict, make_checkpoint) -> None:
+        state = {**make_checkpoint(), "identity": identity}  # what it was trained from: resumed only for the same
+        if run is not None:
+            run.log_metrics(metrics, step=metrics["epoch"])
+            if metrics["epochs_without_improvement"] == 0:  # a new best: a trial stopped from outside keeps it
+                log_predictions(run, state["progress"]["best_test_predictions"], test_ids)
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, Path(folder) / CHECKPOINT_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    val_batches = batches.evaluation("val") if cfg.selection == "val" else None
+    final = training.fit(
+        model,
+        batches.train,
+        batches.evaluation("test"),
+        cfg,
+        device,
+        manifest["n_classes"],
+        on_epoch,
+        checkpoint,
+        val_batches=val_batches,
+    )
+    if run is not None:
+        _finish_run(run, config, params, key, model, final, test_ids)
+    # best_acc and epoch again, so that a scheduler sees the trial's last word.
+    best = final.get("best_val_acc", final["best_test_acc"])
+    ray.train.report({**_scalars(final), "best_acc": best, "epoch": final["epochs_run"]})
+
+
+def _scalars(final: dict) -> dict:
+    """``fit``'s final metrics, less the confusion matrix, history, predictions and capped phases."""
+    return {k: v for k, v in final.items() if k not in ("confusion", "history", "predictions", "capped")}
+
+
+def _finish_run(
+    run: tracking.TrialRun,
+    config: dict,
+    params: dict,
+    key: TrialKey,
+    model: torch.nn.Module,
+    final: dict,
+    test_ids: dict,
+) -> None:
+    """The run's artifacts (config, history, confusion matrix, test predictions, optionally the best weights),
+    its capped phases, and its final metrics; the run is then FINISHED."""
+    context: TrialContext = config["context"]
+    logged = {
+        "key": str(key),
+        "params": params,
+        "settings": asdict(context.plan.settings),
+        "resources": asdict(context.resources),
+        "manifest": config["manifest"],
+    }
+    log_trial_artifacts(run, str(key), logged, final["history"], final["confusion"], config["manifest"]["classes"])
+    log_predictions(run, final["predictions"], test_ids)
+    if context.plan.settings.log_models:
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)  # fit() left the best weights in the model
+        run.log_bytes(buffer.getvalue(), tracking.MODEL_ARTIFACT)
+    if final["capped"]:
+        run.set_tags({tracking.CAPPED_TAG: ",".join(final["capped"])})
+    run.finish(_scalars(final))

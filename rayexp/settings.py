@@ -1,0 +1,221 @@
+"""A sweep's settings, declared once, and the plan a sweep runs.
+
+* :class:`SweepSettings`: what the user chose. Each field carries its default, flag, help and bound
+  (:func:`rayexp.options.option`); the sweeps' command line is derived from them (:mod:`rayexp.cli`), and
+  :class:`rayexp.training.TrainConfig` is nested whole. A sweep script declares its own defaults as one
+  ``SweepSettings``.
+* :class:`SweepPlan`: the settings plus what the preflight resolved before Ray starts: the trial keys, the
+  weights each backbone starts from, each dataset's fingerprint, the code version. It travels to every trial
+  whole, and answers what a trial's run must record to count as done (:meth:`SweepPlan.identity`).
+
+Both are frozen: nothing changes them once built. What is derived while a sweep runs (each trial's
+resources, the cells' parent runs) lives in :mod:`rayexp.orchestrate`. No Ray here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rayexp import fingerprint
+from rayexp.backbones import get_spec
+from rayexp.grid import TrialKey
+from rayexp.options import nested, option
+from rayexp.training import TrainConfig
+
+GROUP_TITLES = {
+    "grid": "the grid",
+    "where": "data, storage and tracking",
+    "protocol": "training protocol (changing one retrains: it is part of the protocol fingerprint)",
+    "schedule": "scheduling and budgets",
+    "resources": "resources per trial",
+    "passes": "passes over an existing experiment",
+}
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Every setting of a sweep; the command line is derived from these fields."""
+
+    backbones: tuple[str, ...] = option((), help="backbone names (see README)", many=True, group="grid")
+    datasets: tuple[str, ...] = option(
+        (), help="dataset names (python datasets/prepare.py --list)", many=True, group="grid"
+    )
+    fractions: tuple[float, ...] = option(
+        (1.0,), help="fractions of the training split, in (0, 1]", type=float, many=True, group="grid"
+    )
+    seeds: tuple[int, ...] = option((0, 1, 2), help="seeds, each a trial per cell", type=int, many=True, group="grid")
+
+    experiment: str = option("rayexp", help="MLflow experiment and Tune run name", group="where")
+    data_dir: str | None = option(
+        None,
+        help="folder of prepared datasets (default: $RAYEXP_DATA_DIR, else the repository's datasets/)",
+        group="where",
+    )
+    storage: str = option("ray_results", help="Tune/Train storage: a local folder or a bucket URI", group="where")
+    tracking_uri: str = option(
+        "sqlite:///mlflow.db", help="MLflow tracking URI; relative SQLite paths are made absolute", group="where"
+    )
+    address: str | None = option(None, help="Ray cluster address (default: a local Ray instance)", group="where")
+    weights_dir: str | None = option(
+        None,
+        help="folder of pretrained weight files (air-gapped clusters); else $RAYEXP_WEIGHTS_DIR, then torch's cache",
+        group="where",
+    )
+
+    train: TrainConfig = nested(TrainConfig)
+    batch_size: int | None = option(
+        None, help="training batch (default: the backbone's registry value)", type=int, minimum=1, group="protocol"
+    )
+    normalize: str = option(
+        "dataset",
+        help="per-dataset mean/std from the manifest, or ImageNet's",
+        choices=("dataset", "imagenet"),
+        group="protocol",
+    )
+    augment: bool = option(
+        True,
+        help="no TrivialAugmentWide even where the protocol has it",
+        negate=True,
+        flag="--no-augment",
+        group="protocol",
+    )
+
+    scheduler: str = option(
+        "fifo",
+        help="fifo: every trial runs its full protocol (a fair comparison); asha: budget mode, stops weak backbones "
+        "early per (dataset, fraction)",
+        choices=("fifo", "asha"),
+        group="schedule",
+    )
+    grace_period: int = option(
+        5, help="ASHA: epochs before a trial can be stopped", type=int, minimum=1, group="schedule"
+    )
+    reduction_factor: int = option(2, help="ASHA: keep the top 1/N at each rung", type=int, minimum=2, group="schedule")
+    trial_time_budget: float | None = option(
+        None, help="stop each trial after this many seconds", type=float, above=0, group="schedule"
+    )
+    trial_epoch_budget: int | None = option(
+        None, help="stop each trial after this many epochs (both phases)", type=int, minimum=1, group="schedule"
+    )
+    budget_device_hours: float | None = option(
+        None,
+        help="stop the whole sweep once this many device-hours (GPU, or CPU without one) are spent",
+        flag="--budget-gpu-hours",
+        type=float,
+        above=0,
+        group="schedule",
+    )
+    budget_epochs: int | None = option(
+        None,
+        help="stop the whole sweep once this many epochs, summed over trials, are run",
+        type=int,
+        minimum=1,
+        group="schedule",
+    )
+    max_concurrent: int | None = option(
+        None, help="cap on trials running at once", type=int, minimum=1, group="schedule"
+    )
+
+    device: str = option(
+        "auto",
+        help="auto: GPUs when the cluster has some now; gpu: always (an autoscaling cluster adds GPU nodes on demand)",
+        choices=("auto", "gpu", "cpu"),
+        group="resources",
+    )
+    worker_cpus: float | None = option(
+        None,
+        help="CPUs held by each trial's training worker (default 2 with a GPU, 1 without)",
+        type=float,
+        above=0,
+        group="resources",
+    )
+    data_cpus: float | None = option(
+        None,
+        help="CPUs per trial for its Ray Data decode tasks (default 10 with a GPU: 12 vCPU per A100; 1 without)",
+        type=float,
+        above=0,
+        group="resources",
+    )
+    gpus_per_trial: float = option(
+        1.0,
+        help="GPUs per trial; a fraction lets small (1%%) trials share a GPU",
+        type=float,
+        above=0,
+        aliases=("--gpu-per-trial",),
+        group="resources",
+    )
+    accelerator_type: str | None = option(
+        None, help="run trials only on this accelerator (e.g. A100-80G)", group="resources"
+    )
+    cache_gb: float | None = option(
+        None,
+        help="decode a trial's images once into its worker's memory when they fit in this many GB (default 4, or 32 "
+        "on GPUs; 0: decode every epoch)",
+        type=float,
+        minimum=0,
+        group="resources",
+    )
+    compile: bool = option(
+        False, help="torch.compile each trial's model (GPU; the first epoch pays the compilation)", group="resources"
+    )
+    log_models: bool = option(False, help="log each trial's best weights to MLflow (large)", group="resources")
+
+    resume: bool = option(
+        False,
+        help="continue an interrupted sweep: unfinished trials resume from their checkpoints (finished keys are "
+        "always skipped)",
+        group="passes",
+    )
+    retry_errored: bool = option(False, help="rerun only the trials that errored", group="passes")
+    retrain_changed: bool = option(
+        False,
+        help="retrain, in this experiment, the keys whose runs were made from other data or settings (their old "
+        "runs are kept, marked superseded); without it such a sweep stops",
+        group="passes",
+    )
+
+    def protocol(self) -> dict:
+        """The protocol settings every trial's results depend on (:func:`rayexp.fingerprint.protocol_settings`)."""
+        t = self.train
+        return fingerprint.protocol_settings(
+            max_epochs=t.max_epochs,
+            patience=t.patience,
+            precision=t.precision,
+            selection=t.selection,
+            dualopt=t.dualopt,
+            normalize=self.normalize,
+            augment=self.augment,
+        )
+
+    def batch_size_for(self, backbone: str) -> int:
+        """``--batch-size``, else the backbone's registry default."""
+        return self.batch_size or get_spec(backbone).batch_size
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep as it will run: its settings (locations resolved), its keys, and what the preflight resolved."""
+
+    settings: SweepSettings
+    keys: tuple[TrialKey, ...]
+    weights: dict[str, str]  # backbone -> "pretrained" | "random"
+    data_fingerprints: dict[str, str]  # dataset -> its manifest's fingerprint
+    code_version: str = ""
+    extra_tags: dict[str, str] = field(default_factory=dict)  # on every trial run (e.g. tool=my_data)
+
+    def identity(self, key: TrialKey) -> dict[str, str]:
+        """The fingerprint tags ``key``'s run gets in this sweep."""
+        s = self.settings
+        return fingerprint.trial_identity(
+            self.data_fingerprints[key.dataset],
+            s.protocol(),
+            self.weights[key.backbone],
+            s.batch_size_for(key.backbone),
+        )
+
+    def planned_seeds(self) -> dict[tuple[str, str, float], list[int]]:
+        """Each cell's seeds in this sweep."""
+        planned: dict[tuple[str, str, float], list[int]] = {}
+        for key in self.keys:
+            planned.setdefault(key.cell, []).append(key.seed)
+        return planned
