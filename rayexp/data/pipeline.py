@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from ray.data.expressions import col, lit
 
-from rayexp.data.rows import Dialect, TrialRows, split_rows
+from rayexp.data.rows import Dialect, TrialRows, split_rows, trial_rows
 from rayexp.data.shards import split_paths
 from rayexp.errors import RayexpError
 
@@ -194,12 +194,12 @@ def build_trial_datasets(
     size = manifest["input_size"]
     decoded = (split_rows(manifest, "train", fraction) + split_rows(manifest, "test")) * size[0] * size[1] * 3
     cached = decoded <= cache_bytes
-    parts = {"train": "train", "val": "val"} if selection == "val" else {"train": "all"}
     datasets = {
-        name: build_split_dataset(data_dir, manifest, "train", fraction, size, part=part, tag=name if cached else None)
-        for name, part in parts.items()
+        name: build_split_dataset(
+            data_dir, manifest, rows.split, rows.fraction, size, part=rows.part, tag=name if cached else None
+        )
+        for name, rows in trial_rows(fraction, selection).items()
     }
-    datasets["test"] = build_split_dataset(data_dir, manifest, "test", 1.0, size, tag="test" if cached else None)
     if cached:
         first, *rest = datasets.values()
         return {"cache": first.union(*rest)}, True

@@ -135,6 +135,15 @@ class TrialRows:
         return prune & expr
 
 
+def trial_rows(fraction: float, selection: str) -> dict[str, TrialRows]:
+    """The rows of each split a trial reads, by the name its pipeline gives them: ``train`` (the fraction, less
+    the validation rows with ``selection="val"``), ``val`` (those rows) and ``test`` (whole)."""
+    if selection == "val":
+        train, val = TrialRows("train", fraction, "train"), TrialRows("train", fraction, "val")
+        return {"train": train, "val": val, "test": TrialRows("test")}
+    return {"train": TrialRows("train", fraction), "test": TrialRows("test")}
+
+
 def split_rows(manifest: dict, split: str, fraction: float = 1.0, part: str = "all") -> int:
     """Rows a trial reads from ``split``: all of it, or ``fraction`` (or its train/val part) of the training split."""
     return TrialRows(split, fraction, part).count(manifest)

@@ -15,7 +15,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from rayexp import fingerprint, tracking
 from rayexp.data.pipeline import build_trial_datasets, configure_data_context
-from rayexp.data.rows import split_rows
+from rayexp.data.rows import trial_rows
 from rayexp.data.shards import load_manifest
 from rayexp.errors import RayexpError
 from rayexp.grid import TrialKey
@@ -66,7 +66,7 @@ def _drive(key: TrialKey, context: TrialContext) -> None:
     selection = settings.train.selection
     execution = configure_data_context(resources.data_cpus)
     datasets, _ = build_trial_datasets(settings.data_dir, manifest, key.fraction, selection, resources.cache_bytes)
-    train_rows = split_rows(manifest, "train", key.fraction, part="train" if selection == "val" else "all")
+    train_rows = trial_rows(key.fraction, selection)["train"].count(manifest)
     worker_resources = {"CPU": resources.worker_cpus, **({"GPU": resources.gpus} if resources.gpus else {})}
     trainer = TorchTrainer(
         train_worker,
