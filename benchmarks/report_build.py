@@ -7,7 +7,9 @@ Five backbones tie at 100% on NEU at fraction 1.0, as saturated small test sets 
 report twice in this process: once reading no predictions (the verdicts' summary rule: the baseline)
 and once as ``build_report`` does (paired bootstrap from the predictions of each cell's two leaders).
 
-Prints the seconds of each and, last, ``ratio with_predictions_vs_summary <value>``.
+Prints the seconds of each and, last, ``ratio with_predictions_vs_summary <value>``. The grid itself
+(:func:`synthetic_grid`, :func:`synthetic_results`) is shared with ``tests/test_report_html.py``, which renders
+its report in a headless browser without MLflow.
 
     python benchmarks/report_build.py [--max-test 2000]
 """
@@ -15,9 +17,12 @@ Prints the seconds of each and, last, ``ratio with_predictions_vs_summary <value
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -25,40 +30,62 @@ from rayexp import report, tracking
 from rayexp.backbones import REGISTRY
 from rayexp.data.catalog import CATALOG
 from rayexp.grid import PAPER_FRACTIONS, PAPER_SEEDS, TrialKey
+from rayexp.results import CellSummary, summarize
+
+CODE_VERSION = "0123456789ab"
+PROTOCOL_SETTINGS = {
+    "max_epochs_per_phase": 30,
+    "patience": 5,
+    "precision": "bf16-mixed",
+    "selection": "test",
+    "val_share": None,
+    "dualopt": True,
+    "normalize": "imagenet",
+    "augment": True,
+}
 
 
-def write_store(uri: str, experiment: str, max_test: int) -> int:
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.tracking import MlflowClient
+@dataclass
+class SyntheticTrial:
+    """One trial of the synthetic grid, as a trial would log it."""
 
-    client = MlflowClient(uri)
-    experiment_id = tracking.ensure_experiment(uri, experiment)
+    key: TrialKey
+    domain: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    params: dict[str, object]
+    labels: np.ndarray
+    predictions: np.ndarray
+
+
+def synthetic_grid(max_test: int = 2000, weights: str = "IMAGENET1K_V1") -> Iterator[SyntheticTrial]:
+    """The paper's full grid (11 backbones x 20 datasets x 3 fractions x 3 seeds, without ``digits``), each
+    trial with its tags, final metrics, params and test predictions on a test split of the catalog's size
+    (capped at ``max_test``). Five backbones tie at 100% on NEU at fraction 1.0. ``weights="random"``: every
+    run trained from random init. Seeded: the same grid every time."""
     datasets = sorted(n for n in CATALOG if n != "digits")
     backbones = sorted(REGISTRY)
-    cells = [(b, d, f) for b in backbones for d in datasets for f in PAPER_FRACTIONS]
-    parents = tracking.ensure_cell_runs(
-        uri, experiment, cells, {d: CATALOG[d].domain for d in datasets}, seeds={c: PAPER_SEEDS for c in cells}
-    )
     rng = np.random.default_rng(0)
     skill = {b: rng.uniform(0.0, 0.08) for b in backbones}
-    written = 0
-    with tempfile.TemporaryDirectory() as folder:
-        for d in datasets:
-            info = CATALOG[d]
-            n = min(info.test, max_test)
-            labels = np.arange(n) % info.n_classes
-            for b in backbones:
-                for f in PAPER_FRACTIONS:
-                    for seed in PAPER_SEEDS:
-                        key = TrialKey(b, d, f, seed)
-                        p_right = (
-                            1.0
-                            if (d == "neu" and f == 1.0 and b in backbones[:5])
-                            else min(1.0, 0.55 + 0.4 * f**0.3 - skill[b] + rng.normal(0, 0.01))
-                        )
-                        right = rng.random(n) < p_right
-                        acc = float(right.mean())
-                        tags = {
+    settings = json.dumps(PROTOCOL_SETTINGS, sort_keys=True)
+    for d in datasets:
+        info = CATALOG[d]
+        n = min(info.test, max_test)
+        labels = np.arange(n) % info.n_classes
+        for b in backbones:
+            for f in PAPER_FRACTIONS:
+                for seed in PAPER_SEEDS:
+                    key = TrialKey(b, d, f, seed)
+                    p_right = (
+                        1.0
+                        if (d == "neu" and f == 1.0 and b in backbones[:5])
+                        else min(1.0, 0.55 + 0.4 * f**0.3 - skill[b] + rng.normal(0, 0.01))
+                    )
+                    right = rng.random(n) < p_right
+                    yield SyntheticTrial(
+                        key=key,
+                        domain=info.domain,
+                        tags={
                             tracking.KIND_TAG: "trial",
                             "key": str(key),
                             "backbone": b,
@@ -69,42 +96,97 @@ def write_store(uri: str, experiment: str, max_test: int) -> int:
                             "selection": "test",
                             tracking.DATA_TAG: f"sha256:{d}",
                             tracking.PROTOCOL_TAG: "sha256:protocol",
-                            tracking.PARENT_TAG: parents[tracking.cell_name(b, d, f)],
-                        }
-                        run_id = client.create_run(experiment_id, run_name=str(key), tags=tags).info.run_id
-                        now = int(time.time() * 1000)
-                        client.log_batch(
-                            run_id,
-                            metrics=[
-                                Metric(k, v, now, 0)
-                                for k, v in {
-                                    "best_test_acc": acc,
-                                    "train_seconds": 600.0,
-                                    "test_images_per_s": 900.0,
-                                    "train_images_per_s": 300.0,
-                                }.items()
-                            ],
-                            params=[
-                                Param(k, str(v))
-                                for k, v in {
-                                    "weights": "IMAGENET1K_V1",
-                                    "test_rows": n,
-                                    "num_classes": info.n_classes,
-                                    "test_majority_rate": 1 / info.n_classes,
-                                }.items()
-                            ],
-                            tags=[RunTag("accelerator", "NVIDIA H200")],
-                        )
-                        predictions = np.where(right, labels, (labels + 1) % info.n_classes)
-                        path = Path(folder) / tracking.PREDICTIONS_ARTIFACT
-                        path.write_text(
-                            "id,label,prediction\n"
-                            + "".join(f"{d}-{i},{y},{q}\n" for i, (y, q) in enumerate(zip(labels, predictions)))
-                        )
-                        client.log_artifact(run_id, str(path))
-                        client.set_terminated(run_id, status="FINISHED")
-                        written += 1
-            print(f"  {d}: {written} runs written", flush=True)
+                            tracking.SETTINGS_TAG: settings,
+                            tracking.CODE_VERSION_TAG: CODE_VERSION,
+                            tracking.WEIGHTS_TAG: "random" if weights == "random" else "pretrained",
+                            "accelerator": "NVIDIA H200",
+                        },
+                        metrics={
+                            "best_test_acc": float(right.mean()),
+                            "train_seconds": 600.0,
+                            "test_images_per_s": 900.0,
+                            "train_images_per_s": 300.0,
+                        },
+                        params={
+                            "weights": weights,
+                            "test_rows": n,
+                            "num_classes": info.n_classes,
+                            "test_majority_rate": 1 / info.n_classes,
+                        },
+                        labels=labels,
+                        predictions=np.where(right, labels, (labels + 1) % info.n_classes),
+                    )
+
+
+def synthetic_results(
+    max_test: int = 2000, weights: str = "IMAGENET1K_V1"
+) -> tuple[list[CellSummary], list[dict], dict[str, dict[str, str]]]:
+    """The grid of :func:`synthetic_grid` as ``report.render_report`` takes it, without MLflow: the cells'
+    summaries, the trial result rows (as ``tracking.fetch_trial_results`` reads them back) and each run's tags
+    by run id. No predictions: verdicts take the summary rule."""
+    rows, tags = [], {}
+    for i, trial in enumerate(synthetic_grid(max_test, weights)):
+        run_id = f"run{i:05d}"
+        rows.append(
+            {
+                "key": str(trial.key),
+                "backbone": trial.key.backbone,
+                "dataset": trial.key.dataset,
+                "domain": trial.domain,
+                "fraction": trial.key.fraction,
+                "seed": trial.key.seed,
+                "status": tracking.FINISHED,
+                **trial.metrics,
+                "inference_images_per_s": trial.metrics["test_images_per_s"],
+                **trial.params,
+                "selection": "test",
+                "accelerator": trial.tags["accelerator"],
+                "run_id": run_id,
+                "start_time": 1_700_000_000_000 + i * 1000,
+                "data_fingerprint": trial.tags[tracking.DATA_TAG],
+                "protocol_fingerprint": trial.tags[tracking.PROTOCOL_TAG],
+            }
+        )
+        tags[run_id] = trial.tags
+    return summarize(rows), rows, tags
+
+
+def write_store(uri: str, experiment: str, max_test: int, weights: str = "IMAGENET1K_V1") -> int:
+    """:func:`synthetic_grid` written through MLflow's client into ``uri``, with the cells' parent runs."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment_id = tracking.ensure_experiment(uri, experiment)
+    datasets = sorted(n for n in CATALOG if n != "digits")
+    cells = [(b, d, f) for b in sorted(REGISTRY) for d in datasets for f in PAPER_FRACTIONS]
+    parents = tracking.ensure_cell_runs(
+        uri, experiment, cells, {d: CATALOG[d].domain for d in datasets}, seeds={c: PAPER_SEEDS for c in cells}
+    )
+    written = 0
+    with tempfile.TemporaryDirectory() as folder:
+        for trial in synthetic_grid(max_test, weights):
+            b, d, f = trial.key.backbone, trial.key.dataset, trial.key.fraction
+            tags = {k: v for k, v in trial.tags.items() if k != "accelerator"}
+            tags[tracking.PARENT_TAG] = parents[tracking.cell_name(b, d, f)]
+            run_id = client.create_run(experiment_id, run_name=str(trial.key), tags=tags).info.run_id
+            now = int(time.time() * 1000)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, v, now, 0) for k, v in trial.metrics.items()],
+                params=[Param(k, str(v)) for k, v in trial.params.items()],
+                tags=[RunTag("accelerator", trial.tags["accelerator"])],
+            )
+            path = Path(folder) / tracking.PREDICTIONS_ARTIFACT
+            path.write_text(
+                "id,label,prediction\n"
+                + "".join(f"{d}-{i},{y},{q}\n" for i, (y, q) in enumerate(zip(trial.labels, trial.predictions)))
+            )
+            client.log_artifact(run_id, str(path))
+            client.set_terminated(run_id, status="FINISHED")
+            written += 1
+            if written % (len(REGISTRY) * len(PAPER_FRACTIONS) * len(PAPER_SEEDS)) == 0:
+                print(f"  {d}: {written} runs written", flush=True)
     return written
 
 

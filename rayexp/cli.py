@@ -7,6 +7,7 @@ starts the sweep and prints the report.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False) or "(default" in (action.help or ""):
+        if action.default is None or action.nargs == 0 or "(default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -79,18 +80,42 @@ def code_version() -> str:
 
 def main(defaults: SweepDefaults, argv: Sequence[str] | None = None) -> int:
     """Parse, validate, preflight, sweep, report. Returns the process exit code."""
-    return guarded(_run, defaults, build_parser(defaults).parse_args(argv))
+    return guarded(_run, defaults, parse_quietly(build_parser(defaults), argv))
+
+
+def stdout_closed() -> int:
+    """Whoever read stdout went away (``--dry-run | head``): what is left to print goes nowhere, and the
+    command ends quietly with success, as Unix tools do, rather than with a BrokenPipeError traceback."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def parse_quietly(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)``; ``--help | head`` ends quietly too (its text is flushed here)."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            stdout_closed()
+        raise
 
 
 def guarded(
     run: Callable[[SweepDefaults, argparse.Namespace], int], defaults: SweepDefaults, args: argparse.Namespace
 ) -> int:
-    """``run(defaults, args)``, with a :class:`RayexpError` printed as one clear line and exit code 2."""
+    """``run(defaults, args)``, with a :class:`RayexpError` printed as one clear error and exit code 2, and a
+    closed stdout (``| head``) ending quietly with exit code 0."""
     try:
-        return run(defaults, args)
+        code = run(defaults, args)
+        sys.stdout.flush()  # here, where a closed pipe can be caught, not at the interpreter's exit
+        return code
     except RayexpError as exc:
         print(f"rayexp: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return stdout_closed()
 
 
 def resolve_location(location: str) -> str:
@@ -188,16 +213,30 @@ def plan_sweep(
     extra_tags: dict[str, str] | None = None,
 ) -> SweepPlan:
     """Preflight (storage, datasets, input sizes, validation rows, weights, the MLflow store), then the sweep's
-    :class:`~rayexp.settings.SweepPlan`, its tracking URI resolved. Nothing starts on failure."""
-    check_writable(settings.storage, "--storage")
+    :class:`~rayexp.settings.SweepPlan`, its tracking URI resolved.
+
+    Every check runs, whatever the others found, and all their problems are raised together as one error
+    (each with its fix: for a missing dataset the command that prepares it); nothing starts on failure.
+    """
+    found = preflight.Problems()
+    found.attempt(preflight.LOCATIONS, check_writable, settings.storage, "--storage")
     datasets = list(dict.fromkeys(k.dataset for k in keys))
-    manifests = preflight.check_datasets(datasets, settings.data_dir)
-    preflight.check_input_sizes(settings.backbones, manifests)
-    preflight.check_selection(keys, manifests, settings.train.selection)
+    manifests, problems = preflight.dataset_problems(datasets, settings.data_dir)
+    found.add(preflight.DATASETS, problems)
+    found.add(preflight.INPUT_SIZES, preflight.input_size_problems(settings.backbones, manifests))
+    found.add(
+        preflight.SELECTION,
+        preflight.selection_problems(keys, manifests, settings.train.selection),
+        advice="use a larger fraction or --selection test",
+    )
     fallback = defaults.fallback_to_random_weights if fallback_to_random is None else fallback_to_random
-    weights = preflight.resolve_weights(settings.backbones, settings.weights_dir, fallback)
+    weights, problems, random_init = preflight.weights_problems(settings.backbones, settings.weights_dir, fallback)
+    found.add(preflight.WEIGHTS, problems)
     tracking_uri = tracking.resolve_tracking_uri(settings.tracking_uri)
-    tracking.ensure_experiment(tracking_uri, settings.experiment)
+    found.add(preflight.STORE, preflight.tracking_problems(tracking_uri))
+    found.raise_if_any()
+    tracking.ensure_experiment(tracking_uri, settings.experiment)  # creates it: only once everything else passed
+    preflight.announce_random_init(random_init)
     return SweepPlan(
         settings=replace(settings, tracking_uri=tracking_uri),
         keys=tuple(keys),
@@ -206,6 +245,18 @@ def plan_sweep(
         code_version=code_version(),
         extra_tags={**defaults.extra_tags, **(extra_tags or {})},
     )
+
+
+def mlflow_hint(uri: str, experiment: str) -> str:
+    """Where the sweep's runs are in MLflow's UI: the runs page of the experiment (MLflow 3 opens an
+    experiment on its GenAI overview otherwise) and, for a local store, the command that serves it, with
+    this environment's ``mlflow``."""
+    runs = f"#/experiments/{tracking.ensure_experiment(uri, experiment)}/runs"
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow: {uri.rstrip('/')}/{runs}   (experiment {experiment!r})"
+    beside = Path(sys.executable).parent / "mlflow"
+    command = f"{beside if beside.is_file() else 'mlflow'} ui --backend-store-uri {uri}"
+    return f"MLflow: {command}\n  then open http://127.0.0.1:5000/{runs}   (experiment {experiment!r})"
 
 
 def print_outcome(plan: SweepPlan, outcome: dict, out_dir: Path) -> int:
@@ -220,7 +271,7 @@ def print_outcome(plan: SweepPlan, outcome: dict, out_dir: Path) -> int:
     for note in left_out:
         print(f"Left out: {note}")
     print(f"Report: {paths['html']} (also report.md, summary.csv, figures) in {out_dir}")
-    print(f"MLflow: mlflow ui --backend-store-uri {uri}   (experiment {experiment!r})")
+    print(mlflow_hint(uri, experiment))
     if outcome.get("stopped"):
         print(f"\n{len(outcome['stopped'])} trial(s) stopped early (their best so far is reported):")
         for key, epoch, acc, reason in outcome["stopped"]:

@@ -50,6 +50,7 @@ def protocol_settings(
         "normalize": normalize,
         "augment": augment,
         "head_precision": "fp32",  # the classifier head outside autocast (training.keep_fp32)
+        "single_image_batches": "skipped",  # training.train_one_epoch: BatchNorm cannot train on one image
         "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in fixed.items()},
         "rayexp_version": __version__,
     }

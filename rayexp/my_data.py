@@ -15,8 +15,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from rayexp import recommend, tracking
-from rayexp.cli import SweepDefaults, build_parser, check_common, guarded, plan_sweep, print_outcome, settings_from
+from rayexp import preflight, recommend, tracking
+from rayexp.cli import (
+    SweepDefaults,
+    build_parser,
+    check_common,
+    guarded,
+    parse_quietly,
+    plan_sweep,
+    print_outcome,
+    settings_from,
+)
 from rayexp.data import preparation
 from rayexp.data.check import check_source
 from rayexp.errors import RayexpError
@@ -46,7 +55,9 @@ def build_my_data_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
         "path,label[,split]",
     )
     g.add_argument(
-        "--name", default=None, help="the dataset's name (default: from --source); the experiment is my-data-<name>"
+        "--name",
+        default=None,
+        help="the dataset's name: letters, digits, '_' and '-' (default: from --source's folder or CSV name)",
     )
     g.add_argument(
         "--domain",
@@ -59,17 +70,21 @@ def build_my_data_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
         nargs=2,
         default=[256, 256],
         metavar=("H", "W"),
-        help="training resolution (the paper's 256x256)",
+        help="training resolution, height and width (default: 256 256, the paper's)",
     )
     g.add_argument(
         "--accept-warnings",
         action="store_true",
-        help="run despite serious data-check problems (unreadable files are then skipped)",
+        help="go on despite SERIOUS data-check problems, which otherwise stop the run (the same image in train "
+        "and test, a class too small to train or test on, unreadable files, which are then skipped): the "
+        "accuracies may then be inflated or unreliable",
     )
     g.add_argument(
         "--allow-random-init",
         action="store_true",
-        help="train from random init where pretrained weights cannot be had (recorded as weights=random)",
+        help="train from random init where pretrained weights cannot be had (recorded as weights=random; the "
+        "numbers are then not ImageNet fine-tuning results); without it, missing weights stop the run before any "
+        "image is read",
     )
     g.add_argument(
         "--allow-outside-paths",
@@ -79,6 +94,16 @@ def build_my_data_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
     g.add_argument(
         "--workers", type=int, default=None, help="processes for the data check and preparation (default: all cores)"
     )
+    for action in p._actions:  # what differs from the sweeps' options of the same name
+        if action.dest == "out":
+            action.help = (
+                "folder of the recommendation, the data check and the sweep's report/ (default: reports/<experiment>)"
+            )
+        elif action.dest == "experiment":
+            action.help = (
+                "MLflow experiment and Tune run name (default: my-data-<name>, or my-data-<name>-<fingerprint> once "
+                "the images changed)"
+            )
     return p
 
 
@@ -117,7 +142,7 @@ def experiment_for(uri: str, experiment: str, data_fingerprint: str) -> str:
 
 
 def main(defaults: SweepDefaults, argv: Sequence[str] | None = None) -> int:
-    return guarded(run, defaults, build_my_data_parser(defaults).parse_args(argv))
+    return guarded(run, defaults, parse_quietly(build_my_data_parser(defaults), argv))
 
 
 def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
@@ -126,7 +151,7 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     settings = settings_from(defaults, args)
     chosen_experiment = bool(settings.experiment)
     settings = replace(settings, experiment=settings.experiment or f"my-data-{name}", datasets=(name,))
-    out_dir = Path(args.out or name).expanduser().resolve()
+    out_dir = Path(args.out or Path("reports") / settings.experiment).expanduser().resolve()
     keys = ordered_keys(settings.backbones, name, settings.fractions, settings.seeds)
     if args.dry_run:
         print(
@@ -136,6 +161,11 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
         for key in keys:
             print(key)
         return 0
+    # Before any image is read (checking and preparing take minutes on a large folder): what would stop
+    # the sweep afterwards whatever the data, all at once.
+    preflight.before_data(
+        settings.backbones, settings.weights_dir, args.allow_random_init, settings.tracking_uri, settings.storage
+    )
     check, lines, manifest = check_and_prepare(args, settings, name, out_dir)
     if not chosen_experiment:
         experiment = experiment_for(

@@ -1,36 +1,94 @@
 """Checks that run before any trial starts, so that no GPU time is spent on a sweep that cannot finish.
 
-Each check collects every problem (not just the first) with the command that fixes it.
+Each check returns every problem it finds (not just the first) with the command that fixes it; a
+:class:`Problems` gathers them all, so that one error lists everything wrong at once: missing datasets
+with the command that prepares each, and missing weights, and the tracking store, together.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rayexp import tracking
 from rayexp.backbones import get_spec
-from rayexp.backbones.weights import OFFLINE_ENV, weights_status
-from rayexp.data.catalog import get_dataset_info
+from rayexp.backbones.weights import OFFLINE_ENV, WeightsStatus, weights_status
+from rayexp.data.preparation import how_to_prepare
 from rayexp.data.rows import fraction_thresholds
-from rayexp.data.shards import dataset_location, is_prepared, load_manifest, verify_dataset
+from rayexp.data.shards import dataset_location, is_prepared, is_uri, load_manifest, verify_dataset
 from rayexp.errors import RayexpError
 
+DATASETS = "datasets missing or not as prepared, nothing was started"
+INPUT_SIZES = "input sizes the backbones cannot take"
+SELECTION = "selection=val needs a validation row in every class"
+WEIGHTS = "pretrained weights cannot be had, nothing was started"
+STORE = "the MLflow tracking store cannot be used"
+LOCATIONS = "folders that cannot be written"
+_STARTED = ", nothing was started"
 
-def check_datasets(datasets: Sequence[str], data_dir: str) -> dict[str, dict]:
-    """The manifests of ``datasets``, each checked against its shards (:func:`verify_dataset`: every file's
-    size and sha256, per-class counts, labels in range). Every unprepared, inconsistent or modified dataset is
-    listed with the command that fixes it."""
+
+class Problems:
+    """Every problem the preflight finds, by check, raised together as one :class:`RayexpError`."""
+
+    def __init__(self) -> None:
+        self.sections: dict[str, tuple[list[str], str]] = {}
+
+    def add(self, title: str, problems: Sequence[str], advice: str = "") -> None:
+        """``problems`` (one text each; continuation lines indented by the caller) under ``title``."""
+        if problems:
+            found, _ = self.sections.setdefault(title, ([], advice))
+            found.extend(problems)
+
+    def attempt(self, title: str, check: Callable, *args):
+        """``check(*args)``; a :class:`RayexpError` it raises is recorded under ``title`` (result None)."""
+        try:
+            return check(*args)
+        except RayexpError as exc:
+            self.add(title, [str(exc)])
+            return None
+
+    def __bool__(self) -> bool:
+        return bool(self.sections)
+
+    def message(self) -> str:
+        """One check's problems as that check words them; several checks' under one heading."""
+        several = len(self.sections) > 1
+        parts = []
+        for title, (found, advice) in self.sections.items():
+            title = title.removesuffix(_STARTED) if several else title
+            parts.append(f"{title}:\n" + "\n".join(f"  - {p}" for p in found) + (f"\n  {advice}" if advice else ""))
+        head = f"{sum(len(f) for f, _ in self.sections.values())} problems found{_STARTED}:\n" if several else ""
+        return head + "\n".join(parts)
+
+    def raise_if_any(self) -> None:
+        if self.sections:
+            raise RayexpError(self.message())
+
+
+def missing_dataset(name: str, data_dir: str) -> str:
+    """What to say about catalog dataset ``name``, not prepared in ``data_dir``: the command that prepares it
+    (with --download where the catalog can download it) and, for a manual one, what to fetch and from where."""
+    command, fetch = how_to_prepare(name, data_dir)
+    if not fetch:
+        return f"{name}: not prepared in {data_dir}; run: {command}"
+    return f"{name}: not prepared in {data_dir}; fetch it by hand, then run: {command}\n      PATH: {fetch}"
+
+
+def dataset_problems(datasets: Sequence[str], data_dir: str) -> tuple[dict[str, dict], list[str]]:
+    """The manifests of the prepared ``datasets``, each checked against its shards (:func:`verify_dataset`:
+    every file's size and sha256, per-class counts, labels in range), and every unprepared, inconsistent or
+    modified dataset with the command that fixes it."""
     manifests, problems = {}, []
     for name in datasets:
         if not is_prepared(data_dir, name):
-            get_dataset_info(name)  # an unknown name is an error of its own
-            problems.append(
-                f"  - {name}: not prepared in {data_dir}; run: python datasets/prepare.py {name} --data-dir {data_dir}"
-            )
+            try:
+                problems.append(missing_dataset(name, data_dir))
+            except RayexpError as exc:  # an unknown name, or a source without a converter
+                problems.append(str(exc))
             continue
         try:
             manifest = load_manifest(data_dir, name)
@@ -42,16 +100,14 @@ def check_datasets(datasets: Sequence[str], data_dir: str) -> dict[str, dict]:
                 flush=True,
             )
         except RayexpError as exc:
-            problems.append(f"  - {exc}")
+            problems.append(str(exc))
             continue
         manifests[name] = manifest
-    if problems:
-        raise RayexpError("datasets missing or not as prepared, nothing was started:\n" + "\n".join(problems))
-    return manifests
+    return manifests, problems
 
 
-def check_input_sizes(backbones: Sequence[str], manifests: dict[str, dict]) -> None:
-    """Every backbone accepts every dataset's training resolution."""
+def input_size_problems(backbones: Sequence[str], manifests: dict[str, dict]) -> list[str]:
+    """Every (backbone, dataset) whose training resolution the backbone cannot take."""
     problems = []
     for backbone in backbones:
         spec = get_spec(backbone)
@@ -60,60 +116,109 @@ def check_input_sizes(backbones: Sequence[str], manifests: dict[str, dict]) -> N
             if min(h, w) < spec.min_input or (spec.builder == "wavemix_192_16" and (h % 32 or w % 32)):
                 multiples = ", multiples of 32" if spec.builder == "wavemix_192_16" else ""
                 problems.append(
-                    f"  - {backbone} cannot train on {name} at {h}x{w} (smallest side {spec.min_input}{multiples})"
+                    f"{backbone} cannot train on {name} at {h}x{w} (smallest side {spec.min_input}{multiples})"
                 )
-    if problems:
-        raise RayexpError("input sizes the backbones cannot take:\n" + "\n".join(problems))
+    return problems
 
 
-def resolve_weights(backbones: Sequence[str], weights_dir: str | None, fallback_to_random: bool) -> dict[str, str]:
-    """``{backbone: "pretrained" | "random"}``.
+def weights_problems(
+    backbones: Sequence[str], weights_dir: str | None, fallback_to_random: bool
+) -> tuple[dict[str, str], list[str], list[WeightsStatus]]:
+    """``({backbone: "pretrained" | "random"}, problems, the missing weights' statuses)``.
 
-    Without ``fallback_to_random`` (the paper's grid) any unavailable weight file stops the sweep with
-    the list of files and where to put them. With it (the demo) the fallback is announced once, loudly,
-    and recorded as ``weights=random`` on every run.
+    Without ``fallback_to_random`` (the paper's grid) every unavailable weight file is a problem, listed with
+    where to put it. With it (the demo, ``--allow-random-init``) none is: :func:`announce_random_init` says so
+    once, loudly, and every such run records ``weights=random``.
     """
     statuses = [weights_status(get_spec(b), weights_dir) for b in backbones]
     missing = [s for s in statuses if not s.available]
-    if missing and not fallback_to_random:
-        lines = [f"  - {s.backbone}: {s.where}\n      fix: {s.fix}" for s in missing]
-        raise RayexpError("pretrained weights cannot be had, nothing was started:\n" + "\n".join(lines))
-    if missing:
-        bar = "!" * 78
-        names = ", ".join(s.backbone for s in missing)
-        print(
-            f"\n{bar}\n!! NO PRETRAINED WEIGHTS for {names}: offline and not in the cache.\n"
-            f"!! These backbones train from RANDOM INIT; every run records weights=random.\n"
-            f"!! Their numbers are not ImageNet fine-tuning results. To use real weights:\n"
-            + "".join(f"!!   {s.fix}\n" for s in missing)
-            + f"{bar}\n",
-            file=sys.stderr,
-            flush=True,
-        )
-    return {s.backbone: ("pretrained" if s.available else "random") for s in statuses}
+    problems = [] if fallback_to_random else [f"{s.backbone}: {s.where}\n      fix: {s.fix}" for s in missing]
+    return {s.backbone: ("pretrained" if s.available else "random") for s in statuses}, problems, missing
 
 
-def check_selection(keys, manifests: dict[str, dict], selection: str) -> None:
+def announce_random_init(missing: Sequence[WeightsStatus]) -> None:
+    """The banner for backbones that will train from random init (stderr)."""
+    if not missing:
+        return
+    bar = "!" * 78
+    names = ", ".join(s.backbone for s in missing)
+    print(
+        f"\n{bar}\n!! NO PRETRAINED WEIGHTS for {names}: offline and not in the cache.\n"
+        f"!! These backbones train from RANDOM INIT; every run records weights=random.\n"
+        f"!! Their numbers are not ImageNet fine-tuning results. To use real weights:\n"
+        + "".join(f"!!   {s.fix}\n" for s in missing)
+        + f"{bar}\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def selection_problems(keys, manifests: dict[str, dict], selection: str) -> list[str]:
     """With ``selection=val``, every class of every (dataset, fraction) must leave a validation row to select
     on: a class with a single training row at that fraction would be trained on but never validated."""
     if selection != "val":
-        return
+        return []
     problems = []
-    for dataset, fraction in sorted({(k.dataset, k.fraction) for k in keys}):
+    for dataset, fraction in sorted({(k.dataset, k.fraction) for k in keys if k.dataset in manifests}):
         manifest = manifests[dataset]
         single = [manifest["classes"][c] for c, k in enumerate(fraction_thresholds(manifest, fraction)) if k < 2]
         if single:
             names = ", ".join(single[:5]) + (f" and {len(single) - 5} more" if len(single) > 5 else "")
             problems.append(
-                f"  - {dataset} at fraction {fraction}: {len(single)} class(es) have a single training row, none to "
+                f"{dataset} at fraction {fraction}: {len(single)} class(es) have a single training row, none to "
                 f"hold out ({names})"
             )
-    if problems:
-        raise RayexpError(
-            "selection=val needs a validation row in every class:\n"
-            + "\n".join(problems)
-            + "\n  use a larger fraction or --selection test"
-        )
+    return problems
+
+
+def unwritable(location: str) -> str | None:
+    """Why the local folder ``location`` cannot be written (or created), or None: tried by writing a file
+    into it or into its nearest existing parent, so nothing is left behind (a bucket URI is left to its
+    client)."""
+    if is_uri(location):
+        return None
+    folder = Path(location).expanduser()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rayexp-write-test-"):
+            pass
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    return None
+
+
+def tracking_problems(uri: str) -> list[str]:
+    """What stops the MLflow store at ``uri`` from being used, found without writing to it: a server that
+    does not answer, a SQLite file whose folder cannot be written. (Creating the experiment, once every
+    check passed, finds the rest.)"""
+    try:
+        tracking.check_server(uri)
+    except RayexpError as exc:
+        return [str(exc)]
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        why = unwritable(str(folder))
+        if why:
+            return [
+                f"the MLflow store {uri} cannot be created: its folder {folder} cannot be written ({why}); pass "
+                "--tracking-uri sqlite:///<a writable folder>/mlflow.db"
+            ]
+    return []
+
+
+def before_data(
+    backbones: Sequence[str], weights_dir: str | None, fallback_to_random: bool, tracking_uri: str, storage: str
+) -> None:
+    """What a command that prepares data first (``my_data``) checks before reading any image: the weights
+    (unless ``fallback_to_random``), the tracking store and the storage folder, all problems at once."""
+    found = Problems()
+    found.add(WEIGHTS, weights_problems(backbones, weights_dir, fallback_to_random)[1])
+    found.add(STORE, tracking_problems(tracking.resolve_tracking_uri(tracking_uri)))
+    why = unwritable(storage)
+    found.add(LOCATIONS, [f"--storage {storage} is not a writable folder ({why})"] if why else [])
+    found.raise_if_any()
 
 
 def node_problems(

@@ -1,6 +1,7 @@
 """Presentation shared by the sweep report (:mod:`rayexp.report`) and a dataset's recommendation
 (:mod:`rayexp.recommend`): number formats, the :class:`Table` both render, the Jinja environment of
-``rayexp/templates`` and the accuracy-vs-fraction figure.
+``rayexp/templates``, and the figures drawn from cell summaries: accuracy vs fraction, and the backbone x dataset
+heatmap of one fraction.
 
 A page is built once as plain data (a dataclass of lines, tables and figure paths) and rendered twice, by
 its ``<name>.md`` and ``<name>.html`` templates; both extend the shared layout (``base.md``, ``base.html``:
@@ -20,7 +21,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from rayexp import figures
-from rayexp.results import CellSummary, scored
+from rayexp.results import CellSummary, dataset_ranks, scored
 
 MISSING = "missing"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -45,6 +46,7 @@ class Cell:
     text: str
     place: int | None = None  # its place within its dataset: a top-three place is bold (Markdown) or shaded (HTML)
     missing: bool = False  # no score yet: greyed out in HTML
+    css: str = ""  # an HTML class of its own (e.g. a verdict's kind); Markdown shows the text alone
 
     @property
     def top(self) -> int | None:
@@ -118,4 +120,38 @@ def figure_accuracy_vs_fraction(summaries: Sequence[CellSummary], dataset: str, 
     }
     chance = next((s.chance for s in cells if s.chance is not None), None)
     figures.accuracy_vs_fraction(dataset, curves, chance, path)
+    return True
+
+
+def figure_heatmap(summaries: Sequence[CellSummary], fraction: float, path: Path) -> bool:
+    """Backbone x dataset at ``fraction`` as a heatmap (:func:`rayexp.figures.heatmap`): best of seeds in
+    percent, coloured by the rank within each dataset (:func:`rayexp.results.dataset_ranks`), datasets grouped
+    by domain, backbones ordered by their mean rank over the datasets (best on top); written to ``path``.
+    False, and nothing written, when no cell at ``fraction`` has a score."""
+    cells = {(s.backbone, s.dataset): s for s in summaries if s.fraction == fraction}
+    if not any(s.best_of_3 is not None for s in cells.values()):
+        return False
+    ranks = dataset_ranks(summaries, fraction)
+    columns = sorted({(s.dataset, s.domain) for s in cells.values()}, key=lambda c: (c[1], c[0]))
+
+    def mean_rank(backbone: str) -> float:
+        mine = [ranking[backbone] for ranking in ranks.values() if backbone in ranking]
+        return sum(mine) / len(mine) if mine else float("inf")
+
+    backbones = sorted({b for b, _ in cells}, key=lambda b: (mean_rank(b), b))
+
+    def label(s: CellSummary | None) -> str | None:
+        if s is None or s.best_of_3 is None:
+            return None
+        return f"{100 * s.best_of_3:.1f}" + ("°" if s.above_chance is False else "")
+
+    figures.heatmap(
+        f"Top-1 test accuracy (%), best of seeds, at {figures.percent_label(fraction)} of the training split "
+        "— colour: rank within the dataset; rows by mean rank",
+        backbones,
+        columns,
+        [[label(cells.get((b, d))) for d, _ in columns] for b in backbones],
+        [[ranks.get(d, {}).get(b) for d, _ in columns] for b in backbones],
+        path,
+    )
     return True

@@ -10,10 +10,13 @@ rendered by the templates ``report.md`` and ``report.html`` (:mod:`rayexp.render
 from __future__ import annotations
 
 import csv
+import json
 import statistics
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -26,6 +29,7 @@ from rayexp.rendering import (
     Cell,
     Table,
     figure_accuracy_vs_fraction,
+    figure_heatmap,
     pct,
     row,
     spread,
@@ -97,6 +101,28 @@ def legend() -> str:
     return (
         f"{INCOMPLETE_MARK} incomplete cell (fewer seeds finished than planned, or a seed stopped early by a "
         f"scheduler or budget); {CHANCE_MARK} not clearly above chance."
+    )
+
+
+TOP_MARKED = 3  # places marked in the per-domain tables ...
+FEW_BACKBONES = 4  # ... when a dataset has at least this many scored backbones; with fewer, only place 1
+
+
+def top_mark(place: int | None, scored_backbones: int) -> int | None:
+    """The place a cell is marked with in a per-domain table: a top-three place, or with fewer than
+    :data:`FEW_BACKBONES` scored backbones on the dataset only the first place (else every cell would be)."""
+    if place is None or place > (TOP_MARKED if scored_backbones >= FEW_BACKBONES else 1):
+        return None
+    return place
+
+
+def marking_text(html: bool) -> str:
+    """What the highlighted cells of the per-domain tables are."""
+    how = "shaded" if html else "in bold"
+    return (
+        f"Top-1 test accuracy (%), best of the seeds with mean ± std in brackets; per dataset, every cell in a "
+        f"top-three place {how} (ties included); on a dataset with fewer than {FEW_BACKBONES} backbones only "
+        "the leader (place 1) is marked."
     )
 
 
@@ -337,7 +363,8 @@ def _chance_row(summaries: Sequence[CellSummary], datasets: Sequence[str]) -> li
 
 def domain_tables(summaries: Sequence[CellSummary]) -> list[dict]:
     """Per (domain, fraction): rows backbones, columns datasets, every cell in a top-three place marked
-    (ties included; Tables 4–6), and the chance level of each dataset."""
+    (ties included; Tables 4–6; only place 1 on a dataset with fewer than four backbones: :func:`top_mark`),
+    and the chance level of each dataset."""
     cells = _by_cell(summaries)
     tables = []
     for domain in sorted({s.domain for s in summaries}):
@@ -346,7 +373,14 @@ def domain_tables(summaries: Sequence[CellSummary]) -> list[dict]:
             backbones = sorted({s.backbone for s in summaries if s.domain == domain and s.fraction == fraction})
             place = {d: places({s.backbone: s.best_of_3 for s in scored(summaries, d, fraction)}) for d in datasets}
             rows = [
-                (b, [(_cell_text(cells.get((b, d, fraction))), place[d].get(b)) for d in datasets]) for b in backbones
+                (
+                    b,
+                    [
+                        (_cell_text(cells.get((b, d, fraction))), top_mark(place[d].get(b), len(place[d])))
+                        for d in datasets
+                    ],
+                )
+                for b in backbones
             ]
             tables.append(
                 {
@@ -456,21 +490,30 @@ def _rho_text(correlation: dict) -> str:
     )
 
 
+def _selection(summaries: Sequence[CellSummary]) -> str:
+    return next((s.selection for s in summaries if s.n_seeds), "test")
+
+
+def selection_line(summaries: Sequence[CellSummary]) -> str:
+    """The model-selection rule in force, in words (Markdown bold)."""
+    return "Model selection: " + (
+        "**val** — each trial's best epoch is chosen on a held-out validation split of its training rows; "
+        "its test accuracy is reported."
+        if _selection(summaries) == "val"
+        else "**test** — each trial's best epoch is chosen on the test split, as the paper did; optimistic, "
+        "and the same for every backbone."
+    )
+
+
 def header_lines(summaries: Sequence[CellSummary], results: Sequence[dict]) -> list[str]:
     """What a reader must know before the numbers: the selection rule in force, how ranks, ties, verdicts
     and chance are computed, and how many cells are incomplete, capped or at chance."""
-    selection = next((s.selection for s in summaries if s.n_seeds), "test")
-    lines = [
-        "Model selection: "
-        + (
-            "**val** — each trial's best epoch is chosen on a held-out validation split of its training rows; "
-            "its test accuracy is reported."
-            if selection == "val"
-            else "**test** — each trial's best epoch is chosen on the test split, as the paper did; optimistic, "
-            "and the same for every backbone."
-        ),
-        rules_text(selection),
-    ]
+    return [selection_line(summaries), rules_text(_selection(summaries)), *count_lines(summaries, results), legend()]
+
+
+def count_lines(summaries: Sequence[CellSummary], results: Sequence[dict]) -> list[str]:
+    """How many cells are incomplete, how many trials were capped, how many cells are at chance."""
+    lines = []
     scored_cells = [s for s in summaries if s.best_of_3 is not None]
     incomplete = sum(1 for s in scored_cells if not s.complete)
     if incomplete:
@@ -490,7 +533,157 @@ def header_lines(summaries: Sequence[CellSummary], results: Sequence[dict]) -> l
         lines.append(
             f"{at_chance} cell(s) are not clearly above chance ({CHANCE_MARK}); no backbone is recommended from them."
         )
-    return lines + [legend()]
+    return lines
+
+
+# ---------------------------------------------------------------- where the numbers come from
+
+SETTING_NAMES = (  # the protocol_settings keys the header shows, in its words
+    ("max_epochs_per_phase", "max epochs per phase"),
+    ("patience", "patience"),
+    ("precision", "precision"),
+    ("selection", "selection"),
+    ("val_share", "validation share"),
+    ("dualopt", "DualOpt (AdamW, then SGD)"),
+    ("normalize", "normalize"),
+    ("augment", "augment"),
+)
+RANDOM_WEIGHTS = "random"
+
+
+@dataclass
+class Provenance:
+    """What the runs in the tables were made from, for the page's header."""
+
+    runs: int = 0  # finished runs in the tables
+    random: int = 0  # of them, trained from random init
+    commits: list[str] = field(default_factory=list)  # their code_version tags
+    settings: list[str] = field(default_factory=list)  # "patience: 5", ... from their protocol_settings tag
+    settings_note: str = ""
+    weights: str = ""  # "IMAGENET1K_V1 (1980 runs)"
+    started: str = ""  # when the runs started: "2026-11-01 to 2026-11-03 (UTC)"
+
+    @property
+    def warning(self) -> str | None:
+        if not self.random:
+            return None
+        return (
+            f"{self.random} of {self.runs} runs trained from random init: these are not fine-tuning results "
+            "(no ImageNet weights were loaded)."
+        )
+
+
+def _day(milliseconds: int) -> str:
+    return datetime.fromtimestamp(milliseconds / 1000, timezone.utc).strftime("%Y-%m-%d")
+
+
+def provenance(results: Sequence[dict], tags: Mapping[str, Mapping[str, str]]) -> Provenance:
+    """The header's facts from the finished ``results`` in the tables and each run's ``tags`` (by run id;
+    :func:`run_tags`): commits (``code_version``), protocol settings (``protocol_settings``, JSON), weights
+    (the ``weights`` param, or the ``weights_origin`` tag) and how many runs started from random init."""
+    finished = [r for r in results if r.get("status") == tracking.FINISHED]
+    commits: set[str] = set()
+    settings: Counter[str] = Counter()
+    weights: Counter[str] = Counter()
+    random = 0
+    for r in finished:
+        t = tags.get(r.get("run_id") or "", {})
+        if t.get(tracking.CODE_VERSION_TAG):
+            commits.add(t[tracking.CODE_VERSION_TAG])
+        if t.get(tracking.SETTINGS_TAG):
+            settings[t[tracking.SETTINGS_TAG]] += 1
+        origin = t.get(tracking.WEIGHTS_TAG) or ""
+        name = r.get("weights") or origin or "not recorded"
+        weights[name] += 1
+        random += RANDOM_WEIGHTS in (origin, r.get("weights"))
+    shown: list[str] = []
+    note = "" if finished else "no finished run yet"
+    if settings:
+        text = settings.most_common(1)[0][0]
+        try:
+            found = json.loads(text)
+        except ValueError:
+            found = {}
+        shown = [f"{label}: {_setting(found[key])}" for key, label in SETTING_NAMES if found.get(key) is not None]
+        if len(settings) > 1:
+            note = f"the runs record {len(settings)} different protocol settings; shown: those of the most runs"
+    elif finished:
+        note = "not recorded (the runs carry no protocol_settings tag)"
+    starts = [r["start_time"] for r in finished if r.get("start_time")]
+    return Provenance(
+        runs=len(finished),
+        random=random,
+        commits=sorted(commits),
+        settings=shown,
+        settings_note=note,
+        weights=", ".join(f"{name} ({n} runs)" for name, n in sorted(weights.items())),
+        started=f"{_day(min(starts))} to {_day(max(starts))} (UTC)" if starts else "",
+    )
+
+
+def _setting(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def run_tags(uri: str, experiment: str) -> dict[str, dict[str, str]]:
+    """Each trial run's tags by run id (``tracking.trial_records``): its commit, protocol settings and weights."""
+    return {record["run_id"]: record["tags"] for record in tracking.trial_records(uri, experiment).values()}
+
+
+# ---------------------------------------------------------------- the verdicts as one table
+
+VERDICT_WORDS = {
+    "clear": "clear lead",
+    "tied": "within noise: tied",
+    "tie": "tie (equal scores)",
+    "chance": "nothing learned",
+    "unknown": "seed noise unknown",
+    "alone": "only one scored",
+}
+
+
+def _named(s: CellSummary | None) -> str:
+    return "-" if s is None else f"{s.backbone} ({pct(s.best_of_3)}{marks(s)})"
+
+
+def verdict_table(found: Sequence[Judgement]) -> Table:
+    """Every dataset and fraction in one row: leader(s), runner-up, the verdict's kind, the difference and its
+    95% interval, and its rule and inputs; largest fraction first, then by domain and dataset."""
+    rows = []
+    for j in sorted(found, key=lambda j: (-j.fraction, j.leaders[0].domain, j.dataset)):
+        v = j.verdict
+        leader = ", ".join(_named(s) for s in j.leaders) if j.kind == "tie" else _named(j.leaders[0])
+        numbers = v is not None and v.difference is not None and v.low is not None and v.high is not None
+        rows.append(
+            [
+                Cell(j.dataset),
+                Cell(j.leaders[0].domain or "-"),
+                Cell(format_fraction(j.fraction)),
+                Cell(leader),
+                Cell(_named(j.runner_up)),
+                Cell(VERDICT_WORDS.get(j.kind, j.kind), css=f"verdict-{j.kind}"),
+                Cell(f"{100 * v.difference:+.2f}" if numbers else "-"),
+                Cell(f"[{100 * v.low:+.2f}, {100 * v.high:+.2f}]" if numbers else "-"),
+                Cell(f"{v.rule}, {v.inputs}" if v is not None else "-"),
+            ]
+        )
+    return Table(
+        head=[
+            "dataset",
+            "domain",
+            "fraction",
+            "leader (best of seeds %)",
+            "runner-up",
+            "verdict",
+            "difference (points)",
+            "95% interval",
+            "evidence",
+        ],
+        rows=rows,
+        title="Per dataset and fraction: leader, runner-up and verdict",
+    )
 
 
 # ---------------------------------------------------------------- the page
@@ -498,19 +691,38 @@ def header_lines(summaries: Sequence[CellSummary], results: Sequence[dict]) -> l
 
 @dataclass
 class ReportPage:
-    """The report's content once, for ``report.md`` and ``report.html`` to render."""
+    """The report's content once, for ``report.md`` and ``report.html`` to render, in the page's order:
+    header (with the random-init warning), Table 1 and the domain answers, the heatmaps, the accuracy-vs-fraction
+    figures, the verdict table, then the detail."""
 
     title: str
-    header: list[str]  # the selection rule, how ranks and verdicts are made, the legend (Markdown bold/code)
+    experiment: str
+    date: str  # when the report was built
+    provenance: Provenance
+    selection: str  # the model-selection rule in force, in words (Markdown bold)
+    notes: list[str]  # incomplete, capped, at-chance counts (Markdown bold/code)
     left_out: list[str]  # runs not in the tables (rayexp.results.current_results)
-    recommendations: list[str]  # Markdown bold
+    top_table: Table  # Table 1
+    domain_lines: list[str]  # one answer per domain (Markdown bold)
+    heatmaps: list[Path]  # one per fraction, largest first
+    fraction_figures: list[Path]  # accuracy vs fraction, one per dataset
+    verdicts: Table  # one row per dataset and fraction
+    verdict_lines: list[str]  # the same verdicts in words (Markdown bold)
+    rules: list[str]  # how ranks, ties, verdicts and chance are computed; the marks' legend
     domain_tables: list[Table]
     fraction_tables: list[Table]
-    top_table: Table  # Table 1
     correlation: str
     cost: Table
-    figures: list[Path]
+    figures: list[Path]  # the rest (the ImageNet-rank scatter)
     missing: int  # cells with no finished seed
+
+    @property
+    def marking_html(self) -> str:
+        return marking_text(html=True)
+
+    @property
+    def marking_markdown(self) -> str:
+        return marking_text(html=False)
 
 
 def report_page(
@@ -519,36 +731,54 @@ def report_page(
     results: Sequence[dict],
     costs: Sequence[dict],
     correlation: dict,
-    recs: list[str],
-    figure_paths: list[Path],
+    found: Sequence[Judgement],
+    figure_paths: Mapping[str, list[Path]],
     left_out: Sequence[str] = (),
+    experiment: str = "",
+    facts: Provenance | None = None,
+    date: str | None = None,
 ) -> ReportPage:
+    recs = recommendations(summaries, found)
     return ReportPage(
         title=title,
-        header=header_lines(summaries, results),
+        experiment=experiment,
+        date=date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        provenance=facts if facts is not None else provenance(results, {}),
+        selection=selection_line(summaries).removeprefix("Model selection: "),
+        notes=count_lines(summaries, results),
         left_out=list(left_out),
-        recommendations=recs,
+        top_table=_top_table(summaries, max((s.fraction for s in summaries), default=1.0)),
+        domain_lines=recs[: len(recs) - len(found)] if found else recs,
+        heatmaps=list(figure_paths.get("heatmap", [])),
+        fraction_figures=list(figure_paths.get("fraction", [])),
+        verdicts=verdict_table(found),
+        verdict_lines=[judgement_line(j) for j in found],
+        rules=[rules_text(_selection(summaries)), legend()],
         domain_tables=[_domain_table(t) for t in domain_tables(summaries)],
         fraction_tables=[_fraction_table(t) for t in fraction_tables(summaries)],
-        top_table=_top_table(summaries, max((s.fraction for s in summaries), default=1.0)),
         correlation=_rho_text(correlation),
         cost=_cost_table(costs),
-        figures=figure_paths,
+        figures=list(figure_paths.get("other", [])),
         missing=sum(1 for s in summaries if s.n_seeds == 0),
     )
 
 
-def write_figures(summaries: Sequence[CellSummary], correlation: dict, out: Path) -> list[Path]:
-    """Accuracy against fraction per dataset (with two fractions or more) and, with a correlation, the
-    ImageNet-rank scatter, as PNGs in ``out``; returns the paths written."""
-    written = []
+def write_figures(summaries: Sequence[CellSummary], correlation: dict, out: Path) -> dict[str, list[Path]]:
+    """The PNGs in ``out``: a heatmap per fraction (``heatmap``, largest fraction first), accuracy against
+    fraction per dataset with two fractions or more (``fraction``) and, with a correlation, the ImageNet-rank
+    scatter (``other``); returns the paths written by kind."""
+    written: dict[str, list[Path]] = {"heatmap": [], "fraction": [], "other": []}
+    for fraction in sorted({s.fraction for s in summaries}, reverse=True):
+        path = out / f"fig_heatmap_{format_fraction(fraction)}.png"
+        if figure_heatmap(summaries, fraction, path):
+            written["heatmap"].append(path)
     for dataset in sorted({s.dataset for s in summaries}):
         path = out / f"fig_fraction_{dataset}.png"
         if figure_accuracy_vs_fraction(summaries, dataset, path):
-            written.append(path)
+            written["fraction"].append(path)
     if correlation["rho"] is not None:
-        written.append(out / "fig_imagenet_rank.png")
-        figures.imagenet_rank(correlation["points"], correlation["rho"], correlation["p"], written[-1])
+        written["other"].append(out / "fig_imagenet_rank.png")
+        figures.imagenet_rank(correlation["points"], correlation["rho"], correlation["p"], written["other"][-1])
     return written
 
 
@@ -625,6 +855,36 @@ def _log_report(
     )
 
 
+def render_report(
+    out: Path,
+    experiment: str,
+    summaries: Sequence[CellSummary],
+    results: Sequence[dict],
+    left_out: Sequence[str] = (),
+    tags: Mapping[str, Mapping[str, str]] | None = None,
+    load: PredictionLoader | None = None,
+) -> dict[str, Path]:
+    """Every file of the report of ``experiment`` into ``out`` from what was read back: the cells'
+    ``summaries``, the trial ``results`` in the tables, the notes on runs ``left_out``, each run's ``tags``
+    (by run id) and the predictions ``load`` er (None: every verdict takes the summary rule). No MLflow here."""
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"rayexp: {experiment}"
+    paths = write_report(summaries, out, title=title)
+    correlation = imagenet_rank_correlation(summaries, max((s.fraction for s in summaries), default=1.0))
+    figure_paths = write_figures(summaries, correlation, out)
+    costs = cost_rows(results)
+    write_cost_csv(costs, out / "cost.csv")
+    found = judgements(summaries, results, load)
+    facts = provenance(results, tags or {})
+    page = report_page(
+        title, summaries, results, costs, correlation, found, figure_paths, left_out, experiment=experiment, facts=facts
+    )
+    markdown, html = write_page(page, out, "report")
+    paths.update({"report_md": markdown, "html": html, "cost": out / "cost.csv"})
+    paths.update({p.stem: p for kind in figure_paths.values() for p in kind})
+    return paths
+
+
 def build_report(
     uri: str,
     experiment: str,
@@ -638,20 +898,17 @@ def build_report(
     ``paired=False`` reads no prediction artifacts: every verdict then takes the summary rule, and says so.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results, left_out = current_results(tracking.fetch_trial_results(uri, experiment))
     summaries = _sweep_summaries(uri, experiment, results, expected)
-    title = f"rayexp: {experiment}"
-    paths = write_report(summaries, out, title=title)
-    correlation = imagenet_rank_correlation(summaries, max((s.fraction for s in summaries), default=1.0))
-    figure_paths = write_figures(summaries, correlation, out)
-    costs = cost_rows(results)
-    write_cost_csv(costs, out / "cost.csv")
-    recs = recommendations(summaries, judgements(summaries, results, prediction_loader(uri) if paired else None))
-    page = report_page(title, summaries, results, costs, correlation, recs, figure_paths, left_out)
-    markdown, html = write_page(page, out, "report")
-    paths.update({"report_md": markdown, "html": html, "cost": out / "cost.csv"})
-    paths.update({p.stem: p for p in figure_paths})
+    paths = render_report(
+        out,
+        experiment,
+        summaries,
+        results,
+        left_out,
+        run_tags(uri, experiment),
+        prediction_loader(uri) if paired else None,
+    )
     if log_to_mlflow:
         _log_report(uri, experiment, out, summaries, results)
     return paths

@@ -29,6 +29,7 @@ GROUP_TITLES = {
     "schedule": "scheduling and budgets",
     "resources": "resources per trial",
     "passes": "passes over an existing experiment",
+    "output": "console output",
 }
 
 
@@ -36,14 +37,20 @@ GROUP_TITLES = {
 class SweepSettings:
     """Every setting of a sweep; the command line is derived from these fields."""
 
-    backbones: tuple[str, ...] = option((), help="backbone names (see README)", many=True, group="grid")
+    backbones: tuple[str, ...] = option((), help="backbone names (README: Backbones)", many=True, group="grid")
     datasets: tuple[str, ...] = option(
-        (), help="dataset names (python datasets/prepare.py --list)", many=True, group="grid"
+        (), help="dataset names (see: python datasets/prepare.py --list)", many=True, group="grid"
     )
     fractions: tuple[float, ...] = option(
         (1.0,), help="fractions of the training split, in (0, 1]", type=float, many=True, group="grid"
     )
-    seeds: tuple[int, ...] = option((0, 1, 2), help="seeds, each a trial per cell", type=int, many=True, group="grid")
+    seeds: tuple[int, ...] = option(
+        (0, 1, 2),
+        help="seeds: one trial per seed in every (backbone, dataset, fraction) cell",
+        type=int,
+        many=True,
+        group="grid",
+    )
 
     experiment: str = option("rayexp", help="MLflow experiment and Tune run name", group="where")
     data_dir: str | None = option(
@@ -53,12 +60,15 @@ class SweepSettings:
     )
     storage: str = option("ray_results", help="Tune/Train storage: a local folder or a bucket URI", group="where")
     tracking_uri: str = option(
-        "sqlite:///mlflow.db", help="MLflow tracking URI; relative SQLite paths are made absolute", group="where"
+        "sqlite:///mlflow.db",
+        help="MLflow store: sqlite:///FILE (a relative path is made absolute) or a server, http://HOST:5000",
+        group="where",
     )
     address: str | None = option(None, help="Ray cluster address (default: a local Ray instance)", group="where")
     weights_dir: str | None = option(
         None,
-        help="folder of pretrained weight files (air-gapped clusters); else $RAYEXP_WEIGHTS_DIR, then torch's cache",
+        help="folder of pretrained weight files, for clusters without internet (default: $RAYEXP_WEIGHTS_DIR, then "
+        "torch's cache, then the download)",
         group="where",
     )
 
@@ -74,7 +84,7 @@ class SweepSettings:
     )
     augment: bool = option(
         True,
-        help="no TrivialAugmentWide even where the protocol has it",
+        help="no TrivialAugmentWide, even on the datasets whose protocol has it (default: the protocol's choice)",
         negate=True,
         flag="--no-augment",
         group="protocol",
@@ -159,6 +169,18 @@ class SweepSettings:
         False, help="torch.compile each trial's model (GPU; the first epoch pays the compilation)", group="resources"
     )
     log_models: bool = option(False, help="log each trial's best weights to MLflow (large)", group="resources")
+    keep_checkpoints: bool = option(
+        False,
+        help="keep a finished trial's Train checkpoints (by default they are deleted once its MLflow run is "
+        "FINISHED; an unfinished trial always keeps its own, to resume from)",
+        group="resources",
+    )
+    verbose: bool = option(
+        False,
+        help="show Ray's own output too: Tune's status tables, Train and Ray Data logs, the workers' prints "
+        "(by default one line per epoch and per finished trial; Ray's output stays in its logs)",
+        group="output",
+    )
 
     resume: bool = option(
         False,

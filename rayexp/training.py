@@ -143,7 +143,12 @@ def train_one_epoch(
     device: torch.device,
     precision: str,
 ) -> dict[str, float]:
-    """One pass over ``batches``; returns loss, accuracy, throughput and the share of time spent waiting for data."""
+    """One pass over ``batches``; returns loss, accuracy, throughput and the share of time spent waiting for data.
+
+    A batch of a single image (the last one, when the training rows are one more than a multiple of the batch
+    size) is skipped: BatchNorm cannot train on one image, and every backbone here has BatchNorm or LayerNorm
+    statistics that one image would only distort. The rows are shuffled each epoch, so no row is always left out.
+    """
     model.train()
     criterion = nn.CrossEntropyLoss()
     loss_sum = torch.zeros((), device=device)
@@ -153,6 +158,8 @@ def train_one_epoch(
     start = time.perf_counter()
     for (images, labels), waited in _timed(batches):
         wait += waited
+        if len(labels) == 1:
+            continue
         with autocast(device, precision):
             logits = model(images)
             loss = criterion(logits, labels)

@@ -8,8 +8,9 @@ class folders, or a CSV of ``path,label[,split]``. The command checks the data (
 modes, unreadable files, duplicates across train and test) and stops on serious problems unless
 ``--accept-warnings``; prepares it (again only when the images changed); runs the backbones x seeds
 (x ``--fractions``) on local Ray or ``--address``, selecting each trial's best epoch on a held-out
-validation split; and writes the recommendation to ``--out`` (default: a folder named after the
-dataset), logged to MLflow like every sweep.
+validation split; and writes the recommendation to ``--out`` (default: ``reports/my-data-<name>/``),
+logged to MLflow like every sweep. The backbones' weights and the MLflow store are checked before any
+image is read.
 """
 
 import sys

@@ -258,3 +258,39 @@ def test_my_data_prepares_again_over_a_changed_or_old_copy(tmp_path, capsys):
     )
     verify_dataset(tmp_path / "data" / "mine", again)  # whole again
     assert again["fingerprint"] == first["fingerprint"]  # the same files give the same data fingerprint
+
+
+def test_one_pass_lists_every_missing_dataset_with_its_fix_and_every_missing_weight_file(data, tmp_path, capsys):
+    """Missing datasets of both kinds and a missing weight file, all in one error, each with the fix that works:
+    --download where the catalog can download it, --source with what to fetch where it cannot."""
+    import ray
+
+    strict = dataclasses.replace(DEFAULTS, fallback_to_random_weights=False)
+    ray_before = ray.is_initialized()
+    argv = _argv(tmp_path, data, "--datasets", "digits", "cifar10", "neu", "--backbones", "shufflenet_v2_x2_0")
+    assert main(strict, argv) == 2
+    err = capsys.readouterr().err
+    assert "3 problems found, nothing was started" in err, err
+    assert (
+        f"cifar10: not prepared in {data}; run: python datasets/prepare.py cifar10 --data-dir {data} --download" in err
+    )
+    assert (
+        f"neu: not prepared in {data}; fetch it by hand, then run: python datasets/prepare.py neu --data-dir {data} "
+        "--source PATH" in err
+    )
+    assert "PATH: NEU surface defect database has no stable download" in err and "NEU-DET" in err
+    assert "shufflenet_v2_x2_0: " in err.split("pretrained weights cannot be had:\n")[1]
+    assert "digits:" not in err  # the prepared one is fine
+    # nothing started, nothing written: no storage, no MLflow store, no download folder
+    assert ray.is_initialized() == ray_before
+    assert not (tmp_path / "storage").exists() and not (tmp_path / "mlflow.db").exists()
+    assert sorted(p.name for p in data.iterdir()) == ["digits"]
+
+
+def test_one_pass_adds_the_tracking_store_to_the_same_error(data, tmp_path, capsys):
+    err = _refused(
+        tmp_path, data, capsys, "--datasets", "digits", "cifar100", "--tracking-uri", "sqlite:////proc/rayexp/m.db"
+    )
+    assert "cifar100: not prepared" in err and "--download" in err
+    assert "the MLflow store sqlite:////proc/rayexp/m.db cannot be created" in err
+    assert "2 problems found, nothing was started" in err and "digits:" not in err

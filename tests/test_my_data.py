@@ -262,3 +262,36 @@ def test_budget_mode_on_digits_folder_stops_and_reports_what_it_stopped(ray_loca
     # The unreadable file was skipped, not trained on; the duplicate was kept, as accepted.
     manifest = json.loads((tmp_path / "data" / "digits_folder" / "manifest.json").read_text())
     assert [s["id"] for s in manifest["skipped_corrupt"]] == [planted["broken"]]
+
+
+def test_missing_weights_and_store_refuse_before_any_image_is_read(tmp_path, capsys):
+    """Without --allow-random-init, weights that cannot be had stop the run before the data check reads a
+    single image (an unreadable one included) and before anything is prepared or written; the tracking
+    store's problem is listed in the same error."""
+    source = separable_folder(tmp_path / "colours", per_class=4)
+    (source / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    argv = [a for a in _argv(tmp_path, source) if a != "--allow-random-init"]
+    argv[argv.index("--tracking-uri") + 1] = "sqlite:////proc/rayexp/mlflow.db"
+    assert main(DEFAULTS, argv) == 2
+    captured = capsys.readouterr()
+    assert "3 problems found, nothing was started" in captured.err, captured.err
+    assert "pretrained weights cannot be had:" in captured.err
+    assert "shufflenet_v2_x2_0: " in captured.err and "mobilenet_v3_large: " in captured.err
+    assert "the MLflow store sqlite:////proc/rayexp/mlflow.db cannot be created" in captured.err
+    assert "serious problem" not in captured.err and "broken.png" not in captured.err + captured.out
+    assert "checking" not in captured.out  # the data check never started
+    for folder in ("out", "data", "storage"):
+        assert not (tmp_path / folder).exists(), folder
+
+
+def test_default_output_folder_is_under_reports(tmp_path, monkeypatch, capsys):
+    """Without --out the data check lands in reports/my-data-<name>/, not in a folder beside the user's files."""
+    source = separable_folder(tmp_path / "colours", per_class=2)
+    (source / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    monkeypatch.chdir(tmp_path)
+    argv = _argv(tmp_path, source)
+    del argv[argv.index("--out") : argv.index("--out") + 2]
+    assert main(DEFAULTS, argv) == 2  # the unreadable file (and two images a class) are serious problems
+    assert "serious problem(s)" in capsys.readouterr().err
+    assert (tmp_path / "reports" / "my-data-colours" / "data_check.txt").is_file()
+    assert not (tmp_path / "colours" / "data_check.txt").exists() and not (tmp_path / "data").exists()

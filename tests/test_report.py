@@ -3,7 +3,7 @@ import csv
 import pytest
 
 from rayexp.grid import TrialKey
-from rayexp.report import markdown_table, write_report
+from rayexp.report import markdown_table, top_mark, write_report
 from rayexp.results import summarize
 
 
@@ -108,3 +108,9 @@ def test_results_without_any_fingerprint_are_kept_but_said():
     rows = [_row("a", 0, 0.5), _row("a", 1, 0.6)]
     kept, notes = current_results(rows)
     assert kept == rows and "record no data or protocol fingerprint" in notes[0]
+
+
+def test_top_three_marks_only_the_leader_with_fewer_than_four_backbones():
+    assert [top_mark(p, 11) for p in (1, 2, 3, 4, None)] == [1, 2, 3, None, None]
+    assert [top_mark(p, 3) for p in (1, 2, 3)] == [1, None, None]  # else every cell of the dataset is marked
+    assert [top_mark(p, 2) for p in (1, 1)] == [1, 1]  # tied for first: both are the leader

@@ -1,9 +1,17 @@
-"""The report rebuilt from a real MLflow store: tables, missing cells, and the HTML page in a real browser."""
+"""The report rebuilt from a real MLflow store: tables, missing cells, and the HTML page in a real browser; and
+the report of the paper's full grid (synthetic) rendered by a real browser: it leads with the answer."""
 
 import csv
+import html
+import importlib.util
+import json
 import os
+import re
 import shutil
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -11,7 +19,7 @@ from PIL import Image
 from rayexp import tracking
 from rayexp.grid import TrialKey
 from rayexp.orchestrate import update_cell_summary
-from rayexp.report import build_report
+from rayexp.report import build_report, render_report
 
 
 def _sweep_store(tmp_path):
@@ -99,15 +107,14 @@ def _chromium() -> str | None:
     return None
 
 
-def test_html_report_renders_in_a_real_headless_browser(tmp_path):
+def _browser(tmp_path) -> list[str]:
+    """The headless chromium command line (fails under CI, skips elsewhere, without chromium)."""
     browser = _chromium()
     if browser is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is missing: .ci/run installs Debian's chromium package")
         pytest.skip("chromium not installed (apt-get install chromium; .ci/run installs it)")
-    uri, _ = _sweep_store(tmp_path)
-    paths = build_report(uri, "exp", tmp_path / "out", log_to_mlflow=False)
-    flags = [
+    return [
         browser,
         "--headless",
         "--no-sandbox",
@@ -120,11 +127,20 @@ def test_html_report_renders_in_a_real_headless_browser(tmp_path):
         "--disable-quic",
         f"--user-data-dir={tmp_path / 'profile'}",
     ]
+
+
+def test_html_report_renders_in_a_real_headless_browser(tmp_path):
+    flags = _browser(tmp_path)
+    uri, _ = _sweep_store(tmp_path)
+    paths = build_report(uri, "exp", tmp_path / "out", log_to_mlflow=False)
     url = paths["html"].as_uri()
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert '<td class="top1">72.00 (70.33 ± 1.53)</td>' in dom.stdout
+    # Two backbones on dtd: only the leader is marked, not "the top three" (both), and the legend says so.
+    assert 'class="top2"' not in dom.stdout and "fewer than 4 backbones only the leader (place 1)" in dom.stdout
     assert "missing" in dom.stdout and "Recommendation" in dom.stdout and "swin_t" in dom.stdout
+    assert "random init" not in dom.stdout  # these runs loaded ImageNet weights
     shot = tmp_path / "shot.png"
     subprocess.run(
         [*flags, f"--screenshot={shot}", "--window-size=1200,1400", url], capture_output=True, timeout=120, check=True
@@ -132,3 +148,78 @@ def test_html_report_renders_in_a_real_headless_browser(tmp_path):
     image = Image.open(shot).convert("L")
     assert image.size == (1200, 1400)
     assert len(image.getcolors(maxcolors=256 * 256) or []) > 20  # text and table borders, not a blank page
+
+
+def _report_build():
+    """``benchmarks/report_build.py``, whose synthetic full grid this test shares."""
+    if "report_build" not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / "report_build.py"
+        spec = importlib.util.spec_from_file_location("report_build", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["report_build"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["report_build"]
+
+
+SECTIONS = ("header", "table1", "heatmaps", "fraction-figures", "verdicts", "detail")
+# Run in the page once it has loaded: where each section starts, and how wide the page and its content are.
+PROBE = """<script>
+window.addEventListener("load", function () {
+  var top = function (id) {
+    var e = document.getElementById(id);
+    return e ? e.getBoundingClientRect().top + window.scrollY : null;
+  };
+  var scrolls = Array.prototype.slice.call(document.querySelectorAll(".scroll"));
+  var heatmaps = Array.prototype.slice.call(document.querySelectorAll("#heatmaps img"));
+  document.body.setAttribute("data-probe", JSON.stringify({
+    window: window.innerWidth,
+    main: document.querySelector("main").getBoundingClientRect().width,
+    page: document.documentElement.scrollWidth,
+    tops: %s.map(top),
+    warning: top("random-init-warning"),
+    scrolling: scrolls.every(function (s) { return getComputedStyle(s).overflowX === "auto"; }),
+    widest: Math.max.apply(null, scrolls.map(function (s) { return s.scrollWidth; })),
+    heatmaps: heatmaps.map(function (i) { return [i.naturalWidth, i.getBoundingClientRect().width]; })
+  }));
+});
+</script>"""
+
+
+def test_full_grid_report_leads_with_the_answer_and_uses_the_window_width(tmp_path):
+    flags = _browser(tmp_path)
+    start = time.perf_counter()
+    summaries, results, tags = _report_build().synthetic_results(max_test=600, weights="random")
+    assert len(results) == 1980 and len({s.backbone for s in summaries}) == 11
+    paths = render_report(tmp_path / "out", "full-grid", summaries, results, tags=tags)
+    built = time.perf_counter() - start
+    page = paths["html"].read_text()
+    probe = tmp_path / "out" / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE % json.dumps(list(SECTIONS)) + "</body>"))
+    dom = subprocess.run(
+        [*flags, "--window-size=1600,1000", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    found = re.search(r'data-probe="([^"]*)"', dom.stdout)
+    assert found, "the probe did not run"
+    seen = json.loads(html.unescape(found.group(1)))
+
+    # The header, with the warning, then Table 1, the heatmaps and the figures, then the detail, in that order.
+    tops = dict(zip(SECTIONS, seen["tops"]))
+    assert None not in tops.values(), tops
+    assert [tops[s] for s in SECTIONS] == sorted(tops[s] for s in SECTIONS), tops
+    assert tops["header"] <= seen["warning"] < tops["table1"]
+    text = dom.stdout
+    assert "1980 of 1980 runs trained from random init: these are not fine-tuning results" in text
+    assert "<code>0123456789ab</code>" in text and "max epochs per phase: 30" in text and "patience: 5" in text
+    assert text.index('id="table1"') < text.index("<table") < text.index('id="heatmaps"')  # Table 1 is the first
+    # One heatmap per fraction, decoded and drawn; the verdicts as one table of 20 datasets x 3 fractions.
+    assert len(seen["heatmaps"]) == 3 and all(natural > 0 and shown > 0 for natural, shown in seen["heatmaps"])
+    verdicts = text[text.index('id="verdicts"') : text.index('id="detail"')]
+    assert verdicts.count("<tr>") == 1 + 60
+    # The page uses the window's width; wide tables scroll inside their container, not the page.
+    assert seen["window"] == 1600 and seen["main"] >= 0.9 * seen["window"], seen
+    assert seen["page"] <= seen["window"] and seen["scrolling"], seen
+    assert built < 40, f"building the full grid's report took {built:.0f} s"

@@ -305,3 +305,40 @@ def test_verification_checks_positions_and_their_order(digits_dir, tmp_path):
         verify_dataset(folder, manifest, checksums=False)
     rewrite(table)
     verify_dataset(folder, manifest, checksums=False)
+
+
+def _prepare_cli():
+    spec = importlib.util.spec_from_file_location("prepare_cli_list", REPO / "datasets" / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_list_shows_images_download_size_and_the_fix_per_kind(digits_dir, tmp_path, capsys):
+    """--list: each dataset's images (the paper's train + test) and its download size ("?" where
+    shared/datasets.md gives none: never guessed), and the same fix the sweeps' preflight gives."""
+    from rayexp.data.catalog import CATALOG
+    from rayexp.preflight import missing_dataset
+
+    prepare_cli = _prepare_cli()
+    assert prepare_cli.main(["--list", "--data-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:5] == ["dataset", "domain", "images", "download", "prepared"]
+    rows = {line.split()[0]: line for line in lines[1:] if not line.startswith(" ")}
+    assert set(rows) == set(CATALOG)
+    assert "60,000" in rows["cifar10"] and "16,185" in rows["stanford_cars"] and "1,797" in rows["digits"]
+    for name, info in CATALOG.items():
+        size = "bundled" if name == "digits" else info.download_size or "?"
+        assert f"{info.images:,} {size:>9} no" in rows[name], rows[name]
+    assert rows["cifar10"].endswith(f"python datasets/prepare.py cifar10 --data-dir {tmp_path} --download")
+    assert rows["neu"].endswith(f"python datasets/prepare.py neu --data-dir {tmp_path} --source PATH")
+    at = lines.index(rows["neu"])
+    assert lines[at + 1].strip().startswith("PATH: NEU surface defect database has no stable download")
+    # one source of truth: the preflight's fix says the same
+    assert f"run: python datasets/prepare.py neu --data-dir {tmp_path} --source PATH" in missing_dataset(
+        "neu", str(tmp_path)
+    )
+    # a prepared dataset shows its rows instead
+    assert prepare_cli.main(["--list", "--data-dir", str(digits_dir)]) == 0
+    digits_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("digits "))
+    assert " yes " in digits_row and "1438/359" in digits_row

@@ -69,10 +69,11 @@ def _argv(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
 @pytest.mark.slow
 def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_dir, tmp_path, capsys):
     planted = plant_weights(Path(os.environ["TORCH_HOME"]), "mobilenet_v3_large")
-    assert main(DEFAULTS, _argv(tmp_path, digits_dir)) == 0
+    assert main(DEFAULTS, _argv(tmp_path, digits_dir, "--keep-checkpoints")) == 0
     out = capsys.readouterr()
     assert "NO PRETRAINED WEIGHTS for shufflenet_v2_x2_0" in out.err
     assert "| digits | 0.1 | mobilenet_v3_large |" in out.out
+    assert "ui --backend-store-uri" in out.out and "then open http://127.0.0.1:5000/#/experiments/" in out.out
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     rows = {r["key"]: r for r in tracking.fetch_trial_results(uri, "e2e")}
@@ -117,6 +118,8 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_d
     # Nested under its cell's parent, which holds the best of its seeds.
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["cell"] == "mobilenet_v3_large/digits/0.1"
+    assert parent.info.run_name == "digits 10% mobilenet_v3_large"  # the fraction visible in MLflow's run list
+    assert parent.data.tags["mlflow.note.content"].startswith("best of seeds ")  # the run page's description
     assert (
         parent.data.metrics["best_of_3"] == rows["mobilenet_v3_large/digits/0.1/0"]["best_test_acc"]
         and parent.data.metrics["n_seeds"] == 1
@@ -141,10 +144,18 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_d
         )
         == 0
     )
-    assert "1 trial(s) were run from other data or settings" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 trial(s) were run from other data or settings" in out
     (again,) = [r for r in tracking.fetch_trial_results(uri, "e2e") if r["key"] == key]
     assert again["run_id"] != rows[key]["run_id"] and again["epochs_run"] == 2
     assert [step for step, _ in tracking.metric_history(uri, again["run_id"], "test_acc")] == [1, 2]
+    # The console: a line per epoch and per finished trial, no Tune tables or raw Train reports.
+    assert f"[rayexp] {key}  AdamW epoch 1  loss " in out and f"[rayexp] {key} finished: 1/1 trials" in out
+    assert "TrainingReport(" not in out and "Trial status" not in out and "╭" not in out
+    # Finished without --keep-checkpoints: its checkpoints are gone; the other key's are kept.
+    train_runs = tmp_path / "storage" / "train_runs" / "e2e"
+    assert not (train_runs / key.replace("/", "-")).exists()
+    assert list((train_runs / "mobilenet_v3_large-digits-0.1-0").glob("checkpoint_*/checkpoint.pt"))
 
 
 @pytest.mark.parametrize(

@@ -263,3 +263,19 @@ def test_a_phase_ended_by_patience_is_not_capped_even_at_max_epochs():
     progress = training.Progress()
     _run_script(progress, training.TrainConfig(max_epochs=3, patience=2), [0.5, 0.6, 0.7, 0.7, 0.7])
     assert progress.capped == ["AdamW"] and progress.done
+
+
+def test_a_last_training_batch_of_one_image_is_skipped_not_fatal():
+    """719 training rows in batches of 16 end on one image; a real backbone's BatchNorm over a 1x1 map cannot
+    train on it ("Expected more than 1 value per channel"), which failed every trial of such a split."""
+    from rayexp.backbones import create_backbone
+
+    model = create_backbone("regnet_y_3_2gf", num_classes=3, pretrained=False)
+    x, y = torch.randn(5, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1])
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model.train()(x[4:])
+    opt = training.make_optimizer(model, training.TrainConfig())
+    out = training.train_one_epoch(
+        model, [(x[:4], y[:4]), (x[4:], y[4:])], opt, training.make_scaler(CPU, "fp32"), CPU, "fp32"
+    )
+    assert out["train_images"] == 4

@@ -33,6 +33,14 @@ class DatasetInfo:
     local_only: bool = False  # needs a login or has no stable host: the user points --source at a copy
     balanced_accuracy: bool = False
     encoding: str = "jpeg"  # how shards store images: png for lossless sources
+    # The size of what --download (or the manual download) fetches, as shared/datasets.md gives it; None where
+    # it gives none (shown as "?": never guessed).
+    download_size: str | None = None
+
+    @property
+    def images(self) -> int:
+        """The paper's image count, train and test together."""
+        return self.train + self.test
 
 
 def _paper(name, title, domain, classes, train, test, source, split_rule, **kw) -> DatasetInfo:

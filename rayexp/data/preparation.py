@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
-from rayexp.data.catalog import CATALOG, DatasetInfo, get_dataset_info
+from rayexp.data.catalog import CATALOG, DatasetInfo, default_data_dir, get_dataset_info
 from rayexp.data.download import download
 from rayexp.data.records import Source
 from rayexp.data.scratch import leftover_name, remove_stale_leftovers, storage_error
@@ -79,6 +79,28 @@ def dataset_info(name: str, source: str | None, domain: str | None) -> DatasetIn
 
 def downloads_dir(data_dir: str | os.PathLike, name: str) -> Path:
     return Path(data_dir).expanduser().resolve() / ".downloads" / name
+
+
+def how_to_prepare(name: str, data_dir: str | os.PathLike) -> tuple[str, str]:
+    """``(command, what to fetch)``: the command that prepares catalog dataset ``name`` into ``data_dir`` from
+    where things stand, and for a source that cannot be downloaded, what to fetch and from where (its source
+    module's :func:`local_help`; '' otherwise). The one answer of ``prepare.py --list`` and the sweeps' preflight.
+
+    ``--data-dir`` is named unless it is the default; a bucket is prepared locally and copied there.
+    """
+    info = get_dataset_info(name)
+    module = source_module(info)
+    remote = module.remote_files(name)
+    uri = "://" in str(data_dir)
+    command = f"python datasets/prepare.py {name}"
+    if not uri and Path(data_dir).expanduser().resolve() != default_data_dir():
+        command += f" --data-dir {data_dir}"
+    then = f", then copy its folder to {data_dir}" if uri else ""
+    if info.source == "digits" or (not uri and downloads_dir(data_dir, name).is_dir()):
+        return command + then, ""  # bundled, or its files already downloaded
+    if remote and all(r.checksum for r in remote):
+        return command + " --download" + then, ""
+    return command + " --source PATH" + then, module.local_help(name)
 
 
 def _source_root(path: str | os.PathLike, work: Path) -> Path:

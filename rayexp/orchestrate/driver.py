@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import pyarrow
+import pyarrow.fs
 import ray.train
 import ray.tune
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -99,14 +101,33 @@ def _drive(key: TrialKey, context: TrialContext) -> None:
     if record is None or record["status"] != tracking.FINISHED:
         error = (record or {}).get("tags", {}).get(tracking.ERROR_TAG)
         raise RayexpError(error or f"trial {key} ended without finishing its MLflow run")
+    if not settings.keep_checkpoints:
+        remove_checkpoints(key, context)
+
+
+def _train_runs(context: TrialContext) -> str:
+    """Where the trials' Train runs (their checkpoints) are kept: a local folder or a bucket URI."""
+    settings = context.plan.settings
+    return f"{settings.storage.rstrip('/')}/train_runs/{settings.experiment}"
+
+
+def remove_checkpoints(key: TrialKey, context: TrialContext) -> None:
+    """Delete the Train run of a trial whose MLflow run is FINISHED: its checkpoints (model, best model,
+    optimizer; 60-200 MB per trial of the demo) can no longer be resumed from, since a finished key never
+    trains again. A failure only costs disk, so it is said and the trial stands."""
+    location = f"{_train_runs(context)}/{key.dirname}"
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+        filesystem.delete_dir(path)
+    except (OSError, pyarrow.ArrowException) as exc:
+        print(f"[rayexp] {key}: could not delete its checkpoints in {location}: {exc}", flush=True)
 
 
 def _train_run_config(key: TrialKey, context: TrialContext) -> ray.train.RunConfig:
-    settings = context.plan.settings
     return ray.train.RunConfig(
         # Named after the trial, so a restored trial finds its Train run and checkpoints again.
         name=key.dirname,
-        storage_path=f"{settings.storage.rstrip('/')}/train_runs/{settings.experiment}",  # a folder or bucket URI
+        storage_path=_train_runs(context),
         callbacks=[TuneReportCallback()],
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),

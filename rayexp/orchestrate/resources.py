@@ -8,6 +8,7 @@ and Ray Data waits forever without an error.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
@@ -20,6 +21,7 @@ DRIVER_RESOURCE = "rayexp_trial_driver"
 # Every trial starts a Train controller, a worker and a few helper actors, so a small machine runs more
 # Python processes than it has cores, and Ray would kill idle task workers after 1 s above that count;
 # the next trial's Ray Data tasks then pay for a fresh process and its imports again. Keep them.
+RAY_LOGS = "/tmp/ray/session_latest/logs"  # Ray's default, on the head node
 LOCAL_RAY_CONFIG = {"num_workers_soft_limit": 16, "idle_worker_killing_time_threshold_ms": 300_000}
 
 
@@ -50,15 +52,24 @@ def init_ray(settings: SweepSettings) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Without --verbose the workers' output (Train's per-report lines, Ray Data's, our own) and Ray's INFO and
+    # WARNING lines (token auth, the dashboard's URL) stay in Ray's logs; errors still come through.
+    quiet = {"log_to_driver": settings.verbose, "logging_level": logging.INFO if settings.verbose else logging.ERROR}
     if settings.address:
-        ray.init(address=settings.address, log_to_driver=True)
-        return
-    total = os.cpu_count() or 1
-    slots = max(1, int(total // sum(trial_cpus(settings, use_gpu=False))))
-    # The dashboard stays on: Train V2 frees a finished trial's worker resources through it.
-    ray.init(
-        num_cpus=total, resources={DRIVER_RESOURCE: slots}, include_dashboard=True, _system_config=LOCAL_RAY_CONFIG
-    )
+        ray.init(address=settings.address, **quiet)
+    else:
+        total = os.cpu_count() or 1
+        slots = max(1, int(total // sum(trial_cpus(settings, use_gpu=False))))
+        # The dashboard stays on: Train V2 frees a finished trial's worker resources through it.
+        ray.init(
+            num_cpus=total,
+            resources={DRIVER_RESOURCE: slots},
+            include_dashboard=True,
+            _system_config=LOCAL_RAY_CONFIG,
+            **quiet,
+        )
+    if not settings.verbose:
+        print(f"[rayexp] Ray's own output is in its logs ({RAY_LOGS}); --verbose shows it here", flush=True)
 
 
 def plan_concurrency(settings: SweepSettings) -> tuple[int, bool]:

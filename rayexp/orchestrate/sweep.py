@@ -15,7 +15,7 @@ from rayexp.backbones.weights import OFFLINE_ENV
 from rayexp.data.shards import load_manifest
 from rayexp.errors import RayexpError
 from rayexp.grid import TrialKey
-from rayexp.orchestrate.callbacks import CellSummaryCallback, update_cell_summary
+from rayexp.orchestrate.callbacks import CellSummaryCallback, ProgressPrinter, update_cell_summary
 from rayexp.orchestrate.context import TrialContext
 from rayexp.orchestrate.driver import trial_driver
 from rayexp.orchestrate.failures import error_message
@@ -68,6 +68,10 @@ def _tuner(
     plan: SweepPlan, context: TrialContext, todo: list[TrialKey], concurrency: int, stopper: SweepStopper | None
 ) -> ray.tune.Tuner:
     s = plan.settings
+    if not s.verbose:
+        # Tune's new output engine prints its configuration table and TensorBoard hints even at verbose=0; the
+        # classic one is silent there, and ProgressPrinter says what matters.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return ray.tune.Tuner(
         ray.tune.with_resources(
             ray.tune.with_parameters(trial_driver, context=context), {"cpu": 0, DRIVER_RESOURCE: 1}
@@ -84,7 +88,9 @@ def _tuner(
             name=s.experiment,
             storage_path=s.storage,
             stop=stopper,
-            callbacks=[CellSummaryCallback(s.tracking_uri, s.experiment)],
+            callbacks=[CellSummaryCallback(s.tracking_uri, s.experiment)]
+            + ([] if s.verbose else [ProgressPrinter(len(todo))]),
+            verbose=None if s.verbose else 0,  # 0: no status tables; ProgressPrinter says what matters
             # A trial function's error is deterministic (bad data, a bug): lost workers and nodes are retried
             # inside the trial, by Train's FailureConfig.
             failure_config=ray.tune.FailureConfig(max_failures=0),

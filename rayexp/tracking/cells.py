@@ -16,8 +16,11 @@ from rayexp.tracking.schema import (
     FINISHED,
     FRACTION_TAG,
     KIND_TAG,
+    NOTE_TAG,
     SEEDS_TAG,
     cell_name,
+    cell_note,
+    cell_run_name,
 )
 
 if TYPE_CHECKING:
@@ -44,7 +47,7 @@ def _create_cell_run(client: MlflowClient, experiment_id: str, cell: Cell, domai
     }
     if seeds:
         tags[SEEDS_TAG] = ",".join(map(str, seeds))
-    run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    run_id = client.create_run(experiment_id, run_name=cell_run_name(*cell), tags=tags).info.run_id
     client.set_terminated(run_id, status=FINISHED)
     return run_id
 
@@ -92,7 +95,9 @@ def log_cell_summary(
     parents = search_runs(client, found_id, CELL_KIND, **{CELL_TAG: name}) if found_id is not None else []
     if not parents:
         return False
-    TrialRun(uri, parents[0].info.run_id).log_metrics(metrics)
+    run = TrialRun(uri, parents[0].info.run_id)
+    run.log_metrics(metrics)
+    run.set_tags({NOTE_TAG: cell_note(metrics)})
     return True
 
 

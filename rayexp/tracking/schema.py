@@ -20,6 +20,7 @@ SUMMARY_KIND = "summary"  # the sweep's report
 LOCK_KIND = "lock"
 SUPERSEDED_KIND = "superseded"  # a trial run out of the results, kept for history
 PARENT_TAG = "mlflow.parentRunId"  # what nests a run under another in MLflow's UI
+NOTE_TAG = "mlflow.note.content"  # a run's description in MLflow's UI: a cell's summary, readable at once
 
 # MLflow's run statuses, as rayexp sets and reads them.
 RUNNING = "RUNNING"
@@ -136,6 +137,21 @@ def released_tag(generation: int) -> str:
 def cell_name(backbone: str, dataset: str, fraction: float) -> str:
     """The name (and :data:`CELL_TAG`) of a cell's parent run."""
     return f"{backbone}/{dataset}/{fraction!r}"
+
+
+def cell_run_name(backbone: str, dataset: str, fraction: float) -> str:
+    """The name a cell's parent run shows in MLflow's run list, which cuts long names at the end: the dataset
+    and fraction first (``digits 10% shufflenet_v2_x2_0``), so the 10% and 100% cells do not look alike."""
+    return f"{dataset} {100 * fraction:g}% {backbone}"
+
+
+def cell_note(metrics: Mapping[str, float]) -> str:
+    """A cell's summary as its run's description (:data:`NOTE_TAG`), shown first in MLflow's run page."""
+    spread = f" ± {100 * metrics[STD_METRIC]:.2f}" if STD_METRIC in metrics else ""
+    return (
+        f"best of seeds {100 * metrics[BEST_OF_3_METRIC]:.2f}% · mean {100 * metrics[MEAN_METRIC]:.2f}{spread}% · "
+        f"{int(metrics[N_SEEDS_METRIC])} seed(s) finished"
+    )
 
 
 def key_tags(backbone: str, dataset: str, fraction: float, seed: int) -> dict[str, str]:
