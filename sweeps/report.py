@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
-        tracking.check_server(uri)
+        tracking.existing_experiment(uri, args.experiment)  # nothing is created for a mistyped name
         out = Path(args.out or Path("reports") / args.experiment).resolve()
         paths = build_report(uri, args.experiment, out, log_to_mlflow=not args.no_mlflow_upload)
     except RayexpError as exc:

@@ -20,7 +20,7 @@ those above it:
 """
 
 from rayexp.tracking.cells import ensure_cell_runs, fetch_cells, log_cell_summary
-from rayexp.tracking.client import check_server, ensure_experiment, resolve_tracking_uri
+from rayexp.tracking.client import check_server, ensure_experiment, existing_experiment, resolve_tracking_uri
 from rayexp.tracking.lock import SweepLock, acquire_sweep_lock
 from rayexp.tracking.reading import fetch_predictions, fetch_trial_results, metric_history
 from rayexp.tracking.runs import TrialRun, summary_run
@@ -229,6 +229,7 @@ __all__ = [
     "log_cell_summary",
     "check_server",
     "ensure_experiment",
+    "existing_experiment",
     "resolve_tracking_uri",
     "SweepLock",
     "acquire_sweep_lock",

@@ -95,6 +95,22 @@ def ensure_experiment(uri: str, name: str) -> str:
         raise RayexpError(f"the MLflow tracking store {uri} cannot be used ({type(exc).__name__}: {exc})") from None
 
 
+def existing_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name`` for a reader that creates nothing: neither a SQLite store that is not
+    there nor the experiment; an error naming the experiments the store has otherwise."""
+    check_server(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise RayexpError(f"there is no MLflow store at {uri}: pass the sweep's --tracking-uri")
+    client = mlflow_client(uri)
+    found = experiment_id(client, name)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        raise RayexpError(
+            f"MLflow store {uri} has no experiment {name!r}; its experiments: {', '.join(names) or 'none'}"
+        )
+    return found
+
+
 def experiment_id(client: MlflowClient, name: str) -> str | None:
     """The id of experiment ``name``, or None when it does not exist: for readers, which create nothing."""
     experiment = client.get_experiment_by_name(name)
