@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -42,6 +43,8 @@ def mlflow_client(uri: str) -> MlflowClient:
     # including those that never touch MLflow (prepare, --help).
     from mlflow.tracking import MlflowClient
 
+    # "Creating initial MLflow database tables..." on a new SQLite store: MLflow's INFO, not the user's news.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=uri)
 
 
