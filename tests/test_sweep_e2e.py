@@ -437,7 +437,13 @@ def test_killed_driver_resumes_only_unfinished_keys(ray_local, digits_dir, tmp_p
         "--no-dualopt",
         "--batch-size",
         "16",
-    ]  # the same protocol both ways
+        "--fractions",
+        "0.1",
+        "--worker-cpus",
+        "1",
+        "--data-cpus",
+        "1",
+    ]  # the same protocol both ways; one trial at a time, whatever the demo's own defaults
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # The sweep's driver in a process of its own (with its own local Ray), killed mid-sweep like a Ctrl-C'd
     # or rebooted head: the whole process group goes, Ray's processes included.
