@@ -8,6 +8,7 @@ report's modules, so that a trial worker can draw its confusion matrix with noth
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -105,7 +106,8 @@ def heatmap(
                 ax.axvline(j - 0.5, color="black", linewidth=1.2)
             ax.text((start + j - 1) / 2, -0.7, columns[start][1], ha="center", va="bottom", fontsize=8, style="italic")
             start = j
-    ax.set_title(title, pad=22)
+    # Wrapped to the figure's width: a grid of few datasets makes a narrow figure that would clip the title.
+    ax.set_title(textwrap.fill(title, max(40, int(fig.get_figwidth() * 10))), pad=22)
     bar = fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01)
     bar.set_label("rank within dataset (1 = best)", fontsize=8)
     bar.ax.invert_yaxis()

@@ -96,6 +96,6 @@ def test_the_figures_module_imports_neither_the_report_nor_tracking_nor_ray():
     tree = ast.parse(Path(figures.__file__).read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"__future__", "io", "pathlib", "typing", "matplotlib", "matplotlib.pyplot"}
+    assert imported <= {"__future__", "io", "pathlib", "textwrap", "typing", "matplotlib", "matplotlib.pyplot"}
     png = figures.confusion_png([[3, 1], [0, 4]], ["a", "b"], "2 classes")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
