@@ -10,7 +10,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -165,21 +164,10 @@ def settings_from(defaults: SweepDefaults, args: argparse.Namespace) -> SweepSet
 
 
 def check_writable(location: str, option: str) -> None:
-    """A local folder that exists and can be written to, or can be created: tried by writing a file into it
-    or into its nearest existing parent, so nothing is left behind (a bucket URI is left to its client)."""
-    if is_uri(location):
-        return
-    folder = Path(location)
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    try:
-        if not existing.is_dir():
-            raise NotADirectoryError(f"{existing} is a file")
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".rayexp-write-test-"):
-            pass
-    except OSError as exc:
-        raise RayexpError(
-            f"{option} {location} is not a writable folder ({exc.strerror or exc}); choose one this user can write"
-        ) from None
+    """A local folder that exists and can be written to, or can be created (:func:`preflight.unwritable`);
+    a bucket URI is left to its client."""
+    if problem := preflight.unwritable(location):
+        raise RayexpError(f"{option} {location} is not a writable folder ({problem}); choose one this user can write")
 
 
 def _run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
