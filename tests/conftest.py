@@ -50,10 +50,13 @@ def ray_local():
     import ray
 
     from rayexp.orchestrate import DRIVER_RESOURCE
+    from rayexp.orchestrate.orphans import remove_orphaned_placement_groups
 
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if not ray.is_initialized():
         ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 1}, include_dashboard=True, log_to_driver=False)
+    # A group an earlier test's stopped trial left behind would starve this one (ray-project/ray#62753).
+    remove_orphaned_placement_groups()
     yield ray
 
 

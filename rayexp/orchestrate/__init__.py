@@ -12,6 +12,7 @@ pipeline and fits a Ray Train ``TorchTrainer`` with one worker (:mod:`.worker`),
 * :mod:`.artifacts`: what a trial logs besides metrics (config, history, confusion matrix, predictions)
 * :mod:`.failures`: which errors are retried, and their messages
 * :mod:`.schedulers` / :mod:`.callbacks`: FIFO or grouped ASHA, budgets, the cells' summaries
+* :mod:`.orphans`: placement groups a stopped trial left behind, removed while the sweep runs
 """
 
 from rayexp.orchestrate.callbacks import update_cell_summary

@@ -19,6 +19,7 @@ from rayexp.orchestrate.callbacks import CellSummaryCallback, ProgressPrinter, u
 from rayexp.orchestrate.context import TrialContext
 from rayexp.orchestrate.driver import trial_driver
 from rayexp.orchestrate.failures import error_message
+from rayexp.orchestrate.orphans import OrphanReaper, reap
 from rayexp.orchestrate.resources import DRIVER_RESOURCE, init_ray, plan_concurrency, trial_resources
 from rayexp.orchestrate.resume import select_trials
 from rayexp.orchestrate.schedulers import SweepStopper, make_scheduler, make_stop, stop_reason
@@ -48,6 +49,7 @@ def _run_locked(plan: SweepPlan) -> dict:
     if s.address:
         preflight_cluster(plan, sorted(domains))
     keep_ray_data_stats_actor()
+    reap()  # an earlier sweep of this process may have left one
     concurrency, use_gpu = plan_concurrency(s)
     if s.train.precision == "fp16" and not use_gpu:
         raise RayexpError(
@@ -57,7 +59,10 @@ def _run_locked(plan: SweepPlan) -> dict:
     print(f"[rayexp] {len(todo)} trials, up to {concurrency} at a time, on {'GPU' if use_gpu else 'CPU'}")
     context = TrialContext(plan, trial_resources(s, use_gpu), cell_runs, local=not s.address)
     stopper = make_stop(s, use_gpu)
-    grid = _tuner(plan, context, todo, concurrency, stopper).fit()
+    try:
+        grid = _tuner(plan, context, todo, concurrency, stopper).fit()
+    finally:
+        reap()
     outcome = _outcome(plan, grid, stopper)
     for cell in cells:  # stopped trials were closed only now
         update_cell_summary(s.tracking_uri, s.experiment, *cell)
@@ -88,7 +93,7 @@ def _tuner(
             name=s.experiment,
             storage_path=s.storage,
             stop=stopper,
-            callbacks=[CellSummaryCallback(s.tracking_uri, s.experiment)]
+            callbacks=[CellSummaryCallback(s.tracking_uri, s.experiment), OrphanReaper()]
             + ([] if s.verbose else [ProgressPrinter(len(todo))]),
             verbose=None if s.verbose else 0,  # 0: no status tables; ProgressPrinter says what matters
             # A trial function's error is deterministic (bad data, a bug): lost workers and nodes are retried
