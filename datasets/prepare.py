@@ -32,7 +32,7 @@ from rayexp.errors import RayexpError
 
 def list_datasets(data_dir: str) -> None:
     """Every catalog dataset: its domain, its number of images (the paper's, train and test together), the size
-    of its download ("?" where shared/datasets.md gives none), whether it is prepared (its rows then), and
+    of its download ("?" where no source sizes it), whether it is prepared (its rows then), and
     where it is or the command that prepares it, with what to fetch by hand where it cannot be downloaded."""
     print(
         f"{'dataset':<15} {'domain':<15} {'images':>8} {'download':>9} {'prepared':<8} {'train/test':>13}  "

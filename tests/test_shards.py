@@ -316,7 +316,7 @@ def _prepare_cli():
 
 def test_list_shows_images_download_size_and_the_fix_per_kind(digits_dir, tmp_path, capsys):
     """--list: each dataset's images (the paper's train + test) and its download size ("?" where
-    shared/datasets.md gives none: never guessed), and the same fix the sweeps' preflight gives."""
+    no source sizes the file rayexp fetches: never guessed), and the same fix the sweeps' preflight gives."""
     from rayexp.data.catalog import CATALOG
     from rayexp.preflight import missing_dataset
 
