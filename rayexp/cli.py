@@ -53,7 +53,46 @@ def build_parser(defaults: SweepDefaults, exclude: tuple[str, ...] = ()) -> argp
     options.add_arguments(p, defaults.settings, exclude=exclude, titles=GROUP_TITLES)
     p.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
     p.add_argument("--dry-run", action="store_true", help="print the trial count and keys, start nothing")
+    p.add_argument(
+        "--list-backbones",
+        nargs="?",
+        const="*",
+        metavar="PATTERN",
+        help="list the backbones --backbones accepts (the registry, torchvision:, timm:), with parameters and "
+        "ImageNet top-1, those matching PATTERN (e.g. 'timm:convnext*') if given, and exit",
+    )
     return p
+
+
+def print_backbones(pattern: str) -> int:
+    """The ``--list-backbones`` table: every backbone's source, parameters, ImageNet top-1 (where its source
+    knows it), default batch and input rule; timm's names alone when there are many (each is resolved, and its
+    row filled, once the pattern narrows them to a few)."""
+    from rayexp.backbones.resolve import list_available
+
+    found = list_available(None if pattern == "*" else pattern)
+    names = [x for x in found if isinstance(x, str)]
+    if 0 < len(names) <= 20:
+        found = [x for x in found if not isinstance(x, str)] + [get_spec(n) for n in names]
+        names = []
+    print(f"{'backbone':44} {'source':11} {'params':>8} {'top-1':>6} {'batch':>5}  input")
+    for spec in (x for x in found if not isinstance(x, str)):
+        top1 = f"{spec.imagenet_top1:.1f}" if spec.imagenet_top1 is not None else "-"
+        rule = (
+            f"{spec.fixed_input[0]}x{spec.fixed_input[1]} only (resized)"
+            if spec.fixed_input
+            else f"sides >= {spec.min_input}" + (f", multiples of {spec.multiple_of}" if spec.multiple_of > 1 else "")
+        )
+        print(f"{spec.name:44} {spec.origin:11} {spec.params_m:>7.1f}M {top1:>6} {spec.batch_size:>5}  {rule}")
+    if names and pattern == "*":
+        print(
+            f"\ntimm: {len(names)} models with pretrained weights, named timm:<model>.<tag>; "
+            "--list-backbones 'timm:convnext*' lists some (20 or fewer: with their rows)"
+        )
+    elif names:
+        print(f"\n{len(names)} timm models (20 or fewer: with their rows):")
+        print("\n".join(names))
+    return 0
 
 
 def code_version() -> str:
@@ -104,10 +143,10 @@ def parse_quietly(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
 def guarded(
     run: Callable[[SweepDefaults, argparse.Namespace], int], defaults: SweepDefaults, args: argparse.Namespace
 ) -> int:
-    """``run(defaults, args)``, with a :class:`RayexpError` printed as one clear error and exit code 2, and a
-    closed stdout (``| head``) ending quietly with exit code 0."""
+    """``run(defaults, args)`` (or the ``--list-backbones`` table), with a :class:`RayexpError` printed as one
+    clear error and exit code 2, and a closed stdout (``| head``) ending quietly with exit code 0."""
     try:
-        code = run(defaults, args)
+        code = print_backbones(args.list_backbones) if getattr(args, "list_backbones", None) else run(defaults, args)
         sys.stdout.flush()  # here, where a closed pipe can be caught, not at the interpreter's exit
         return code
     except RayexpError as exc:
@@ -224,6 +263,8 @@ def plan_sweep(
     found.add(preflight.STORE, preflight.tracking_problems(tracking_uri))
     found.raise_if_any()
     tracking.ensure_experiment(tracking_uri, settings.experiment)  # creates it: only once everything else passed
+    for note in preflight.input_size_notes(settings.backbones, manifests):
+        print(f"[rayexp] note: {note}", flush=True)
     preflight.announce_random_init(random_init)
     return SweepPlan(
         settings=replace(settings, tracking_uri=tracking_uri),

@@ -61,8 +61,9 @@ class TrialKey:
 
     @property
     def dirname(self) -> str:
-        """A file-system-safe form of the key, for trial and checkpoint folders."""
-        return str(self).replace("/", "-")
+        """A file-system-safe form of the key, for trial and checkpoint folders (also in buckets): ``/`` becomes
+        ``-``, and the ``:`` and ``@`` of ``torchvision:``/``timm:`` names ``_`` (no registry name has them)."""
+        return str(self).replace("/", "-").replace(":", "_").replace("@", "_")
 
     @classmethod
     def parse(cls, text: str) -> "TrialKey":

@@ -50,8 +50,7 @@ def build_my_data_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
     g = p.add_argument_group("your data")
     g.add_argument(
         "--source",
-        required=True,
-        help="a folder of <class>/ images, a folder with train/ and test/ class folders, or a CSV of "
+        help="(required) a folder of <class>/ images, a folder with train/ and test/ class folders, or a CSV of "
         "path,label[,split]",
     )
     g.add_argument(
@@ -146,6 +145,8 @@ def main(defaults: SweepDefaults, argv: Sequence[str] | None = None) -> int:
 
 
 def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
+    if not args.source:  # not argparse's required=True: --list-backbones needs no data
+        raise RayexpError("--source is required: a folder of <class>/ images, train/ and test/ folders, or a CSV")
     check_common(args)
     name = args.name or dataset_name(args.source)
     settings = settings_from(defaults, args)

@@ -107,18 +107,38 @@ def dataset_problems(datasets: Sequence[str], data_dir: str) -> tuple[dict[str, 
 
 
 def input_size_problems(backbones: Sequence[str], manifests: dict[str, dict]) -> list[str]:
-    """Every (backbone, dataset) whose training resolution the backbone cannot take."""
+    """Every (backbone, dataset) whose training resolution the backbone cannot take, with the fix."""
     problems = []
     for backbone in backbones:
         spec = get_spec(backbone)
+        if spec.fixed_input:  # resized to its one size inside the model: see input_size_notes
+            continue
+        m = spec.multiple_of
         for name, manifest in manifests.items():
             h, w = manifest["input_size"]
-            if min(h, w) < spec.min_input or (spec.builder == "wavemix_192_16" and (h % 32 or w % 32)):
-                multiples = ", multiples of 32" if spec.builder == "wavemix_192_16" else ""
+            if min(h, w) < spec.min_input or h % m or w % m:
+                multiples = f", both multiples of {m}" if m > 1 else ""
                 problems.append(
-                    f"{backbone} cannot train on {name} at {h}x{w} (smallest side {spec.min_input}{multiples})"
+                    f"{backbone} cannot train on {name} at {h}x{w} (smallest side {spec.min_input}{multiples}); "
+                    "fix: leave it out of --backbones for this dataset, or prepare the data at a size it takes "
+                    "(my_data.py --input-size)"
                 )
     return problems
+
+
+def input_size_notes(backbones: Sequence[str], manifests: dict[str, dict]) -> list[str]:
+    """Backbones that take one input size only (torchvision's ViTs, timm models without a dynamic size) and the
+    datasets whose images they will see resized to it."""
+    notes = []
+    for backbone in backbones:
+        fixed = get_spec(backbone).fixed_input
+        other = sorted(n for n, m in manifests.items() if fixed and tuple(m["input_size"]) != tuple(fixed))
+        if other:
+            notes.append(
+                f"{backbone} takes {fixed[0]}x{fixed[1]} inputs only: its images of {', '.join(other)} are resized "
+                "to that inside the model (its position embeddings are fixed)"
+            )
+    return notes
 
 
 def weights_problems(

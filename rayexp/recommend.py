@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from rayexp import tracking
-from rayexp.backbones import REGISTRY
+from rayexp.backbones import known_spec
 from rayexp.grid import TrialKey, format_fraction
 from rayexp.priors import LIGHTWEIGHT, prior_for
 from rayexp.rendering import Table, figure_accuracy_vs_fraction, pct, row, spread, write_page
@@ -49,6 +49,7 @@ RANKING_COLUMNS = (
     "complete",
     "above_chance",
     "params_m",
+    "imagenet_top1",
     "train_device_hours",
     "train_images_per_s",
     "inference_images_per_s",
@@ -70,6 +71,7 @@ class Ranked:
     device_hours: float
     train_images_per_s: float | None
     inference_images_per_s: float | None
+    imagenet_top1: float | None = None  # where the backbone's source publishes one (not timm's)
     stopped: list[dict] = field(default_factory=list)  # seed, epochs_run, best_test_acc, stopped_by
     weights: str = ""
     rank: float | None = None  # average rank by the best of the seeds; ties share it
@@ -103,7 +105,7 @@ def rank_backbones(
     ranked = []
     for cell in ranked_cells + sorted((c for c in cells if c.best_of_3 is None), key=lambda c: c.backbone):
         runs = [r for r in rows if r["backbone"] == cell.backbone and r.get("status") == tracking.FINISHED]
-        spec = REGISTRY.get(cell.backbone)
+        spec = known_spec(cell.backbone)
         ranked.append(
             Ranked(
                 backbone=cell.backbone,
@@ -112,6 +114,7 @@ def rank_backbones(
                 best=cell.best_of_3,
                 n_seeds=cell.n_seeds,
                 params_m=spec.params_m if spec else None,
+                imagenet_top1=spec.imagenet_top1 if spec else None,
                 device_hours=sum(r.get("train_seconds") or 0.0 for r in runs) / 3600,
                 train_images_per_s=_mean([r.get("train_images_per_s") for r in runs]),
                 inference_images_per_s=_mean([r.get("inference_images_per_s") for r in runs]),
@@ -248,6 +251,7 @@ def write_ranking_csv(ranked: Sequence[Ranked], path: Path) -> None:
                     cell.complete if cell else "",
                     "" if cell is None or cell.above_chance is None else cell.above_chance,
                     r.params_m,
+                    r.imagenet_top1,
                     round(r.device_hours, 5),
                     r.train_images_per_s,
                     r.inference_images_per_s,
@@ -277,6 +281,7 @@ def ranking_table(ranked: Sequence[Ranked], fraction: float) -> Table:
         "best of seeds %",
         "seeds",
         "params (M)",
+        "ImageNet top-1 %",
         "train device-hours",
         "train img/s",
         "inference img/s",
@@ -294,6 +299,7 @@ def ranking_table(ranked: Sequence[Ranked], fraction: float) -> Table:
                 pct(r.best) + chance,
                 seeds,
                 "" if r.params_m is None else f"{r.params_m:g}",
+                "" if r.imagenet_top1 is None else f"{r.imagenet_top1:.1f}",
                 f"{r.device_hours:.4f}",
                 "" if r.train_images_per_s is None else f"{r.train_images_per_s:.0f}",
                 "" if r.inference_images_per_s is None else f"{r.inference_images_per_s:.0f}",

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from rayexp import figures, tracking
-from rayexp.backbones import REGISTRY
+from rayexp.backbones import known_spec
 from rayexp.grid import TrialKey, format_fraction
 from rayexp.rendering import (
     ENV,
@@ -225,8 +225,9 @@ def imagenet_rank_correlation(summaries: Sequence[CellSummary], fraction: float)
     for ranking in dataset_ranks(summaries, fraction).values():
         for backbone, rank in ranking.items():
             collected.setdefault(backbone, []).append(rank)
-    backbones = sorted(b for b in collected if b in REGISTRY)
-    imagenet = average_ranks({b: REGISTRY[b].imagenet_top1 for b in backbones})
+    top1 = {b: spec.imagenet_top1 for b in collected if (spec := known_spec(b)) and spec.imagenet_top1 is not None}
+    backbones = sorted(top1)  # those whose source publishes an ImageNet top-1 (not timm's)
+    imagenet = average_ranks({b: top1[b] for b in backbones})
     points = [(imagenet[b], statistics.fmean(collected[b]), b) for b in backbones]
     if len(points) < 3:
         return {"rho": None, "p": None, "points": points}
@@ -238,18 +239,20 @@ def imagenet_rank_correlation(summaries: Sequence[CellSummary], fraction: float)
 
 
 def cost_rows(results: Sequence[dict]) -> list[dict]:
-    """Per backbone: parameters, fp32 weight size, device hours spent training, training images/second."""
+    """Per backbone: parameters, ImageNet top-1 (where its source publishes one), fp32 weight size, device hours
+    spent training, training images/second."""
     rows = []
     for backbone in sorted({r["backbone"] for r in results}):
         runs = [r for r in results if r["backbone"] == backbone and r.get("status") == tracking.FINISHED]
         seconds = sum(r.get("train_seconds") or 0.0 for r in runs)
         rates = [r["train_images_per_s"] for r in runs if r.get("train_images_per_s")]
         accelerators = sorted({r.get("accelerator") or "?" for r in runs})
-        spec = REGISTRY.get(backbone)
+        spec = known_spec(backbone)
         rows.append(
             {
                 "backbone": backbone,
                 "params_m": spec.params_m if spec else None,
+                "imagenet_top1": spec.imagenet_top1 if spec else None,
                 "weights_mb": round(spec.params_m * 4, 1) if spec else None,
                 "device_hours": round(seconds / 3600, 4),
                 "images_per_s": round(statistics.fmean(rates), 1) if rates else None,
@@ -465,11 +468,21 @@ def _top_table(summaries: Sequence[CellSummary], top: float) -> Table:
 
 
 def _cost_table(costs: Sequence[dict]) -> Table:
-    head = ["backbone", "params (M)", "weights (MB, fp32)", "device hours", "train images/s", "accelerator", "trials"]
+    head = [
+        "backbone",
+        "params (M)",
+        "ImageNet top-1 %",
+        "weights (MB, fp32)",
+        "device hours",
+        "train images/s",
+        "accelerator",
+        "trials",
+    ]
     rows = [
         row(
             c["backbone"],
-            c["params_m"],
+            MISSING if c["params_m"] is None else c["params_m"],
+            MISSING if c["imagenet_top1"] is None else c["imagenet_top1"],
             c["weights_mb"],
             c["device_hours"],
             MISSING if c["images_per_s"] is None else c["images_per_s"],

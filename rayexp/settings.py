@@ -37,7 +37,12 @@ GROUP_TITLES = {
 class SweepSettings:
     """Every setting of a sweep; the command line is derived from these fields."""
 
-    backbones: tuple[str, ...] = option((), help="backbone names (README: Backbones)", many=True, group="grid")
+    backbones: tuple[str, ...] = option(
+        (),
+        help="backbone names: the registry's, torchvision:<name> or timm:<name> (--list-backbones; README: Backbones)",
+        many=True,
+        group="grid",
+    )
     datasets: tuple[str, ...] = option(
         (), help="dataset names (see: python datasets/prepare.py --list)", many=True, group="grid"
     )
@@ -74,7 +79,7 @@ class SweepSettings:
 
     train: TrainConfig = nested(TrainConfig)
     batch_size: int | None = option(
-        None, help="training batch (default: the backbone's registry value)", type=int, minimum=1, group="protocol"
+        None, help="training batch (default: the backbone's own, from its spec)", type=int, minimum=1, group="protocol"
     )
     normalize: str = option(
         "dataset",

@@ -16,9 +16,11 @@ from rayexp.data.writer import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Hermetic: no test sees the user's weight cache or the network, and Ray workers (started later by the
+# Hermetic: no test sees the user's weight caches or the network, and Ray workers (started later by the
 # ray_local fixture) inherit the same environment.
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="rayexp-torch-home-")
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="rayexp-hf-home-")  # timm's weights: huggingface_hub's cache
+os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["RAYEXP_OFFLINE"] = "1"
 
 

@@ -2,13 +2,15 @@
 
 Layered like timm, each module importing only the ones above it:
 
-- ``specs``: the :class:`BackboneSpec` table and name look-up; pure data, no torch.
+- ``specs``: the :class:`BackboneSpec` record and the paper's eleven (the registry); pure data, no torch.
+- ``resolve``: any name to its spec: the registry, ``torchvision:<name>``, ``timm:<name>``.
 - ``weights``: finding, checking, downloading and loading pretrained weights.
 - ``factory``: building a backbone and replacing its head (uses ``wavemix`` for WaveMix).
 """
 
 from rayexp.backbones.factory import count_parameters, create_backbone, get_head
-from rayexp.backbones.specs import REGISTRY, BackboneSpec, get_spec, list_backbones
+from rayexp.backbones.resolve import get_spec, known_spec
+from rayexp.backbones.specs import REGISTRY, BackboneSpec, list_backbones
 from rayexp.backbones.weights import find_weights_file, load_pretrained_state_dict, weights_status
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "find_weights_file",
     "get_head",
     "get_spec",
+    "known_spec",
     "list_backbones",
     "load_pretrained_state_dict",
     "weights_status",

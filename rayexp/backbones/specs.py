@@ -1,9 +1,10 @@
-"""Backbone specs: pure data, one small frozen record per backbone, and name look-up.
+"""Backbone specs: pure data, one small frozen record per backbone, and the paper's eleven (the registry).
 
 Figures are from ``shared/protocol.md`` (torchvision's model cards; WaveMix from the paper). The default
 batch size is for one 80 GB A100 at 256x256 with mixed precision; it is fixed and recorded per backbone
 rather than halved on out-of-memory, because a batch size that changes with the machine silently
-changes the protocol between backbones.
+changes the protocol between backbones. Backbones named ``torchvision:…`` or ``timm:…`` get the same record
+from :mod:`rayexp.backbones.resolve`, which is also where any name is looked up.
 
 This module does no I/O and imports neither torch nor torchvision: where a spec's weights come from is
 :func:`rayexp.backbones.weights.weights_url`, building one is :func:`rayexp.backbones.factory.create_backbone`.
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rayexp.errors import RayexpError
-
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -22,21 +21,35 @@ class BackboneSpec:
 
     name: str
     title: str
-    builder: str  # torchvision.models builder, or "wavemix_192_16" (ours)
-    weights: str  # torchvision weights enum member "ResNet50_Weights.IMAGENET1K_V2", or a URL
+    builder: str  # torchvision.models builder, "wavemix_192_16" (ours), or timm's model name (with its tag)
+    weights: str  # torchvision weights enum member "ResNet50_Weights.IMAGENET1K_V2", a URL, or timm's "arch.tag"
     weights_file: str  # file name in $TORCH_HOME/hub/checkpoints (or --weights-dir)
-    imagenet_top1: float
-    params_m: float  # millions, at 1000 classes
-    family: str  # "CNN", "transformer" or "token-mixer"
-    head: str  # dotted path of the final Linear to replace, e.g. "fc", "classifier.3"
-    feature_dim: int  # in_features of that head
+    imagenet_top1: float | None  # None where the source does not say (timm)
+    params_m: float  # millions, at the pretrained head's classes
+    family: str  # "CNN", "transformer", "token-mixer", or "other" when the source does not say
+    head: str  # dotted path of the final Linear to replace, e.g. "fc", "classifier.3"; "" = found when built
+    feature_dim: int | None  # in_features of that head (None: known once built)
     min_input: int  # smallest input side: the total stride, below which the last stage sees padding only
     batch_size: int  # default training batch for one 80 GB A100 at 256x256, mixed precision
+    origin: str = "registry"  # "registry" (the paper's eleven), "torchvision" or "timm"
+    url: str | None = None  # where the weights come from, when not derived from ``weights`` (torchvision:, timm:)
+    hub_id: str | None = None  # timm: the Hugging Face repository of the weights ("timm/resnet18.a1_in1k")
+    pretrained_classes: int = 1000  # the published head's outputs (0: published without a head)
+    fixed_input: tuple[int, int] | None = None  # the only input size the model takes: inputs are resized to it
+    multiple_of: int = 1  # both input sides must be multiples of this (WaveMix's 32, a ViT's patch)
+    dynamic_size: bool = False  # timm: built with dynamic_img_size=True (any multiple of the patch)
 
     @property
     def weights_tag(self) -> str:
         """Short name of the pretrained weights, recorded as the ``weights`` param of every run."""
         return self.weights.rsplit(".", 1)[-1] if not self.weights.startswith("http") else self.weights_file
+
+
+def default_batch_size(params_m: float) -> int:
+    """The training batch of a backbone outside the registry, from its size: the registry's values for its
+    sizes (512 up to 8 M parameters, 256 up to 30 M), halved again for larger models. Fixed per backbone and
+    recorded, like the registry's; ``--batch-size`` overrides it for every backbone of a sweep."""
+    return 512 if params_m <= 8 else 256 if params_m <= 30 else 128 if params_m <= 100 else 64
 
 
 _SPECS = [
@@ -67,6 +80,7 @@ _SPECS = [
         feature_dim=192,
         min_input=32,
         batch_size=128,
+        multiple_of=32,
     ),
     BackboneSpec(
         name="convnext_tiny",
@@ -200,13 +214,5 @@ REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
 
 
 def list_backbones() -> list[BackboneSpec]:
-    """All registered backbones, in the paper's order."""
+    """The paper's eleven backbones, in the paper's order."""
     return list(REGISTRY.values())
-
-
-def get_spec(name: str) -> BackboneSpec:
-    """The spec of ``name``, or an error listing the known names."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise RayexpError(f"unknown backbone {name!r}; known backbones: {', '.join(REGISTRY)}") from None

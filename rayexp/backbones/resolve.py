@@ -1,0 +1,214 @@
+"""Any backbone by name, resolved to one :class:`BackboneSpec`: the paper's eleven (the registry),
+``torchvision:<name>[@<Weights>.<MEMBER>]`` (any classifier ``torchvision.models.list_models`` lists, with its
+DEFAULT weights unless named) and ``timm:<name>[.<pretrained tag>]`` (any ``timm.list_models()`` name).
+
+Every consumer (preflight, the factory, the cost table, the ImageNet-rank correlation, the recommendation) reads
+the spec, so a backbone from any source is treated alike. A spec comes from the source's own metadata: torchvision's
+weights meta (parameters, ImageNet top-1, smallest input), timm's pretrained config (weights repository, input
+size, whether the size is fixed, the head) and a model built on the ``meta`` device (no memory, no weights) for what
+the metadata leaves out. Names keep the trial key unambiguous: neither source's names contain ``/``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import warnings
+
+from rayexp.backbones.specs import REGISTRY, BackboneSpec, default_batch_size
+from rayexp.errors import RayexpError
+
+TORCHVISION = "torchvision:"
+TIMM = "timm:"
+# The registry's smallest side: the usual total stride, below which the last stage sees padding only. A source's
+# own minimum (torchvision's min_size, timm's min_input_size) counts where it is larger.
+MIN_SIDE = 32
+TIMM_EXTRA = "pip install 'rayexp[timm]' (or pip install timm)"
+_HOW_TO_NAME = (
+    f"name any torchvision classifier as {TORCHVISION}<name> (e.g. torchvision:mobilenet_v3_small) or any timm model "
+    f"as {TIMM}<name> (e.g. timm:convnext_nano.in12k_ft_in1k); --list-backbones lists them"
+)
+
+
+def _close(name: str, known: list[str], n: int = 5) -> str:
+    matches = difflib.get_close_matches(name, known, n=n, cutoff=0.6)
+    return f"; did you mean {', '.join(matches)}?" if matches else ""
+
+
+@functools.lru_cache(maxsize=None)
+def get_spec(name: str) -> BackboneSpec:
+    """The spec of ``name`` from any source, or an error naming close names and how to name others."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name.startswith(TORCHVISION):
+        return _torchvision_spec(name)
+    if name.startswith(TIMM):
+        return _timm_spec(name)
+    raise RayexpError(
+        f"unknown backbone {name!r}; known backbones: {', '.join(REGISTRY)}{_close(name, list(REGISTRY))}; "
+        + _HOW_TO_NAME
+    )
+
+
+def known_spec(name: str) -> BackboneSpec | None:
+    """The spec of ``name``, or None where it cannot be resolved here (a report read on a machine without timm,
+    a name of a newer torchvision): the report then leaves that backbone's size and top-1 blank."""
+    try:
+        return get_spec(name)
+    except RayexpError:
+        return None
+
+
+def _torchvision_spec(name: str) -> BackboneSpec:
+    import torch
+    import torchvision.models as models
+    from torch import nn
+
+    arch, _, member = name[len(TORCHVISION) :].partition("@")
+    classifiers = models.list_models(module=models)
+    if arch not in classifiers:
+        raise RayexpError(
+            f"unknown torchvision classifier {arch!r} in {name!r}{_close(arch, classifiers)} "
+            "(torchvision.models.list_models(module=torchvision.models) lists them)"
+        )
+    enum = models.get_model_weights(arch)
+    if member:
+        try:
+            weights = enum[member.rpartition(".")[2]]
+        except KeyError:
+            raise RayexpError(
+                f"{name}: {enum.__name__} has no member {member!r}; it has "
+                + ", ".join(f"{enum.__name__}.{m.name}" for m in enum)
+            ) from None
+    else:
+        weights = enum.DEFAULT
+    meta = weights.meta
+    classes = len(meta["categories"])
+    head = ""
+    try:  # the head's name from a model built on the meta device; regnets' init cannot run there
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # googlenet's and inception's notes on their init
+            model = models.get_model(arch, weights=None, num_classes=classes)
+    except (NotImplementedError, RuntimeError):
+        model = None
+    if model is not None:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == classes]
+        if not linears:
+            raise RayexpError(f"{name}: its classifier is not a final Linear layer (which rayexp replaces)")
+        head = linears[-1]
+    builder_module = models.get_model_builder(arch).__module__.rsplit(".", 1)[-1]
+    min_size = tuple(meta.get("min_size", (MIN_SIDE, MIN_SIDE)))
+    # torchvision's ViTs and MaxViT are built for one input size (position embeddings, partition grids)
+    fixed = min_size if builder_module in ("vision_transformer", "maxvit") else None
+    params_m = round(meta["num_params"] / 1e6, 2)
+    top1 = meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+    return BackboneSpec(
+        name=name,
+        title=f"{arch} (torchvision)",
+        builder=arch,
+        weights=f"{enum.__name__}.{weights.name}",
+        weights_file=os.path.basename(weights.url),
+        imagenet_top1=top1,
+        params_m=params_m,
+        family="transformer" if builder_module in ("vision_transformer", "swin_transformer", "maxvit") else "CNN",
+        head=head,
+        feature_dim=None,
+        min_input=max(MIN_SIDE, *min_size),
+        batch_size=default_batch_size(params_m),
+        origin="torchvision",
+        url=weights.url,
+        pretrained_classes=classes,
+        fixed_input=fixed,
+    )
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise RayexpError(f"timm backbones need timm, which is not installed: {TIMM_EXTRA}") from None
+    return timm
+
+
+def _timm_spec(name: str) -> BackboneSpec:
+    import torch
+
+    timm = _timm()
+    model_name = name[len(TIMM) :]
+    arch, _, tag = model_name.partition(".")
+    if not timm.is_model(arch):
+        raise RayexpError(f"unknown timm model {arch!r} in {name!r}{_close(arch, timm.list_models())}")
+    try:
+        cfg = timm.models.get_pretrained_cfg(model_name)
+    except RuntimeError:  # timm's "Invalid pretrained tag"
+        cfg = None
+    if cfg is None:
+        tags = timm.list_pretrained(f"{arch}.*")
+        raise RayexpError(
+            f"{name}: timm has no pretrained tag {tag!r} for {arch}; "
+            + (f"its tags: {', '.join(tags)}" if tags else "it has no pretrained weights")
+        )
+    classes = cfg.num_classes if cfg.num_classes is not None else 1000
+    with torch.device("meta"):
+        model = timm.create_model(model_name, pretrained=False, num_classes=classes)
+        dynamic = False
+        if cfg.fixed_input_size:  # a ViT whose timm class can interpolate its position embeddings takes any size
+            try:
+                model = timm.create_model(model_name, pretrained=False, num_classes=classes, dynamic_img_size=True)
+                dynamic = True
+            except TypeError:
+                pass
+    params_m = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    input_hw = tuple(cfg.input_size[1:])
+    min_hw = tuple((cfg.min_input_size or (3, MIN_SIDE, MIN_SIDE))[1:])
+    full = f"{arch}.{cfg.tag}" if cfg.tag else arch
+    url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors" if cfg.hf_hub_id else cfg.url
+    classifier = cfg.classifier if isinstance(cfg.classifier, str) else (cfg.classifier or ("",))[0]
+    return BackboneSpec(
+        name=name,
+        title=f"{full} (timm)",
+        builder=full,
+        weights=full,
+        weights_file=f"{full}.safetensors" if cfg.hf_hub_id else os.path.basename(url or f"{full}.pth"),
+        imagenet_top1=None,
+        params_m=params_m,
+        family="transformer" if patch is not None else "other",
+        head=classifier or "",
+        feature_dim=getattr(model, "num_features", None),
+        min_input=max(MIN_SIDE, *min_hw),
+        batch_size=default_batch_size(params_m),
+        origin="timm",
+        url=url,
+        hub_id=cfg.hf_hub_id,
+        pretrained_classes=classes,
+        fixed_input=input_hw if cfg.fixed_input_size and not dynamic else None,
+        multiple_of=int(patch[0]) if dynamic and patch else 1,
+        dynamic_size=dynamic,
+    )
+
+
+def list_available(pattern: str | None = None) -> list[BackboneSpec | str]:
+    """What ``--list-backbones`` shows: the registry's specs, every torchvision classifier's spec and the timm
+    model names that have pretrained weights, each filtered by the shell-style ``pattern`` when one is given."""
+    import fnmatch
+
+    import torchvision.models as models
+
+    def wanted(name: str) -> bool:
+        return pattern is None or fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name, f"*{pattern}*")
+
+    out: list[BackboneSpec | str] = [s for s in REGISTRY.values() if wanted(s.name)]
+    for arch in models.list_models(module=models):
+        if wanted(TORCHVISION + arch):
+            try:
+                out.append(get_spec(TORCHVISION + arch))
+            except RayexpError:
+                continue
+    try:
+        timm = _timm()
+    except RayexpError:
+        return out
+    out += [TIMM + n for n in timm.list_pretrained() if wanted(TIMM + n)]
+    return out
