@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from rayexp import preflight, recommend, tracking
+from rayexp import preflight, publish, recommend, tracking
 from rayexp.cli import (
     SweepDefaults,
     build_parser,
@@ -93,6 +93,15 @@ def build_my_data_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
     g.add_argument(
         "--workers", type=int, default=None, help="processes for the data check and preparation (default: all cores)"
     )
+    w = p.add_argument_group("the winner")
+    w.add_argument(
+        "--register",
+        metavar="NAME",
+        default=None,
+        help="register the recommended backbone's best seed as a servable MLflow model under this name (default: "
+        "<dataset>-<backbone>); none is registered when no backbone beat chance",
+    )
+    w.add_argument("--no-register", action="store_true", help="register no model")
     for action in p._actions:  # what differs from the sweeps' options of the same name
         if action.dest == "out":
             action.help = (
@@ -152,6 +161,9 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     settings = settings_from(defaults, args)
     chosen_experiment = bool(settings.experiment)
     settings = replace(settings, experiment=settings.experiment or f"my-data-{name}", datasets=(name,))
+    keep_weights = settings.keep_best_weights  # asked for: kept after the winner is registered too
+    if not args.no_register:  # every finished trial's best weights, until the winner is known
+        settings = replace(settings, keep_best_weights=True)
     out_dir = Path(args.out or Path("reports") / settings.experiment).expanduser().resolve()
     keys = ordered_keys(settings.backbones, name, settings.fractions, settings.seeds)
     if args.dry_run:
@@ -182,14 +194,40 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
 
     outcome = run_sweep(plan)
     uri = plan.settings.tracking_uri
+    use = None if args.no_register else register_winner(plan, name, manifest["domain"], keys, args.register)
+    if not keep_weights and (use is not None or args.no_register):
+        publish.forget_best_weights(plan.settings.storage, plan.settings.experiment, keys)
     check_record = {**check.to_dict(), "lines": lines}
     paths = recommend.build_recommendation(
-        uri, settings.experiment, name, manifest["domain"], out_dir, expected=keys, check=check_record
+        uri, settings.experiment, name, manifest["domain"], out_dir, expected=keys, check=check_record, use=use or None
     )
     code = print_outcome(plan, outcome, out_dir / "report")
     print(f"\n# Which backbone for {name}?\n{json.loads(paths['json'].read_text())['verdict']}")
+    if use:
+        print("\n# Use the winner\n" + "\n".join(use))
     print(f"Recommendation: {paths['html']} (also recommendation.md, ranking.csv) in {out_dir}")
     return code
+
+
+def register_winner(plan, dataset: str, domain: str, keys: Sequence[TrialKey], name: str | None) -> list[str] | None:
+    """Register the recommendation's winner (:func:`rayexp.publish.winner_key`); its usage lines, ``[]`` when
+    no backbone learned, None when registering failed (said, with the command that retries it: the weights are
+    kept for it)."""
+    uri, experiment = plan.settings.tracking_uri, plan.settings.experiment
+    key = publish.winner_key(uri, experiment, dataset, domain, keys)
+    if key is None:
+        print(f"[rayexp] no model registered: no backbone learned on {dataset} (none is above chance)", flush=True)
+        return []
+    try:
+        model = publish.register_trial(uri, experiment, key, name)
+    except Exception as exc:  # the sweep's results stand; the export can be retried from the kept weights
+        print(
+            f"[rayexp] could not register {key}: {exc}\n  retry: python sweeps/export.py --tracking-uri {uri} "
+            f"--experiment {experiment} --key {key}",
+            flush=True,
+        )
+        return None
+    return publish.usage_lines(model, uri, experiment, key)
 
 
 def check_and_prepare(args: argparse.Namespace, settings, name: str, out_dir: Path) -> tuple:

@@ -383,9 +383,10 @@ class RecommendationPage:
     stopped: list[str]  # backbones stopped early, and the keys never started
     figure: Path | None
     check: list[str] | None  # the data check's lines
+    use: list[str] | None = None  # the registered winner: what it is, then the commands that load and serve it
 
 
-def recommendation_page(rec: Recommendation, figure: Path | None) -> RecommendationPage:
+def recommendation_page(rec: Recommendation, figure: Path | None, use: list[str] | None = None) -> RecommendationPage:
     stopped = [_stopped_line(r) for r in rec.ranked if r.stopped]
     if rec.not_run:
         stopped.append(f"never started (the budget was spent first): {', '.join(rec.not_run)}")
@@ -399,6 +400,7 @@ def recommendation_page(rec: Recommendation, figure: Path | None) -> Recommendat
         stopped=stopped,
         figure=figure,
         check=None if rec.check is None else list(rec.check.get("lines", [])),
+        use=use,
     )
 
 
@@ -465,10 +467,12 @@ def build_recommendation(
     expected: Sequence[TrialKey] = (),
     check: dict | None = None,
     log_to_mlflow: bool = True,
+    use: list[str] | None = None,
 ) -> dict[str, Path]:
     """Write ``recommendation.html``, ``recommendation.md``, ``ranking.csv`` (and with several fractions
     ``learning_curves.csv`` and ``accuracy_vs_fraction.png``) to ``out_dir``; log them to the sweep's
-    summary run under ``recommendation/``."""
+    summary run under ``recommendation/``. ``use``: the registered winner's lines
+    (:func:`rayexp.publish.usage_lines`), shown under "Use the winner"."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, left_out = current_results(tracking.fetch_trial_results(uri, experiment))
@@ -481,7 +485,7 @@ def build_recommendation(
     if check is not None:
         (out / "data_check.json").write_text(json.dumps(check, indent=1))
         paths["data_check"] = out / "data_check.json"
-    write_page(recommendation_page(rec, paths.get("figure")), out, "recommendation")
+    write_page(recommendation_page(rec, paths.get("figure"), use), out, "recommendation")
     paths["json"] = out / "recommendation.json"
     paths["json"].write_text(recommendation_json(rec))
     if log_to_mlflow:

@@ -176,15 +176,23 @@ def _number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def cell_score(rows: Sequence[dict]) -> float | None:
-    """The paper's best of the seeds; with ``selection=val``, the test accuracy of the seed whose validation
-    accuracy is best (lowest seed on a tie), so that the test split never picks the seed."""
+def best_seed_row(rows: Sequence[dict]) -> dict | None:
+    """The seed a cell's score comes from: the best test accuracy (the paper's best of the seeds); with
+    ``selection=val``, the best validation accuracy, so that the test split never picks the seed (lowest seed on
+    a tie, either way). The seed ``my_data.py`` registers."""
     if not rows:
         return None
     val = [r for r in rows if r.get("selection") == "val" and r.get("best_val_acc") is not None]
     if val and len(val) == len(rows):
-        return max(val, key=lambda r: (r["best_val_acc"], -int(r.get("seed", 0))))["best_test_acc"]
-    return max(r["best_test_acc"] for r in rows)
+        return max(val, key=lambda r: (r["best_val_acc"], -int(r.get("seed", 0))))
+    return max(rows, key=lambda r: (r["best_test_acc"], -int(r.get("seed", 0))))
+
+
+def cell_score(rows: Sequence[dict]) -> float | None:
+    """The paper's best of the seeds; with ``selection=val``, the test accuracy of the seed whose validation
+    accuracy is best (:func:`best_seed_row`)."""
+    best = best_seed_row(rows)
+    return None if best is None else best["best_test_acc"]
 
 
 def summarize(results: Iterable[dict], expected: Sequence[TrialKey] = ()) -> list[CellSummary]:

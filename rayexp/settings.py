@@ -33,6 +33,12 @@ GROUP_TITLES = {
 }
 
 
+def train_run_location(storage: str, experiment: str, key: TrialKey) -> str:
+    """Where a trial's Train run is kept (checkpoints, and best_weights.pt with --keep-best-weights): a local
+    folder or a bucket URI."""
+    return f"{storage.rstrip('/')}/train_runs/{experiment}/{key.dirname}"
+
+
 @dataclass(frozen=True)
 class SweepSettings:
     """Every setting of a sweep; the command line is derived from these fields."""
@@ -180,6 +186,12 @@ class SweepSettings:
         "FINISHED; an unfinished trial always keeps its own, to resume from)",
         group="resources",
     )
+    keep_best_weights: bool = option(
+        False,
+        help="keep each finished trial's best weights (best_weights.pt in its Train run folder; its checkpoints "
+        "still go) for sweeps/export.py; my_data.py keeps them until it has registered the winner",
+        group="resources",
+    )
     verbose: bool = option(
         False,
         help="show Ray's own output too: Tune's status tables, Train and Ray Data logs, the workers' prints "
@@ -200,6 +212,10 @@ class SweepSettings:
         "runs are kept, marked superseded); without it such a sweep stops",
         group="passes",
     )
+
+    def train_run(self, key: TrialKey) -> str:
+        """Where a trial's Train run is kept (:func:`train_run_location`)."""
+        return train_run_location(self.storage, self.experiment, key)
 
     def protocol(self) -> dict:
         """The protocol settings every trial's results depend on (:func:`rayexp.fingerprint.protocol_settings`)."""

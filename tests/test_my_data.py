@@ -133,6 +133,9 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
     assert main(DEFAULTS, _argv(tmp_path, source, "--domain", "natural")) == 0
     out = capsys.readouterr().out
     assert "no problems found" in out and "# Which backbone for colours?" in out
+    # At chance, no "winner" is registered, and the best weights kept for it are gone.
+    assert "no model registered: no backbone learned on colours" in out and "# Use the winner" not in out
+    assert not list((tmp_path / "storage").rglob("best_weights.pt"))
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runs = tracking.fetch_trial_results(uri, "my-data-colours")

@@ -307,6 +307,7 @@ def test_sweep_logs_to_a_real_mlflow_server_over_http(ray_local, digits_dir, tmp
             "--max-epochs",
             "1",
             "--no-dualopt",
+            "--keep-best-weights",
         )
         argv[argv.index("--tracking-uri") + 1] = uri
         assert main(DEFAULTS, argv) == 0
@@ -343,6 +344,27 @@ def test_sweep_logs_to_a_real_mlflow_server_over_http(ray_local, digits_dir, tmp
         assert out.returncode == 0, out.stderr[-2000:]
         assert "shufflenet_v2_x2_0" in (tmp_path / "rebuilt" / "summary.csv").read_text()
         assert (tmp_path / "rebuilt" / "report.html").is_file()
+        # the trial registered as a servable model through the server (artifacts uploaded to it), and loaded back
+        export = [sys.executable, "sweeps/export.py", "--experiment", "http", "--tracking-uri", uri]
+        out = subprocess.run(
+            [*export, "--key", row["key"], "--register", "http-model"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert f"Registered as http-model version 1 (trial {row['key']}" in out.stdout
+        import mlflow
+        import pandas as pd
+
+        from rayexp.data.shards import read_split
+
+        mlflow.set_tracking_uri(uri)
+        model = mlflow.pyfunc.load_model("models:/http-model/1")
+        image = read_split(digits_dir, "digits", "test", columns=["image", "label"])["image"][0].as_py()
+        (prediction,) = model.predict(pd.DataFrame({"image": [image]})).to_dict("records")
+        assert prediction["label"] in [str(i) for i in range(10)] and len(prediction["probabilities"]) == 10
     finally:
         server.terminate()
         server.wait(timeout=30)

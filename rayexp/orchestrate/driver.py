@@ -105,20 +105,20 @@ def _drive(key: TrialKey, context: TrialContext) -> None:
         remove_checkpoints(key, context)
 
 
-def _train_runs(context: TrialContext) -> str:
-    """Where the trials' Train runs (their checkpoints) are kept: a local folder or a bucket URI."""
-    settings = context.plan.settings
-    return f"{settings.storage.rstrip('/')}/train_runs/{settings.experiment}"
-
-
 def remove_checkpoints(key: TrialKey, context: TrialContext) -> None:
     """Delete the Train run of a trial whose MLflow run is FINISHED: its checkpoints (model, best model,
     optimizer; 60-200 MB per trial of the demo) can no longer be resumed from, since a finished key never
-    trains again. A failure only costs disk, so it is said and the trial stands."""
-    location = f"{_train_runs(context)}/{key.dirname}"
+    trains again; with ``--keep-best-weights`` its ``best_weights.pt`` stays. A failure only costs disk, so it
+    is said and the trial stands."""
+    location = context.plan.settings.train_run(key)
     try:
         filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
-        filesystem.delete_dir(path)
+        if not context.plan.settings.keep_best_weights:
+            filesystem.delete_dir(path)
+            return
+        for info in filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True)):
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                filesystem.delete_dir(info.path)
     except (OSError, pyarrow.ArrowException) as exc:
         print(f"[rayexp] {key}: could not delete its checkpoints in {location}: {exc}", flush=True)
 
@@ -127,7 +127,7 @@ def _train_run_config(key: TrialKey, context: TrialContext) -> ray.train.RunConf
     return ray.train.RunConfig(
         # Named after the trial, so a restored trial finds its Train run and checkpoints again.
         name=key.dirname,
-        storage_path=_train_runs(context),
+        storage_path=context.plan.settings.train_run(key).rpartition("/")[0],
         callbacks=[TuneReportCallback()],
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
         failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES),

@@ -22,6 +22,7 @@ import torch
 from rayexp import tracking, training
 from rayexp.backbones import create_backbone, get_head, get_spec
 from rayexp.data.pipeline import Normalizer, TrialBatches, augments, normalization
+from rayexp.export import save_best_weights
 from rayexp.grid import TrialKey
 from rayexp.orchestrate.artifacts import log_predictions, log_trial_artifacts, split_row_ids
 from rayexp.orchestrate.context import TrialContext
@@ -219,6 +220,8 @@ def _finish_run(
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)  # fit() left the best weights in the model
         run.log_bytes(buffer.getvalue(), tracking.MODEL_ARTIFACT)
+    if context.plan.settings.keep_best_weights:  # for sweeps/export.py and my_data.py's registered winner
+        save_best_weights(context.plan.settings.train_run(key), model.state_dict())
     if final["capped"]:
         run.set_tags({tracking.CAPPED_TAG: ",".join(final["capped"])})
     run.finish(_scalars(final))

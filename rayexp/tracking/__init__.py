@@ -16,13 +16,16 @@ those above it:
 - :mod:`~rayexp.tracking.runs`: :class:`TrialRun`, the run a trial writes, and the sweep's summary run;
 - :mod:`~rayexp.tracking.cells`: the parent run of each cell;
 - :mod:`~rayexp.tracking.trials`: trial runs by key for the driver: records, failed, stopped, superseded;
-- :mod:`~rayexp.tracking.lock`: one sweep per experiment at a time.
+- :mod:`~rayexp.tracking.lock`: one sweep per experiment at a time;
+- :mod:`~rayexp.tracking.registry`: a trial's network logged as an MLflow model (the code MLflow serves is
+  :mod:`~rayexp.tracking.served_model`, never imported by rayexp) and registered.
 """
 
 from rayexp.tracking.cells import ensure_cell_runs, fetch_cells, log_cell_summary
 from rayexp.tracking.client import check_server, ensure_experiment, existing_experiment, resolve_tracking_uri
 from rayexp.tracking.lock import SweepLock, acquire_sweep_lock
-from rayexp.tracking.reading import fetch_predictions, fetch_trial_results, metric_history
+from rayexp.tracking.reading import fetch_artifact, fetch_predictions, fetch_trial_results, metric_history
+from rayexp.tracking.registry import RegisteredModel, register_model
 from rayexp.tracking.runs import TrialRun, summary_run
 from rayexp.tracking.schema import (
     ACCELERATOR_TAG,
@@ -51,6 +54,7 @@ from rayexp.tracking.schema import (
     EPOCH_SECONDS_METRIC,
     EPOCHS_RUN_METRIC,
     ERROR_TAG,
+    EXPERIMENT_TAG,
     FAILED,
     FINISHED,
     FRACTION_TAG,
@@ -90,6 +94,7 @@ from rayexp.tracking.schema import (
     SEEDS_TAG,
     SELECTION_PARAM,
     SELECTION_TAG,
+    SERVED_MODEL,
     SETTINGS_TAG,
     STD_METRIC,
     STOPPED_TAG,
@@ -207,6 +212,8 @@ __all__ = [
     "HISTORY_ARTIFACT",
     "CONFUSION_ARTIFACT",
     "MODEL_ARTIFACT",
+    "SERVED_MODEL",
+    "EXPERIMENT_TAG",
     "SUMMARY_RUN_NAME",
     "REPORT_ARTIFACTS",
     "RECOMMENDATION_ARTIFACTS",
@@ -233,9 +240,12 @@ __all__ = [
     "resolve_tracking_uri",
     "SweepLock",
     "acquire_sweep_lock",
+    "fetch_artifact",
     "fetch_predictions",
     "fetch_trial_results",
     "metric_history",
+    "RegisteredModel",
+    "register_model",
     "TrialRun",
     "summary_run",
     "close_stopped_run",

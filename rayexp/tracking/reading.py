@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import rayexp.tracking.schema as schema
@@ -98,6 +99,16 @@ def fetch_predictions(uri: str, run_id: str) -> tuple[list[str], list[int], list
     if found is None or len(set(found[0])) != len(found[0]):
         return None
     return found
+
+
+def fetch_artifact(uri: str, run_id: str, path: str) -> bytes | None:
+    """One artifact of a run as bytes, or None when the run has no such file."""
+    client = mlflow_client(uri)
+    with tempfile.TemporaryDirectory(prefix="rayexp-artifact-") as folder:
+        try:
+            return Path(client.download_artifacts(run_id, path, folder)).read_bytes()
+        except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+            return None
 
 
 def metric_history(uri: str, run_id: str, metric: str) -> list[tuple[int, float]]:

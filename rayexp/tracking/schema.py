@@ -108,6 +108,9 @@ CONFIG_ARTIFACT = "config.json"  # the trial's resolved config
 HISTORY_ARTIFACT = "history.csv"  # the per-epoch metrics
 CONFUSION_ARTIFACT = "confusion_matrix.png"  # the best epoch's
 MODEL_ARTIFACT = "model/best_weights.pt"  # with --log-models
+SERVED_MODEL = "served_model"  # the MLflow model a registered trial run holds (rayexp.tracking.registry)
+# A registered version's tags (besides KEY_TAG, DATA_TAG and BEST_TEST_ACC_METRIC's name)
+EXPERIMENT_TAG = "experiment"
 SUMMARY_RUN_NAME = "report"
 REPORT_ARTIFACTS = "report"  # the summary run's folder of the report
 RECOMMENDATION_ARTIFACTS = "recommendation"  # the summary run's folder of the recommendation
