@@ -31,6 +31,7 @@ from rayexp.data.check import check_source
 from rayexp.errors import RayexpError
 from rayexp.fingerprint import short
 from rayexp.grid import TrialKey, expand_grid
+from rayexp.settings import SweepPlan
 
 SPLIT_SEED = 0  # the stratified split of a folder without train/ and test/: checked and written alike
 KNOWN_DOMAINS = (
@@ -209,7 +210,9 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     return code
 
 
-def register_winner(plan, dataset: str, domain: str, keys: Sequence[TrialKey], name: str | None) -> list[str] | None:
+def register_winner(
+    plan: SweepPlan, dataset: str, domain: str, keys: Sequence[TrialKey], name: str | None
+) -> list[str] | None:
     """Register the recommendation's winner (:func:`rayexp.publish.winner_key`); its usage lines, ``[]`` when
     no backbone learned, None when registering failed (said, with the command that retries it: the weights are
     kept for it)."""
@@ -220,10 +223,13 @@ def register_winner(plan, dataset: str, domain: str, keys: Sequence[TrialKey], n
         return []
     try:
         model = publish.register_trial(uri, experiment, key, name)
+    except RayexpError as exc:  # e.g. a winner stopped by ASHA or a budget: it never saved its best weights
+        print(f"[rayexp] could not register {key}: {exc}", flush=True)
+        return None
     except Exception as exc:  # the sweep's results stand; the export can be retried from the kept weights
         print(
-            f"[rayexp] could not register {key}: {exc}\n  retry: python sweeps/export.py --tracking-uri {uri} "
-            f"--experiment {experiment} --key {key}",
+            f"[rayexp] could not register {key}: {type(exc).__name__}: {exc}\n  retry: python sweeps/export.py "
+            f"--tracking-uri {uri} --experiment {experiment} --key {key}",
             flush=True,
         )
         return None

@@ -182,10 +182,12 @@ def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None)
             f"Use **{first.backbone}** for {dataset}: {standing} "
             f"Its lead over {judgement.runner_up.backbone}: {judgement.verdict.text()}."
         )
-    elif kind == "unknown":
+    elif kind == "unknown":  # one seed: how far behind the runner-up is says nothing of the seeds' noise
+        second = judgement.runner_up
+        below = " (not above chance)" if second.above_chance is False else ""
         text = (
-            f"**{first.backbone}** leads on {dataset}: {standing} {judgement.runner_up.backbone} is close behind, "
-            f"and the {judgement.verdict.text()}."
+            f"**{first.backbone}** leads on {dataset}: {standing} {second.backbone} follows at {pct(second.mean)}% "
+            f"mean{below}, and the {judgement.verdict.text()}."
         )
     else:
         second = judgement.runner_up.backbone

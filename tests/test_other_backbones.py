@@ -1,11 +1,10 @@
 """Backbones beyond the paper's eleven: ``torchvision:<name>`` and ``timm:<name>``, resolved to the registry's spec,
 their weights found where a user's run finds them (torch's cache, --weights-dir, huggingface_hub's cache), their
-input-size rules checked by preflight, and a real one-trial sweep of each on digits."""
+input-size rules checked by preflight (their real sweep on digits, to a registered model, is in
+``tests/test_serving.py``)."""
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -13,13 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rayexp import preflight, tracking
+from rayexp import preflight
 from rayexp.backbones import create_backbone, get_head, get_spec
 from rayexp.backbones.weights import HF_FILE, cache_dir, find_weights_file, weights_status
 from rayexp.cli import main
 from rayexp.errors import RayexpError
-from rayexp.recommend import ranking_table, recommend
-from tests.test_sweep_e2e import DEFAULTS, _argv
+from tests.test_sweep_e2e import DEFAULTS
 
 TV, TIMM = "torchvision:mobilenet_v3_small", "timm:resnet18"
 
@@ -151,29 +149,3 @@ def test_list_backbones_shows_every_source(capsys):
     assert "torchvision:mobilenet_v3_small" in out and "2.5M" in out and "67.7" in out
     assert main(DEFAULTS, ["--list-backbones", "timm:resnet18.a1*"]) == 0
     assert "timm:resnet18.a1_in1k" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_a_torchvision_and_a_timm_backbone_run_a_real_sweep_and_reach_the_report(ray_local, digits_dir, tmp_path):
-    defaults = dataclasses.replace(DEFAULTS, settings=dataclasses.replace(DEFAULTS.settings, experiment="others"))
-    extra = ["--backbones", TV, TIMM, "--fractions", "0.5", "--max-epochs", "1", "--patience", "1"]
-    assert main(defaults, _argv(tmp_path, digits_dir, *extra)) == 0
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    rows = {r["key"]: r for r in tracking.fetch_trial_results(uri, "others")}
-    assert set(rows) == {f"{TV}/digits/0.5/0", f"{TIMM}/digits/0.5/0"}
-    for row in rows.values():
-        assert row["status"] == "FINISHED" and row["weights"] == "random" and row["epochs_run"] == 2
-        assert 0.0 <= row["best_test_acc"] <= 1.0
-
-    with open(tmp_path / "report" / "cost.csv") as handle:
-        cost = {r["backbone"]: r for r in csv.DictReader(handle)}
-    assert (cost[TV]["params_m"], cost[TV]["imagenet_top1"]) == ("2.54", "67.668")
-    assert (cost[TIMM]["params_m"], cost[TIMM]["imagenet_top1"]) == ("11.69", "")  # timm publishes no top-1
-    assert TV in (tmp_path / "report" / "report.md").read_text()
-
-    rec = recommend(list(rows.values()), "digits", "handwriting", [])
-    table = ranking_table(rec.ranked, 0.5)
-    cells = {r[1].text: [c.text for c in r] for r in table.rows}
-    assert table.head[5:7] == ["params (M)", "ImageNet top-1 %"]
-    assert cells[TV][5:7] == ["2.54", "67.7"] and cells[TIMM][5:7] == ["11.69", ""]

@@ -1,11 +1,12 @@
-"""From recommendation to a served model, offline: ``my_data.py`` registers its winner in a real SQLite MLflow
-registry; a real ``mlflow models serve --env-manager local`` process on loopback answers HTTP requests with what the
-same weights predict through rayexp's own evaluation path, and ``mlflow.pyfunc.load_model`` in a fresh process
-agrees."""
+"""From recommendation to a served model, offline: ``my_data.py`` on a timm and a torchvision backbone registers
+its winner in a real SQLite MLflow registry; a real ``mlflow models serve --env-manager local`` process on loopback
+answers HTTP requests with what the same weights predict through rayexp's own evaluation path, and
+``mlflow.pyfunc.load_model`` in a fresh process agrees."""
 
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import os
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from rayexp import tracking
 from rayexp.backbones import create_backbone
 from rayexp.data.pipeline import Normalizer, decode_resize_batch, normalization
 from rayexp.data.shards import load_manifest
@@ -31,11 +33,13 @@ from rayexp.settings import train_run_location
 from tests.test_my_data import DEFAULTS, _argv, digits_folder
 from tests.test_sweep_e2e import _free_port
 
+TIMM, TV = "timm:resnet18", "torchvision:mobilenet_v3_small"
+
 
 def _in_process(weights: dict, manifest: dict, images: list[bytes]) -> list[int]:
     """The class rayexp's own evaluation path gives each image: decode and resize as the pipeline does, normalise
     with the dataset's statistics, the trained network."""
-    model = create_backbone("shufflenet_v2_x2_0", len(manifest["classes"]), pretrained=False)
+    model = create_backbone(TIMM, len(manifest["classes"]), pretrained=False)
     model.load_state_dict(weights)
     batch = decode_resize_batch({"image": np.array(images, dtype=object), "label": np.zeros(len(images))}, (32, 32))
     mean, std = normalization(manifest, "dataset")
@@ -57,16 +61,25 @@ def _post(port: int, payload: dict) -> list[dict]:
 @pytest.mark.slow
 def test_my_data_registers_the_winner_and_mlflow_serves_it(ray_local, tmp_path, capsys):
     folder = digits_folder(tmp_path / "digits_folder", n_train=600, n_test=100)
-    extra = ["--backbones", "shufflenet_v2_x2_0", "--seeds", "0", "--batch-size", "16", "--selection", "test"]
+    extra = ["--backbones", TIMM, TV, "--seeds", "0", "--batch-size", "16", "--selection", "test"]
     argv = _argv(tmp_path, folder, *extra, "--register", "digits-model", "--keep-best-weights")
     assert main(DEFAULTS, argv) == 0
     out = capsys.readouterr().out
     uri, experiment = f"sqlite:///{tmp_path / 'mlflow.db'}", "my-data-digits_folder"
-    key = "shufflenet_v2_x2_0/digits_folder/1.0/0"
+    key = f"{TIMM}/digits_folder/1.0/0"  # resnet18 learns digits in 4 epochs; mobilenet_v3_small stays at chance
     assert f"Registered as digits-model version 1 (trial {key}, test accuracy" in out
     assert "mlflow models serve -m models:/digits-model/1 --env-manager local" in out
     page = (tmp_path / "out" / "recommendation.md").read_text()
     assert "## Use the winner" in page and "models:/digits-model/1" in page
+    # A timm and a torchvision backbone (issue 17), from random init, in the cost table and the ranking.
+    runs = {r["backbone"]: r for r in tracking.fetch_trial_results(uri, experiment)}
+    assert {b: r["weights"] for b, r in runs.items()} == {TIMM: "random", TV: "random"}
+    with open(tmp_path / "out" / "report" / "cost.csv") as handle:
+        cost = {r["backbone"]: (r["params_m"], r["imagenet_top1"]) for r in csv.DictReader(handle)}
+    assert cost == {TV: ("2.54", "67.668"), TIMM: ("11.69", "")}  # timm publishes no ImageNet top-1
+    with open(tmp_path / "out" / "ranking.csv") as handle:
+        ranking = {r["backbone"]: (r["params_m"], r["imagenet_top1"]) for r in csv.DictReader(handle)}
+    assert ranking == cost
 
     from mlflow.tracking import MlflowClient
 
