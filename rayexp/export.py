@@ -3,7 +3,7 @@
 The network is saved as a ``torch.export`` program (architecture and weights in one file, any batch size), so that
 loading it needs torch alone: not rayexp, torchvision or timm, and no guess about how a backbone is built. Beside it
 goes the serving config: class names, input size and the normalization the trial trained with, read from the
-dataset's manifest. :mod:`rayexp.tracking.registry` logs both as an MLflow model (:mod:`rayexp.served_model`).
+dataset's manifest. :mod:`rayexp.tracking.registry` logs both as an MLflow model (:mod:`rayexp.tracking.served_model`).
 No Ray and no MLflow here.
 """
 
@@ -23,10 +23,12 @@ from rayexp.errors import RayexpError
 BEST_WEIGHTS = "best_weights.pt"
 
 
-def save_best_weights(train_run: str, state_dict: dict) -> None:
-    """Write a trial's best weights into its Train run folder (a local folder or a bucket), whole or not at all."""
+def save_best_weights(train_run: str, run_id: str, state_dict: dict) -> None:
+    """Write a trial's best weights into its Train run folder (a local folder or a bucket), whole or not at all,
+    with the MLflow run they belong to: a key trained again without keeping its weights must not be exported
+    with the weights of its earlier run."""
     buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
+    torch.save({"run_id": run_id, "model": state_dict}, buffer)
     filesystem, path = pyarrow.fs.FileSystem.from_uri(train_run)
     filesystem.create_dir(path, recursive=True)
     partial = f"{path}/{BEST_WEIGHTS}.partial"
@@ -35,14 +37,16 @@ def save_best_weights(train_run: str, state_dict: dict) -> None:
     filesystem.move(partial, f"{path}/{BEST_WEIGHTS}")
 
 
-def load_best_weights(train_run: str) -> dict | None:
-    """A trial's kept best weights, or None when it has none (run without ``--keep-best-weights``, or removed)."""
+def load_best_weights(train_run: str, run_id: str) -> dict | None:
+    """The best weights kept for MLflow run ``run_id``, or None when there are none (run without
+    ``--keep-best-weights``, removed, or kept by another run of the key)."""
     filesystem, path = pyarrow.fs.FileSystem.from_uri(train_run)
     target = f"{path}/{BEST_WEIGHTS}"
     if filesystem.get_file_info(target).type != pyarrow.fs.FileType.File:
         return None
     with filesystem.open_input_stream(target) as handle:
-        return torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
+        kept = torch.load(io.BytesIO(handle.read()), map_location="cpu", weights_only=True)
+    return kept["model"] if kept.get("run_id") == run_id else None
 
 
 def remove_best_weights(train_run: str) -> None:

@@ -46,14 +46,14 @@ def _example_image(data_dir: str, dataset: str, size: Sequence[int]) -> bytes:
 
 
 def _best_weights(uri: str, run_id: str, settings: dict, key: TrialKey) -> dict:
-    state = load_best_weights(train_run_location(settings["storage"], settings["experiment"], key))
+    state = load_best_weights(train_run_location(settings["storage"], settings["experiment"], key), run_id)
     if state is None and (logged := tracking.fetch_artifact(uri, run_id, tracking.MODEL_ARTIFACT)) is not None:
         state = torch.load(io.BytesIO(logged), map_location="cpu", weights_only=True)
     if state is None:
         raise RayexpError(
-            f"trial {key}: its best weights were not kept (neither best_weights.pt in its Train run folder nor "
-            f"{tracking.MODEL_ARTIFACT} in its MLflow run); run its sweep with --keep-best-weights (or --log-models) "
-            "and train the key again (--retrain-changed after removing its run, or a new --experiment)"
+            f"trial {key}: its best weights were not kept (neither its run's best_weights.pt in its Train run "
+            f"folder nor {tracking.MODEL_ARTIFACT} in its MLflow run); train the key again with --keep-best-weights "
+            "(or --log-models): in a new --experiment, or after deleting its MLflow run"
         )
     return state
 

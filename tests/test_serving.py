@@ -90,7 +90,9 @@ def test_my_data_registers_the_winner_and_mlflow_serves_it(ray_local, tmp_path, 
 
     images = sorted((folder / "test").glob("*/*.png"))[::10]
     encoded = [p.read_bytes() for p in images]
-    weights = load_best_weights(train_run_location(str(tmp_path / "storage"), experiment, TrialKey.parse(key)))
+    train_run = train_run_location(str(tmp_path / "storage"), experiment, TrialKey.parse(key))
+    assert load_best_weights(train_run, "another run of the key") is None  # never another run's weights
+    weights = load_best_weights(train_run, tracking.fetch_trial_results(uri, experiment, key=key)[0]["run_id"])
     expected = _in_process(weights, manifest, encoded)
     assert len(set(expected)) > 1  # a network that learned something, not one answer for all
 

@@ -139,6 +139,7 @@ def _open_run(
         test_rows=test["rows"],
         test_class_counts=test["class_counts"],
         num_classes=manifest["n_classes"],
+        model_input=get_spec(key.backbone).fixed_input,
     )
     parent = context.cell_runs.get(tracking.cell_name(*key.cell))
     run = tracking.TrialRun.open(settings.tracking_uri, settings.experiment, str(key), tags, params, parent)
@@ -221,7 +222,7 @@ def _finish_run(
         torch.save(model.state_dict(), buffer)  # fit() left the best weights in the model
         run.log_bytes(buffer.getvalue(), tracking.MODEL_ARTIFACT)
     if context.plan.settings.keep_best_weights:  # for sweeps/export.py and my_data.py's registered winner
-        save_best_weights(context.plan.settings.train_run(key), model.state_dict())
+        save_best_weights(context.plan.settings.train_run(key), run.run_id, model.state_dict())
     if final["capped"]:
         run.set_tags({tracking.CAPPED_TAG: ",".join(final["capped"])})
     run.finish(_scalars(final))

@@ -68,6 +68,7 @@ OPTIMIZER_PARAM = "optimizer"
 BATCH_SIZE_PARAM = "batch_size"
 WEIGHTS_PARAM = "weights"  # the pretrained weights' name, or "random"
 INPUT_SIZE_PARAM = "input_size"
+MODEL_INPUT_PARAM = "model_input_size"  # what the network sees: input_size, or its one size (resized inside it)
 RESIZE_PARAM = "resize"
 NORMALIZATION_PARAM = "normalization"
 AUGMENTATION_PARAM = "augmentation"
@@ -221,10 +222,12 @@ def trial_params(
     test_rows: int,
     test_class_counts: Sequence[int],
     num_classes: int,
+    model_input: Sequence[int] | None = None,
 ) -> dict[str, object]:
     """The params of a trial's run: ``train_config`` (``asdict(TrainConfig)``, whose ``dualopt`` names the
     optimizer) and how the trial was set up. ``weights``: the pretrained weights' name, or ``"random"``;
-    ``test_class_counts``: the test split's rows per class."""
+    ``test_class_counts``: the test split's rows per class; ``model_input``: the one size a backbone takes, when
+    its images are resized to it inside the model (a ViT with fixed position embeddings)."""
     return {
         **train_config,
         PRECISION_PARAM: precision_resolved,
@@ -232,6 +235,7 @@ def trial_params(
         BATCH_SIZE_PARAM: batch_size,
         WEIGHTS_PARAM: weights,
         INPUT_SIZE_PARAM: "x".join(map(str, input_size)),
+        MODEL_INPUT_PARAM: "x".join(map(str, model_input or input_size)),
         RESIZE_PARAM: "bilinear, antialias, aspect ratio ignored",
         NORMALIZATION_PARAM: normalization,
         AUGMENTATION_PARAM: "TrivialAugmentWide" if augmented else "none",
