@@ -149,3 +149,13 @@ def test_list_backbones_shows_every_source(capsys):
     assert "torchvision:mobilenet_v3_small" in out and "2.5M" in out and "67.7" in out
     assert main(DEFAULTS, ["--list-backbones", "timm:resnet18.a1*"]) == 0
     assert "timm:resnet18.a1_in1k" in capsys.readouterr().out
+
+
+def test_a_timm_name_without_timm_installed_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # what `import timm` meets where it is not installed
+    with pytest.raises(
+        RayexpError, match=r"timm backbones need timm, which is not installed: pip install 'rayexp\[timm\]'"
+    ):
+        get_spec("timm:resnet34")  # a name no other test resolved: get_spec caches its answers
