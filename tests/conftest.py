@@ -57,9 +57,24 @@ def ray_local():
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if not ray.is_initialized():
         ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 1}, include_dashboard=True, log_to_driver=False)
-    # A group an earlier test's stopped trial left behind would starve this one (ray-project/ray#62753).
+    # A group an earlier test's stopped trial left behind would starve this one (ray-project/ray#62753): once
+    # that test's Train controllers and workers are gone, whatever they made and left is released.
+    _wait_for_no_live_trials()
     remove_orphaned_placement_groups()
     yield ray
+
+
+def _wait_for_no_live_trials(timeout_s: float = 60.0) -> None:
+    import time
+
+    from ray._private.state import state
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = state.actor_table(None, actor_state_name="ALIVE").values()
+        if not any(a["ActorClassName"] in ("TrainController", "RayTrainWorker") for a in alive):
+            return
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session", autouse=True)

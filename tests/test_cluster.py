@@ -24,7 +24,7 @@ def cluster():
     c = Cluster(
         initialize_head=True,
         head_node_args={
-            "num_cpus": 1,
+            "num_cpus": 0,  # as cluster.yaml's head: no CPU for tasks, so Ray Data's decoding stays on the GPU nodes
             "resources": {DRIVER_RESOURCE: 4},
             "include_dashboard": True,
             "dashboard_port": _free_port(),
@@ -75,6 +75,18 @@ def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(cluster, digits_di
         r["key"]: client.get_run(r["run_id"]).data.tags["node_id"] for r in tracking.fetch_trial_results(uri, "cluster")
     }
     assert len(nodes) == 2 and set(nodes.values()) == worker_ids  # one trial per GPU node, recorded in MLflow
+    # Where the design puts each part (README, "Sizing the head"): the trial functions and Train's controllers
+    # on the head, through the trial-driver resource; training and Ray Data's decode tasks on the GPU nodes.
+    from ray.util.state import list_tasks
+
+    head = c.head_node.node_id
+
+    def nodes_of(class_name: str) -> set[str]:
+        return {a.node_id for a in list_actors(address=c.address, filters=[("class_name", "=", class_name)])}
+
+    assert nodes_of("TrainController") == {head} and nodes_of("RayTrainWorker") == worker_ids
+    decode = [t for t in list_tasks(address=c.address, detail=True, limit=10000) if "ReadParquet" in t.name]
+    assert decode and {t.node_id for t in decode} <= worker_ids
 
     # Now lose the node a trial runs on: the trial continues from its checkpoint on the other node.
     lost = {}

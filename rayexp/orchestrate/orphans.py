@@ -25,19 +25,29 @@ from ray.util.placement_group import PlacementGroup, remove_placement_group
 _REMOVED = gcs_pb2.PlacementGroupTableData.REMOVED
 
 
-def orphaned_placement_groups() -> list[str]:
-    """Hex ids of this job's live placement groups whose creating actor is dead."""
-    job = ray.get_runtime_context().get_job_id()
+def _actor_dead(actor_id: bytes) -> bool:
+    """Whether the actor table says the actor is dead (or no longer knows it: a group's creator was registered)."""
+    info = state.actor_table(ray.ActorID(actor_id).hex())
+    return not info or info.get("State") == "DEAD"
+
+
+def orphaned_placement_groups(job: str | None = None) -> list[str]:
+    """Hex ids of the live placement groups of ``job`` (default: this one) whose creating actor is dead.
+
+    The group's own ``creator_actor_dead`` flag is not enough: the GCS sets it on the groups that exist when the
+    actor dies, and the orphan of ray-project/ray#62753 is registered just after (seen in CI: flag False, creator
+    DEAD). So the creator is looked up in the actor table too."""
+    job = job or ray.get_runtime_context().get_job_id()
     orphans = []
     for raw in state._connect_and_get_accessor().get_placement_group_table():
         group = gcs_pb2.PlacementGroupTableData.FromString(raw)
         made_by_actor = ray.ActorID(group.creator_actor_id) != ray.ActorID.nil()
         if (
             made_by_actor
-            and group.creator_actor_dead
             and not group.is_detached
             and group.state != _REMOVED
             and group.creator_job_id.hex() == job
+            and (group.creator_actor_dead or _actor_dead(group.creator_actor_id))
         ):
             orphans.append(group.placement_group_id.hex())
     return orphans
