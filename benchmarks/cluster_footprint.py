@@ -93,14 +93,16 @@ def measure(n: int, data_dir: Path, work: Path, backbone: str, timeout: float) -
     )
     started = time.monotonic()
     try:
-        while True:
-            alive = list_actors(
-                address=cluster.address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-            )
-            if len(alive) >= n:
+        while True:  # every trial with its training worker and its data pipeline's manager up
+            alive = [
+                a.class_name
+                for a in list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")], limit=10000)
+            ]
+            up = min(alive.count("RayTrainWorker"), alive.count("DatasetManager"))
+            if up >= n:
                 break
             if driver.poll() is not None or time.monotonic() - started > timeout:
-                raise RuntimeError(f"{len(alive)} of {n} training workers came up (driver rc {driver.poll()})")
+                raise RuntimeError(f"{up} of {n} trials came up (driver rc {driver.poll()})")
             time.sleep(1)
         time.sleep(10)  # every trial past its first batches
         rows = []

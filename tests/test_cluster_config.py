@@ -31,8 +31,20 @@ def test_gpu_nodes_have_one_gpu_and_the_head_carries_the_driver_resource():
     assert "GPU" not in head["resources"] and head["resources"][DRIVER_RESOURCE] >= 1
     start = " ".join(config["head_start_ray_commands"])
     assert f'"{DRIVER_RESOURCE}"' in start  # the running head really has the resource
+    # No CPU for Ray tasks on the head: Ray Data's decoding runs on the GPU nodes (tests/test_cluster.py).
+    assert head["resources"]["CPU"] == 0 and "--num-cpus=0" in start
     assert "mlflow server" in start and "--artifacts-destination gs://" in start
     assert "0.0.0.0" not in start.split("mlflow server")[1]  # MLflow listens only inside the cluster
+
+
+def test_the_head_holds_max_workers_concurrent_trials_by_the_readmes_sizing_rule():
+    """README, "Sizing the head": 1.6 GB per running trial (benchmarks/cluster_footprint.py) plus 3 GB for the
+    head's own services, within half the head's memory."""
+    config = _config()
+    head = config["available_node_types"][config["head_node_type"]]
+    memory_gb = {"n2-standard-8": 32, "n2-highmem-8": 64, "n2-standard-16": 64, "n2-highmem-16": 128}
+    need = 1.6 * config["max_workers"] + 3
+    assert need <= memory_gb[head["node_config"]["machineType"]] / 2
 
 
 def test_no_credentials_in_the_file():
