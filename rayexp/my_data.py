@@ -233,7 +233,7 @@ def register_winner(
             flush=True,
         )
         return None
-    return publish.usage_lines(model, uri, experiment, key)
+    return publish.usage_lines(model, uri)
 
 
 def check_and_prepare(args: argparse.Namespace, settings, name: str, out_dir: Path) -> tuple:

@@ -73,11 +73,11 @@ def register_trial(uri: str, experiment: str, key: str, name: str | None = None)
     settings, manifest = config["settings"], config["manifest"]
     state = _best_weights(uri, record["run_id"], settings, parsed)
     serving = serving_config(manifest, parsed.backbone, settings["normalize"], key)
-    results = {r["key"]: r for r in tracking.fetch_trial_results(uri, experiment)}
+    (result,) = tracking.fetch_trial_results(uri, experiment, key=key) or [{}]
     tags = {
         tracking.EXPERIMENT_TAG: experiment,
         tracking.KEY_TAG: key,
-        tracking.BEST_TEST_ACC_METRIC: (results.get(key) or {}).get("best_test_acc"),
+        tracking.BEST_TEST_ACC_METRIC: result.get("best_test_acc"),
         tracking.DATA_TAG: manifest.get("fingerprint"),
     }
     example = _example_image(settings["data_dir"], manifest["name"], manifest["input_size"])
@@ -114,14 +114,12 @@ def winner_key(uri: str, experiment: str, dataset: str, domain: str, expected: S
     return best["key"] if best else None
 
 
-def usage_lines(model: tracking.RegisteredModel, uri: str, experiment: str, key: str) -> list[str]:
+def usage_lines(model: tracking.RegisteredModel, uri: str) -> list[str]:
     """What the registered model is, then the commands that load it, serve it and call it (the recommendation
     page, the console and the README show these)."""
-    results = tracking.fetch_trial_results(uri, experiment)
-    accuracy = next((r["best_test_acc"] for r in results if r["key"] == key), None)
-    acc = "" if accuracy is None else f", test accuracy {100 * accuracy:.1f}%"
+    acc = "" if model.accuracy is None else f", test accuracy {100 * model.accuracy:.1f}%"
     return [
-        f"Registered as {model.name} version {model.version} (trial {key}{acc}), in the MLflow store {uri}. "
+        f"Registered as {model.name} version {model.version} (trial {model.key}{acc}), in the MLflow store {uri}. "
         "Load it, serve it and call it (with the virtualenv active: . .venv/bin/activate):",
         f"python -c \"import mlflow, pandas; mlflow.set_tracking_uri('{uri}'); m = mlflow.pyfunc.load_model("
         f"'{model.uri}'); print(m.predict(pandas.DataFrame({{'image': [open('image.jpg', 'rb').read()]}})))\"",

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except RayexpError as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(publish.usage_lines(model, uri, args.experiment, key)))
+    print("\n".join(publish.usage_lines(model, uri)))
     return 0
 
 

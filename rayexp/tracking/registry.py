@@ -24,6 +24,8 @@ class RegisteredModel:
     name: str
     version: str
     run_id: str
+    key: str  # the trial key it was trained as
+    accuracy: float | None  # that trial's best test accuracy
 
     @property
     def uri(self) -> str:
@@ -87,4 +89,5 @@ def register_model(
     for tag in (EXPERIMENT_TAG, KEY_TAG, BEST_TEST_ACC_METRIC, DATA_TAG):
         if tags.get(tag) is not None:
             client.set_model_version_tag(name, version, tag, str(tags[tag]))
-    return RegisteredModel(name, version, run_id)
+    accuracy = tags.get(BEST_TEST_ACC_METRIC)
+    return RegisteredModel(name, version, run_id, str(tags[KEY_TAG]), None if accuracy is None else float(accuracy))
