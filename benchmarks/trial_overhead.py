@@ -1,16 +1,19 @@
-"""Per-trial overhead: N short trials run as a rayexp sweep vs the same trainings in one plain PyTorch process.
+"""Per-trial overhead: N short trials run as a rayexp sweep, in each runtime, vs the same trainings in one plain
+PyTorch process.
 
 Each training is one epoch (AdamW only) of ``--backbone`` on ``--fraction`` of the bundled digits
 dataset (a few hundred images) plus one pass over its test split, batch 16, with the same augmentation
 and normalisation in both arms. The plain arm reads and decodes the shards, builds the model and calls
 :func:`rayexp.training.fit` in this process, once per seed. The sweep arm runs the same keys through
 :func:`rayexp.orchestrate.run_sweep` on a local Ray instance (started before the clock starts, as a
-sweep starts it once), logging to a fresh MLflow store. The difference, divided by N, is what Ray Tune,
-Ray Train, Ray Data and MLflow add per trial.
+sweep starts it once), logging to a fresh MLflow store, once per runtime (``--runtime tune``: the Tune trial
+function trains; ``--runtime train``: a one-worker Ray Train run per trial). The difference, divided by N, is
+what Ray Tune (and Ray Train), Ray Data and MLflow add per trial.
 
-Prints a table, then ``seconds_per_trial <overhead>`` and, last, ``ratio sweep_vs_plain <value>``.
+Prints a table, then ``seconds_per_trial <runtime> <overhead>`` for each runtime and, last,
+``ratio sweep_vs_plain <runtime> <value>``.
 
-    python benchmarks/trial_overhead.py --trials 6
+    python benchmarks/trial_overhead.py --trials 6 [--runtimes tune train]
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ def main() -> None:
     p.add_argument("--backbone", default="mobilenet_v3_large")
     p.add_argument("--fraction", type=float, default=0.2, help="of digits' 1,438 training images")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--runtimes", nargs="+", default=["tune", "train"], choices=["tune", "train"])
     args = p.parse_args()
 
     os.environ.setdefault("RAYEXP_OFFLINE", "1")
@@ -97,46 +101,57 @@ def main() -> None:
     from rayexp.orchestrate.resources import init_ray
     from rayexp.settings import SweepPlan, SweepSettings
 
-    settings = SweepSettings(
-        experiment="overhead",
-        data_dir=str(data_dir),
-        storage=str(work / "ray_results"),
-        tracking_uri=tracking.resolve_tracking_uri(f"sqlite:///{work / 'mlflow.db'}"),
-        train=TrainConfig(max_epochs=1, patience=1, precision="fp32", dualopt=False),
-        batch_size=args.batch_size,
-        device="cpu",
-    )
-    plan = SweepPlan(
-        settings=settings,
-        keys=tuple(keys),
-        weights={args.backbone: "random"},
-        data_fingerprints={"digits": load_manifest(data_dir, "digits")["fingerprint"]},
-    )
+    def settings(runtime: str) -> SweepSettings:
+        return SweepSettings(
+            experiment=f"overhead-{runtime}",
+            data_dir=str(data_dir),
+            storage=str(work / "ray_results"),
+            tracking_uri=tracking.resolve_tracking_uri(f"sqlite:///{work / 'mlflow.db'}"),
+            train=TrainConfig(max_epochs=1, patience=1, precision="fp32", dualopt=False),
+            batch_size=args.batch_size,
+            device="cpu",
+            runtime=runtime,
+        )
+
     start = time.perf_counter()
-    init_ray(settings)
+    init_ray(settings("tune"))
     ray_start = time.perf_counter() - start
-    start = time.perf_counter()
-    outcome = run_sweep(plan)
-    sweep = time.perf_counter() - start
-    if outcome["errored"]:
-        raise SystemExit(f"trials errored: {outcome['errored']}")
-    results = tracking.fetch_trial_results(settings.tracking_uri, settings.experiment)
-    sweep_acc = sorted(r["best_test_acc"] for r in results)
+    sweeps, accuracies = {}, {}
+    for runtime in args.runtimes:
+        plan = SweepPlan(
+            settings=settings(runtime),
+            keys=tuple(keys),
+            weights={args.backbone: "random"},
+            data_fingerprints={"digits": load_manifest(data_dir, "digits")["fingerprint"]},
+        )
+        start = time.perf_counter()
+        outcome = run_sweep(plan)
+        sweeps[runtime] = time.perf_counter() - start
+        if outcome["errored"]:
+            raise SystemExit(f"trials errored: {outcome['errored']}")
+        results = tracking.fetch_trial_results(plan.settings.tracking_uri, plan.settings.experiment)
+        accuracies[runtime] = sorted(round(r["best_test_acc"], 3) for r in results)
 
     n = len(keys)
-    overhead = (sweep - plain) / n
     images = len(read_split(data_dir, "digits", "train", args.fraction, columns=["label"]))
     print(
         f"\n# {n} trials of {args.backbone} on digits x {args.fraction} ({images} training images), "
         f"1 epoch, batch {args.batch_size}, CPU ({os.cpu_count()} cores)"
     )
-    print(f"{'arm':<28}{'total s':>10}{'s/trial':>10}")
-    print(f"{'plain PyTorch, sequential':<28}{plain:>10.1f}{plain / n:>10.1f}")
-    print(f"{'rayexp sweep (Tune+Train)':<28}{sweep:>10.1f}{sweep / n:>10.1f}")
-    print(f"{'ray.init (once per sweep)':<28}{ray_start:>10.1f}")
-    print(f"test accuracy plain {sorted(round(a, 3) for a in plain_acc)}, sweep {[round(a, 3) for a in sweep_acc]}")
-    print(f"seconds_per_trial {overhead:.2f}")
-    print(f"ratio sweep_vs_plain {sweep / plain:.3f}")
+    print(f"{'arm':<34}{'total s':>10}{'s/trial':>10}")
+    print(f"{'plain PyTorch, sequential':<34}{plain:>10.1f}{plain / n:>10.1f}")
+    for runtime, seconds in sweeps.items():
+        arm = f"rayexp sweep, --runtime {runtime}"
+        print(f"{arm:<34}{seconds:>10.1f}{seconds / n:>10.1f}")
+    print(f"{'ray.init (once per sweep)':<34}{ray_start:>10.1f}")
+    print(
+        f"test accuracy plain {sorted(round(a, 3) for a in plain_acc)}, "
+        + ", ".join(f"{runtime} {acc}" for runtime, acc in accuracies.items())
+    )
+    for runtime, seconds in sweeps.items():
+        print(f"seconds_per_trial {runtime} {(seconds - plain) / n:.2f}")
+    for runtime, seconds in sweeps.items():
+        print(f"ratio sweep_vs_plain {runtime} {seconds / plain:.3f}")
 
 
 if __name__ == "__main__":

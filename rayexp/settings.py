@@ -143,6 +143,14 @@ class SweepSettings:
         choices=("auto", "gpu", "cpu"),
         group="resources",
     )
+    runtime: str | None = option(
+        None,
+        help="what runs each trial: train, a one-worker Ray Train TorchTrainer (the default with --address: Train "
+        "places and restarts its worker); tune, the Tune trial function itself (the default on a local Ray: seconds "
+        "less per trial); the same results either way (README: Runtimes)",
+        choices=("train", "tune"),
+        group="resources",
+    )
     worker_cpus: float | None = option(
         None,
         help="CPUs held by each trial's training worker (default 2 with a GPU, 1 without)",
@@ -212,6 +220,11 @@ class SweepSettings:
         "runs are kept, marked superseded); without it such a sweep stops",
         group="passes",
     )
+
+    @property
+    def trial_runtime(self) -> str:
+        """``runtime``, or its default: ``train`` on a cluster (``address``), ``tune`` on a local instance."""
+        return self.runtime or ("train" if self.address else "tune")
 
     def train_run(self, key: TrialKey) -> str:
         """Where a trial's Train run is kept (:func:`train_run_location`)."""

@@ -42,6 +42,10 @@ def plant_weights(torch_home: Path, name: str) -> dict[str, torch.Tensor]:
     return state
 
 
+# The end-to-end tests that show a runtime keeps rayexp's semantics run on both (README: Runtimes).
+both_runtimes = pytest.mark.parametrize("runtime", ["tune", "train"])
+
+
 @pytest.fixture()
 def ray_local():
     """A real local Ray instance (2 CPUs, dashboard on, the trial-driver resource), started once and reused.
@@ -72,7 +76,8 @@ def _wait_for_no_live_trials(timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         alive = state.actor_table(None, actor_state_name="ALIVE").values()
-        if not any(a["ActorClassName"] in ("TrainController", "RayTrainWorker") for a in alive):
+        names = {a["ActorClassName"].split(".")[-1] for a in alive}
+        if not names & {"TrainController", "RayTrainWorker", "ImplicitFunc"}:
             return
         time.sleep(0.5)
 

@@ -10,6 +10,7 @@ import pytest
 from rayexp import tracking
 from rayexp.cli import main
 from rayexp.orchestrate import DRIVER_RESOURCE
+from tests.conftest import both_runtimes
 from tests.test_sweep_e2e import DEFAULTS, _argv, _free_port
 
 
@@ -39,10 +40,13 @@ def cluster():
 
 
 @pytest.mark.slow
-def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(cluster, digits_dir, tmp_path, capsys):
+@both_runtimes
+def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(runtime, cluster, digits_dir, tmp_path, capsys):
     from ray.util.state import list_actors
 
     c, workers = cluster
+    # The process that trains, one GPU each: Train's worker, or the light runtime's Tune trial function.
+    trains = "RayTrainWorker" if runtime == "train" else "ImplicitFunc"
     worker_ids = {w.node_id for w in workers}
     argv = _argv(
         tmp_path,
@@ -63,10 +67,12 @@ def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(cluster, digits_di
         "1",
         "--data-cpus",
         "1",
+        "--runtime",
+        runtime,
     )
     assert main(DEFAULTS, argv) == 0
     out = capsys.readouterr().out
-    assert "preflight passed on 3 nodes" in out and "on GPU" in out
+    assert "preflight passed on 3 nodes" in out and f"on GPU (runtime: {runtime})" in out
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     from mlflow.tracking import MlflowClient
 
@@ -75,16 +81,20 @@ def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(cluster, digits_di
         r["key"]: client.get_run(r["run_id"]).data.tags["node_id"] for r in tracking.fetch_trial_results(uri, "cluster")
     }
     assert len(nodes) == 2 and set(nodes.values()) == worker_ids  # one trial per GPU node, recorded in MLflow
-    # Where the design puts each part (README, "Sizing the head"): the trial functions and Train's controllers
-    # on the head, through the trial-driver resource; training and Ray Data's decode tasks on the GPU nodes.
+    # Where the design puts each part (README, "Sizing the head" and "Runtimes"): with Train, the trial functions
+    # and Train's controllers on the head, through the trial-driver resource; training (the Train worker, or the
+    # light runtime's trial function holding its GPU) and Ray Data's decode tasks on the GPU nodes.
     from ray.util.state import list_tasks
 
     head = c.head_node.node_id
 
-    def nodes_of(class_name: str) -> set[str]:
-        return {a.node_id for a in list_actors(address=c.address, filters=[("class_name", "=", class_name)])}
+    actors = list_actors(address=c.address, limit=10000)
 
-    assert nodes_of("TrainController") == {head} and nodes_of("RayTrainWorker") == worker_ids
+    def nodes_of(class_name: str) -> set[str]:  # Tune's actor class is ImplicitFunc or ….<locals>.ImplicitFunc
+        return {a.node_id for a in actors if a.class_name.split(".")[-1] == class_name}
+
+    assert nodes_of(trains) == worker_ids
+    assert nodes_of("TrainController") == ({head} if runtime == "train" else set())
     decode = [t for t in list_tasks(address=c.address, detail=True, limit=10000) if "ReadParquet" in t.name]
     assert decode and {t.node_id for t in decode} <= worker_ids
 
@@ -92,22 +102,27 @@ def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(cluster, digits_di
     lost = {}
 
     def remove_node_after_first_epoch() -> None:
-        deadline = time.time() + 300
+        # The node and the run are found first, so that the node goes within a poll of the first epoch's metric.
+        deadline, victim, run_id = time.time() + 300, None, None
         while time.time() < deadline:
             try:
-                rows = tracking.fetch_trial_results(uri, "lost")
-                if rows and tracking.metric_history(uri, rows[0]["run_id"], "test_acc"):
-                    actors = list_actors(
-                        address=c.address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-                    )
-                    victims = [w for w in workers if actors and w.node_id == actors[0].node_id]
-                    if victims:
-                        lost["node"] = victims[0].node_id
-                        c.remove_node(victims[0], allow_graceful=False)
-                        return
+                if victim is None:
+                    alive = [
+                        a.node_id
+                        for a in list_actors(address=c.address, limit=10000)
+                        if a.class_name.split(".")[-1] == trains and a.state == "ALIVE"
+                    ]
+                    victim = next((w for w in workers if w.node_id in alive), None)
+                if run_id is None:
+                    rows = tracking.fetch_trial_results(uri, "lost")
+                    run_id = rows[0]["run_id"] if rows else None
+                if victim is not None and run_id and tracking.metric_history(uri, run_id, "test_acc"):
+                    lost["node"] = victim.node_id
+                    c.remove_node(victim, allow_graceful=False)
+                    return
             except Exception as exc:  # the store or the state API not ready yet
                 lost.setdefault("errors", []).append(repr(exc))
-            time.sleep(0.5)
+            time.sleep(0.2)
 
     thread = threading.Thread(target=remove_node_after_first_epoch, daemon=True)
     thread.start()
@@ -120,6 +135,8 @@ def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(cluster, digits_di
         "lost",
         "--backbones",
         "shufflenet_v2_x2_0",
+        "--fractions",
+        "0.5",  # epochs long enough (seconds each in the light runtime) to lose the node after the first
         "--max-epochs",
         "4",
         "--patience",
@@ -129,6 +146,8 @@ def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(cluster, digits_di
         "1",
         "--data-cpus",
         "1",
+        "--runtime",
+        runtime,
     )
     assert main(DEFAULTS, argv) == 0
     thread.join(timeout=5)

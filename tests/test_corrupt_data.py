@@ -22,6 +22,7 @@ from rayexp.data.shards import MANIFEST, load_manifest, manifest_fingerprint
 from rayexp.data.shards import file_sha256 as _file_sha256
 from rayexp.settings import SweepSettings
 from rayexp.training import TrainConfig
+from tests.conftest import both_runtimes
 
 
 def _png(seed: int = 0) -> bytes:
@@ -111,8 +112,9 @@ def test_ray_data_pipeline_names_the_corrupt_row_within_a_minute(ray_local, digi
 
 
 @pytest.mark.slow
+@both_runtimes
 def test_a_sweep_on_a_corrupt_shard_fails_once_with_the_message_in_summary_and_mlflow(
-    ray_local, digits_dir, tmp_path, capsys
+    runtime, ray_local, digits_dir, tmp_path, capsys
 ):
     shutil.copytree(digits_dir, tmp_path / "data")
     part, row_id = corrupt_a_training_image(tmp_path / "data")
@@ -139,12 +141,16 @@ def test_a_sweep_on_a_corrupt_shard_fails_once_with_the_message_in_summary_and_m
         uri,
         "--out",
         str(tmp_path / "report"),
+        "--runtime",
+        runtime,
     ]
     start = time.perf_counter()
     assert main(defaults, argv) == 1
     assert time.perf_counter() - start < 180
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     said = f"shard {part}, row id {row_id!r}: the image cannot be decoded"
+    assert "shufflenet_v2_x2_0/digits/1.0/0 errored" in captured.out  # the console's line, in either runtime
     assert "1 trial(s) errored" in err and "shufflenet_v2_x2_0/digits/1.0/0: " in err and said in err
     assert "ray::ImplicitFunc.train()" not in err
     (row,) = tracking.fetch_trial_results(uri, "corrupt")

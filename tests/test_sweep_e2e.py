@@ -11,7 +11,7 @@ from rayexp import tracking
 from rayexp.cli import SweepDefaults, main
 from rayexp.settings import SweepSettings
 from rayexp.training import TrainConfig
-from tests.conftest import plant_weights
+from tests.conftest import both_runtimes, plant_weights
 
 DEFAULTS = SweepDefaults(
     description="test sweep",
@@ -67,9 +67,10 @@ def _argv(tmp_path: Path, data_dir: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_dir, tmp_path, capsys):
+@both_runtimes
+def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(runtime, ray_local, digits_dir, tmp_path, capsys):
     planted = plant_weights(Path(os.environ["TORCH_HOME"]), "mobilenet_v3_large")
-    assert main(DEFAULTS, _argv(tmp_path, digits_dir, "--keep-checkpoints")) == 0
+    assert main(DEFAULTS, _argv(tmp_path, digits_dir, "--keep-checkpoints", "--runtime", runtime)) == 0
     out = capsys.readouterr()
     assert "NO PRETRAINED WEIGHTS for shufflenet_v2_x2_0" in out.err
     assert "| digits | 0.1 | mobilenet_v3_large |" in out.out
@@ -110,6 +111,7 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_d
         run.data.tags["dataset"] == "digits" and run.data.tags["seed"] == "0" and run.data.params["batch_size"] == "64"
     )
     assert run.data.tags["ray_trial_id"] and run.data.tags["node_ip"] and run.data.tags["accelerator"] == "cpu"
+    assert run.data.params["runtime"] == runtime and run.data.tags["runtime"] == runtime
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
         "config.json",
         "history.csv",
@@ -130,7 +132,7 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_d
     assert planted
 
     # The same sweep again: every key has a finished run, nothing trains, no run is added.
-    assert main(DEFAULTS, _argv(tmp_path, digits_dir)) == 0
+    assert main(DEFAULTS, _argv(tmp_path, digits_dir, "--runtime", runtime)) == 0
     assert "2 of 2 trials already finished" in capsys.readouterr().out
     assert len(tracking.fetch_trial_results(uri, "e2e")) == 2
 
@@ -140,12 +142,16 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(ray_local, digits_d
     assert (
         main(
             DEFAULTS,
-            _argv(tmp_path, digits_dir, "--backbones", "shufflenet_v2_x2_0", "--max-epochs", "1", "--retrain-changed"),
+            _argv(
+                tmp_path,
+                digits_dir,
+                *("--backbones", "shufflenet_v2_x2_0", "--max-epochs", "1", "--retrain-changed", "--runtime", runtime),
+            ),
         )
         == 0
     )
     out = capsys.readouterr().out
-    assert "1 trial(s) were run from other data or settings" in out
+    assert "1 trial(s) were run from other data or settings" in out and f"(runtime: {runtime})" in out
     (again,) = [r for r in tracking.fetch_trial_results(uri, "e2e") if r["key"] == key]
     assert again["run_id"] != rows[key]["run_id"] and again["epochs_run"] == 2
     assert [step for step, _ in tracking.metric_history(uri, again["run_id"], "test_acc")] == [1, 2]
@@ -185,7 +191,8 @@ def test_full_grid_refuses_to_start_without_weights(digits_dir, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_asha_stops_a_clearly_worse_trial_early(ray_local, digits_dir, tmp_path, capsys):
+@both_runtimes
+def test_asha_stops_a_clearly_worse_trial_early(runtime, ray_local, digits_dir, tmp_path, capsys):
     # From random init, ShuffleNetV2 learns digits within two epochs while MobileNetV3-Large's eval
     # accuracy stays at chance (its BatchNorm statistics lag): ASHA must stop MobileNet at a rung.
     argv = _argv(
@@ -209,6 +216,8 @@ def test_asha_stops_a_clearly_worse_trial_early(ray_local, digits_dir, tmp_path,
         "1",
         "--reduction-factor",
         "2",
+        "--runtime",
+        runtime,
     )
     assert main(DEFAULTS, argv) == 0
     out = capsys.readouterr().out
@@ -371,7 +380,8 @@ def test_sweep_logs_to_a_real_mlflow_server_over_http(ray_local, digits_dir, tmp
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_trial_resumes_into_the_same_run(ray_local, digits_dir, tmp_path):
+@both_runtimes
+def test_a_worker_killed_mid_trial_resumes_into_the_same_run(runtime, ray_local, digits_dir, tmp_path):
     import os
     import signal
     import threading
@@ -382,23 +392,33 @@ def test_a_worker_killed_mid_trial_resumes_into_the_same_run(ray_local, digits_d
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     address = ray_local.get_runtime_context().gcs_address  # this session's instance, even beside others
     killed, errors = {}, []
+    # The process that trains: Train's worker, or the light runtime's Tune trial function (its actor class is
+    # ImplicitFunc, named wrap_function.<locals>.ImplicitFunc by the state API in some processes).
+    trains = "RayTrainWorker" if runtime == "train" else "ImplicitFunc"
 
     def kill_after_first_epoch() -> None:
-        deadline = time.time() + 240
+        # The process and the run are found first, so that the kill follows the first epoch's metric within a
+        # poll (a light-runtime epoch here takes seconds).
+        deadline, pid, run_id = time.time() + 240, None, None
         while time.time() < deadline and not killed:
             try:
-                rows = tracking.fetch_trial_results(uri, "retry")
-                if rows and tracking.metric_history(uri, rows[0]["run_id"], "test_acc"):
-                    workers = list_actors(
-                        address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
-                    )
-                    if workers:
-                        os.kill(workers[0].pid, signal.SIGKILL)
-                        killed["pid"] = workers[0].pid
-                        return
+                if pid is None:
+                    alive = [
+                        a
+                        for a in list_actors(address=address, limit=10000)
+                        if a.class_name.split(".")[-1] == trains and a.state == "ALIVE"
+                    ]
+                    pid = alive[0].pid if alive else None
+                if run_id is None:
+                    rows = tracking.fetch_trial_results(uri, "retry")
+                    run_id = rows[0]["run_id"] if rows else None
+                if pid and run_id and tracking.metric_history(uri, run_id, "test_acc"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed["pid"] = pid
+                    return
             except Exception as exc:  # the store or the state API not ready yet
                 errors.append(repr(exc))
-            time.sleep(0.5)
+            time.sleep(0.2)
 
     thread = threading.Thread(target=kill_after_first_epoch, daemon=True)
     thread.start()
@@ -409,11 +429,15 @@ def test_a_worker_killed_mid_trial_resumes_into_the_same_run(ray_local, digits_d
         "retry",
         "--backbones",
         "shufflenet_v2_x2_0",
+        "--fractions",
+        "0.5",  # epochs long enough (seconds each in the light runtime) to be interrupted after the first
         "--max-epochs",
         "4",
         "--patience",
         "4",
         "--no-dualopt",
+        "--runtime",
+        runtime,
     )
     assert main(DEFAULTS, argv) == 0
     thread.join(timeout=5)
@@ -435,7 +459,8 @@ def test_a_worker_killed_mid_trial_resumes_into_the_same_run(ray_local, digits_d
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_only_unfinished_keys(ray_local, digits_dir, tmp_path, capsys):
+@both_runtimes
+def test_killed_driver_resumes_only_unfinished_keys(runtime, ray_local, digits_dir, tmp_path, capsys):
     import os
     import signal
     import subprocess
@@ -465,6 +490,8 @@ def test_killed_driver_resumes_only_unfinished_keys(ray_local, digits_dir, tmp_p
         "1",
         "--data-cpus",
         "1",
+        "--runtime",
+        runtime,
     ]  # the same protocol both ways; one trial at a time, whatever the demo's own defaults
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # The sweep's driver in a process of its own (with its own local Ray), killed mid-sweep like a Ctrl-C'd
@@ -514,3 +541,35 @@ def test_killed_driver_resumes_only_unfinished_keys(ray_local, digits_dir, tmp_p
     assert client.get_run(rows[1]["run_id"]).data.tags["attempts"] == "2"
     history = Path(client.download_artifacts(rows[1]["run_id"], "history.csv", str(tmp_path))).read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]  # continued from its checkpoint
+
+
+@pytest.mark.slow
+def test_the_same_key_trained_in_either_runtime_gives_the_same_numbers(ray_local, digits_dir, tmp_path):
+    # Streamed from the shards every epoch (--cache-gb 0), through both DualOpt phases: the runtime changes
+    # where the trial's body runs, never what it computes.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rows = {}
+    for runtime in ("tune", "train"):
+        argv = _argv(
+            tmp_path,
+            digits_dir,
+            *("--experiment", f"same-{runtime}", "--backbones", "shufflenet_v2_x2_0", "--max-epochs", "2"),
+            *("--patience", "1", "--cache-gb", "0", "--runtime", runtime),
+        )
+        assert main(DEFAULTS, argv) == 0
+        (rows[runtime],) = tracking.fetch_trial_results(uri, f"same-{runtime}")
+    tune, train = rows["tune"], rows["train"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    for row, runtime in ((tune, "tune"), (train, "train")):
+        params = client.get_run(row["run_id"]).data.params
+        assert params["data_cache"] == "False" and params["runtime"] == runtime
+    for metric in ("train_loss", "test_acc", "phase"):
+        assert tracking.metric_history(uri, tune["run_id"], metric) == tracking.metric_history(
+            uri, train["run_id"], metric
+        ), metric
+    assert tune["best_test_acc"] == train["best_test_acc"] and tune["epochs_run"] == train["epochs_run"] >= 2
+    assert _predictions(client, tune["run_id"], tmp_path / "tune") == _predictions(
+        client, train["run_id"], tmp_path / "t"
+    )

@@ -206,6 +206,19 @@ def build_trial_datasets(
     return datasets, False
 
 
+def trial_iterators(datasets: dict, execution: ray.data.ExecutionOptions) -> dict:
+    """An iterator over each of a trial's datasets (:func:`build_trial_datasets`), run with the trial's
+    ``execution`` options (:func:`configure_data_context`) in the process that trains: what Train's
+    ``DataConfig`` gives its one worker for a dataset it does not split, without Train's dataset-manager actor."""
+    iterators = {}
+    for name, dataset in datasets.items():
+        dataset = dataset.copy(dataset)
+        dataset.set_name(name)
+        dataset.context.execution_options = execution
+        iterators[name] = dataset.iterator()
+    return iterators
+
+
 def augments(manifest: dict, enabled: bool = True) -> bool:
     """Whether a trial on this dataset uses TrivialAugmentWide: the protocol's choice (all but BreakHis and
     Galaxy10), which preparation wrote into the manifest from the catalog, unless turned off for the sweep."""

@@ -1,14 +1,17 @@
 """Ray at the edges: the only package that imports ``ray.tune`` and ``ray.train``.
 
 Ray Tune enumerates the grid: each trial is a Tune function (:mod:`.driver`) that builds the trial's Ray Data
-pipeline and fits a Ray Train ``TorchTrainer`` with one worker (:mod:`.worker`), which trains with
-:mod:`rayexp.training` and logs to MLflow with :mod:`rayexp.tracking`.
+pipeline and runs the trial's body (:mod:`.worker`: it trains with :mod:`rayexp.training` and logs to MLflow with
+:mod:`rayexp.tracking`) in one of two runtimes (:mod:`.session`): the one worker of a Ray Train
+``TorchTrainer`` (``--runtime train``), or the Tune function itself (``--runtime tune``).
 
 * :mod:`.sweep`: a whole sweep (lock, keys, Ray, Tune, outcome) and the cluster's preflight
 * :mod:`.resume`: which keys to train now (finished, errored, interrupted, changed)
 * :mod:`.context`: what every trial receives (the plan, its resources, the cells' parent runs)
 * :mod:`.resources`: resources per trial, concurrency, the local Ray instance
-* :mod:`.driver` / :mod:`.worker`: one trial's Tune function and its Train worker
+* :mod:`.driver` / :mod:`.worker`: one trial's Tune function and its body
+* :mod:`.session` / :mod:`.checkpoints`: what the body asks of its runtime, the two adapters, and the checkpoints
+  of the trial's run folder that both share
 * :mod:`.artifacts`: what a trial logs besides metrics (config, history, confusion matrix, predictions)
 * :mod:`.failures`: which errors are retried, and their messages
 * :mod:`.schedulers` / :mod:`.callbacks`: FIFO or grouped ASHA, budgets, the cells' summaries

@@ -54,8 +54,9 @@ class ProgressPrinter(ray.tune.Callback):
     finished trial, with the sweep's progress and an estimate of the time left: the console without
     ``--verbose``, where Tune's own tables are off."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, uri: str, experiment: str) -> None:
         self.total, self.done, self.start = total, 0, time.monotonic()
+        self.uri, self.experiment = uri, experiment
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         if "train_loss" not in result:  # the trial's closing report
@@ -76,7 +77,14 @@ class ProgressPrinter(ray.tune.Callback):
         print(f"[rayexp] {trial.config['key']} {how}: {self.done}/{self.total} trials{eta}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._finished(trial, "finished")
+        # A deterministic error ends the trial function without raising (so that it is never retried): its
+        # MLflow run says FAILED.
+        try:
+            record = tracking.trial_record(self.uri, self.experiment, trial.config["key"])
+        except Exception:  # noqa: BLE001 - the console line is not worth stopping the sweep; the summary says it
+            record = None
+        failed = record is not None and record["status"] == tracking.FAILED
+        self._finished(trial, "errored (its message is printed at the end)" if failed else "finished")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._finished(trial, "errored (its message is printed at the end)")

@@ -11,7 +11,7 @@ from rayexp.settings import SweepPlan
 class TrialResources:
     """What each trial holds, resolved once for the sweep from its settings and whether trials use GPUs."""
 
-    worker_cpus: float  # the training worker's
+    worker_cpus: float  # the training worker's (the Train worker, or the Tune function in the light runtime)
     data_cpus: float  # the trial's Ray Data decode tasks'
     gpus: float  # the training worker's; 0 on the CPU
     cache_bytes: float  # a trial's decoded images are kept in its worker's memory below this
@@ -31,3 +31,4 @@ class TrialContext:
     resources: TrialResources
     cell_runs: dict[str, str]  # cell name -> the MLflow run id of the cell's parent run
     local: bool  # a local Ray instance (no spot nodes, no preemption watcher)
+    runtime: str  # what runs each trial's body: "train" (a one-worker TorchTrainer) or "tune" (the Tune function)

@@ -1,9 +1,10 @@
 """Resources and concurrency: what each trial holds, how many run at once, and the local Ray instance.
 
-Per trial, the Tune function holds no CPU, only one unit of the custom resource ``rayexp_trial_driver``; the
-Train worker holds ``worker_cpus`` (and a GPU share when the cluster has GPUs); the Ray Data tasks that decode
-get ``data_cpus``, kept free by bounding concurrency. Without that reserve, trial actors can hold every CPU
-and Ray Data waits forever without an error.
+Per trial, with ``--runtime train``, the Tune function holds no CPU, only one unit of the custom resource
+``rayexp_trial_driver`` (the head's), and the Train worker holds ``worker_cpus`` (and a GPU share when the
+cluster has GPUs); with ``--runtime tune`` the Tune function holds those itself, wherever they are. The Ray
+Data tasks that decode get ``data_cpus``, kept free by bounding concurrency. Without that reserve, trial actors
+can hold every CPU and Ray Data waits forever without an error.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import ray
 
 from rayexp.errors import RayexpError
 from rayexp.orchestrate.context import TrialResources
+from rayexp.orchestrate.session import TRAIN
 from rayexp.settings import SweepSettings
 
 DRIVER_RESOURCE = "rayexp_trial_driver"
+LIGHT_TRIALS_LIMIT = 64
+ACCELERATOR_RESOURCE = "accelerator_type:"  # Ray's per-node resource naming its accelerator, as Train asks for it
 RAY_LOGS = "/tmp/ray/session_latest/logs"  # Ray's default, on the head node
 
 
@@ -60,6 +64,17 @@ def trial_resources(settings: SweepSettings, use_gpu: bool) -> TrialResources:
     )
 
 
+def trial_function_resources(resources: TrialResources, runtime: str) -> dict[str, float]:
+    """What each trial's Tune function holds: a trial-driver slot when it only drives a Train worker (which holds
+    the trial's CPUs and GPU), else the trial's CPUs, GPU and accelerator type itself."""
+    if runtime == TRAIN:
+        return {"cpu": 0, DRIVER_RESOURCE: 1}
+    held = {"cpu": resources.worker_cpus, "gpu": resources.gpus}
+    if resources.gpus and resources.accelerator_type:
+        held[ACCELERATOR_RESOURCE + resources.accelerator_type] = 0.001
+    return held
+
+
 def init_ray(settings: SweepSettings) -> None:
     """Connect to ``--address``, or start a local instance with one trial-driver slot per trial that fits."""
     if ray.is_initialized():
@@ -88,7 +103,9 @@ def init_ray(settings: SweepSettings) -> None:
 def plan_concurrency(settings: SweepSettings) -> tuple[int, bool]:
     """(trials that may run at once, whether trials use GPUs), from the cluster's resources."""
     resources = ray.cluster_resources()
-    drivers = resources.get(DRIVER_RESOURCE, 0)
+    # Only Train's trial functions need the head's driver slots; light trials are bounded by CPUs and GPUs (and,
+    # while an autoscaler has yet to add GPU nodes, by as many as cluster.yaml's head gives Train).
+    drivers = resources.get(DRIVER_RESOURCE, 0) if settings.trial_runtime == TRAIN else LIGHT_TRIALS_LIMIT
     if drivers < 1:
         raise RayexpError(
             f"the Ray cluster at {settings.address or 'local'} has no '{DRIVER_RESOURCE}' resource, which the trial "

@@ -17,12 +17,13 @@ from rayexp.errors import RayexpError
 from rayexp.grid import TrialKey
 from rayexp.orchestrate.callbacks import CellSummaryCallback, ProgressPrinter, update_cell_summary
 from rayexp.orchestrate.context import TrialContext
-from rayexp.orchestrate.driver import trial_driver
+from rayexp.orchestrate.driver import MAX_FAILURES, trial_driver
 from rayexp.orchestrate.failures import error_message
 from rayexp.orchestrate.orphans import OrphanReaper, reap
-from rayexp.orchestrate.resources import DRIVER_RESOURCE, init_ray, plan_concurrency, trial_resources
+from rayexp.orchestrate.resources import init_ray, plan_concurrency, trial_function_resources, trial_resources
 from rayexp.orchestrate.resume import select_trials
 from rayexp.orchestrate.schedulers import SweepStopper, make_scheduler, make_stop, stop_reason
+from rayexp.orchestrate.session import TRAIN
 from rayexp.preflight import node_problems
 from rayexp.settings import SweepPlan
 
@@ -56,8 +57,12 @@ def _run_locked(plan: SweepPlan) -> dict:
             f"--precision fp16 needs a GPU, and the trials of this sweep run on the CPU (the cluster at {s.address} "
             "has no GPU now): use --precision bf16 or fp32, or --device gpu to wait for GPU nodes"
         )
-    print(f"[rayexp] {len(todo)} trials, up to {concurrency} at a time, on {'GPU' if use_gpu else 'CPU'}")
-    context = TrialContext(plan, trial_resources(s, use_gpu), cell_runs, local=not s.address)
+    runtime = s.trial_runtime
+    print(
+        f"[rayexp] {len(todo)} trials, up to {concurrency} at a time, on {'GPU' if use_gpu else 'CPU'} "
+        f"(runtime: {runtime})"
+    )
+    context = TrialContext(plan, trial_resources(s, use_gpu), cell_runs, local=not s.address, runtime=runtime)
     stopper = make_stop(s, use_gpu)
     try:
         grid = _tuner(plan, context, todo, concurrency, stopper).fit()
@@ -79,7 +84,8 @@ def _tuner(
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return ray.tune.Tuner(
         ray.tune.with_resources(
-            ray.tune.with_parameters(trial_driver, context=context), {"cpu": 0, DRIVER_RESOURCE: 1}
+            ray.tune.with_parameters(trial_driver, context=context),
+            trial_function_resources(context.resources, context.runtime),
         ),
         param_space={"key": ray.tune.grid_search([str(k) for k in todo])},
         tune_config=ray.tune.TuneConfig(
@@ -94,11 +100,11 @@ def _tuner(
             storage_path=s.storage,
             stop=stopper,
             callbacks=[CellSummaryCallback(s.tracking_uri, s.experiment), OrphanReaper()]
-            + ([] if s.verbose else [ProgressPrinter(len(todo))]),
+            + ([] if s.verbose else [ProgressPrinter(len(todo), s.tracking_uri, s.experiment)]),
             verbose=None if s.verbose else 0,  # 0: no status tables; ProgressPrinter says what matters
-            # A trial function's error is deterministic (bad data, a bug): lost workers and nodes are retried
-            # inside the trial, by Train's FailureConfig.
-            failure_config=ray.tune.FailureConfig(max_failures=0),
+            # Lost workers and nodes: Train's FailureConfig retries inside the trial; the light runtime's trial
+            # function is retried by Tune. A deterministic error never reaches either (see .driver).
+            failure_config=ray.tune.FailureConfig(max_failures=0 if context.runtime == TRAIN else MAX_FAILURES),
         ),
     )
 
@@ -116,6 +122,10 @@ def _outcome(plan: SweepPlan, grid: ray.tune.ResultGrid, stopper: SweepStopper |
             errored.append((key, recorded.get(key) or error_message(result.error), result.path))
         elif not metrics:
             not_started.append(key)  # the sweep's budget was spent before it began
+        elif records.get(key, {}).get("status") == tracking.FAILED:
+            # A deterministic error, recorded by the trial (which reopened its run when it started) before it
+            # returned without raising, so that no FailureConfig would retry it.
+            errored.append((key, recorded.get(key) or "the trial failed (no message recorded)", result.path))
         else:
             reason = stop_reason(s, stopper, metrics)
             if tracking.close_stopped_run(s.tracking_uri, s.experiment, key, s.train.selection, reason=reason):

@@ -1,53 +1,55 @@
-"""The Ray Train worker of one trial: plain PyTorch through :func:`rayexp.training.fit`, logged to MLflow.
+"""One trial's body, the same in both runtimes: plain PyTorch through :func:`rayexp.training.fit`, logged to
+MLflow, against a :class:`rayexp.orchestrate.session.TrialSession`.
 
-A deterministic error is recorded in the trial's MLflow run (FAILED, with the message) and the worker
-returns, so that Train does not retry it; the trial driver reads the run and fails the trial once. Any other
-error is raised, for Train to restart the worker from its last checkpoint.
+A deterministic error is recorded in the trial's MLflow run (FAILED, with the message) and the body returns,
+so that neither Train nor Tune retries it; the sweep reads the run and reports the trial as errored once. Any
+other error is raised, for the runtime to restart the trial from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import io
 import socket
-import tempfile
 import traceback
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import ray
-import ray.train
-import ray.train.torch
 import torch
 
 from rayexp import tracking, training
 from rayexp.backbones import create_backbone, get_head, get_spec
-from rayexp.data.pipeline import Normalizer, TrialBatches, augments, normalization
+from rayexp.data.pipeline import Normalizer, TrialBatches, augments, normalization, trial_iterators
 from rayexp.export import save_best_weights
 from rayexp.grid import TrialKey
 from rayexp.orchestrate.artifacts import log_predictions, log_trial_artifacts, split_row_ids
 from rayexp.orchestrate.context import TrialContext
 from rayexp.orchestrate.failures import is_deterministic, record_failure
+from rayexp.orchestrate.session import TrainSession, TrialSession
 
-CHECKPOINT_FILE = "checkpoint.pt"
+
+def train_worker(train_loop_config: dict) -> None:
+    """The ``train_loop_per_worker`` of the trial's ``TorchTrainer`` (``--runtime train``): the body's config
+    arrives as an object reference (see :func:`rayexp.orchestrate.driver._fit_trainer`)."""
+    config = ray.get(train_loop_config["body"])
+    location = config["context"].plan.settings.train_run(TrialKey.parse(config["key"]))
+    run_trial(config, TrainSession(location, trial_iterators(config["datasets"], config["execution"])))
 
 
-def train_worker(config: dict) -> None:
-    """The ``train_loop_per_worker`` of the trial's ``TorchTrainer`` (see the module's docstring)."""
+def run_trial(config: dict, session: TrialSession) -> None:
+    """Train, evaluate and log one trial (see the module's docstring for its errors). ``config``: the trial's
+    ``key``, ``context``, ``manifest``, ``train_rows``, its ``datasets`` and their ``execution`` options, and
+    Tune's ``trial_id``."""
     key = TrialKey.parse(config["key"])
     try:
-        _train(key, config)
+        _train(key, config, session)
+    except (SystemExit, KeyboardInterrupt):
+        raise  # Tune stopping the trial (a scheduler, a budget) or the driver going: not the trial's error
     except BaseException as exc:
-        if ray.train.get_context().get_world_rank() == 0:
+        if session.chief:
             record_failure(config["context"], key, exc)
         if not is_deterministic(exc):
             raise
-        traceback.print_exc()  # the whole story in the worker's log; the driver reads the message from MLflow
-
-
-def _device() -> torch.device:
-    """Ray's device for this worker; a GPU assigned by Ray but not visible to this PyTorch (a logical GPU, a
-    CPU build) trains on the CPU."""
-    return ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
+        traceback.print_exc()  # the whole story in the trial's log; the sweep reads the message from MLflow
 
 
 def _model(key: TrialKey, context: TrialContext, n_classes: int, device: torch.device) -> torch.nn.Module:
@@ -63,19 +65,16 @@ def _model(key: TrialKey, context: TrialContext, n_classes: int, device: torch.d
     return model
 
 
-def _resumed_checkpoint(key: TrialKey, identity: dict, device: torch.device) -> dict | None:
-    """The trial's last checkpoint when Train restored one made from the same data and settings."""
-    ray_checkpoint = ray.train.get_checkpoint()
-    if ray_checkpoint is None:
+def _resumed_checkpoint(key: TrialKey, identity: dict, session: TrialSession) -> dict | None:
+    """The trial's last checkpoint when its runtime has one made from the same data and settings."""
+    checkpoint = session.resume_from()
+    if checkpoint is None:
         return None
-    with ray_checkpoint.as_directory() as folder:
-        # Our own checkpoint (it holds NumPy RNG state, which weights_only refuses), from the trial's storage.
-        checkpoint = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=device, weights_only=False)
     if checkpoint.get("identity") != identity:
         # Left by a training of other data or settings (a key retrained with --retrain-changed, or an older
         # rayexp): continuing it would report its old numbers under this run's fingerprints.
         print(
-            f"[rayexp] {key}: the checkpoint in its Train run was made from other data or settings; training "
+            f"[rayexp] {key}: the checkpoint in its run folder was made from other data or settings; training "
             "from the start",
             flush=True,
         )
@@ -83,14 +82,14 @@ def _resumed_checkpoint(key: TrialKey, identity: dict, device: torch.device) -> 
     return checkpoint
 
 
-def _batches(config: dict, key: TrialKey, batch_size: int, device: torch.device) -> TrialBatches:
+def _batches(config: dict, key: TrialKey, batch_size: int, session: TrialSession) -> TrialBatches:
     context, manifest = config["context"], config["manifest"]
     settings = context.plan.settings
     return TrialBatches(
-        {name: ray.train.get_dataset_shard(name) for name in config["datasets"]},
+        {name: session.dataset(name) for name in config["datasets"]},
         batch_size=batch_size,
         seed=key.seed,
-        normalize=Normalizer(*normalization(manifest, settings.normalize), device),
+        normalize=Normalizer(*normalization(manifest, settings.normalize), session.device),
         augment=augments(manifest, settings.augment),
         threads=context.resources.batch_threads(cached="cache" in config["datasets"]),
         shuffle_buffer=min(config["train_rows"], 1024),
@@ -98,17 +97,19 @@ def _batches(config: dict, key: TrialKey, batch_size: int, device: torch.device)
 
 
 def _open_run(
-    config: dict, key: TrialKey, cfg: training.TrainConfig, batch_size: int, identity: dict, device: torch.device
+    config: dict, key: TrialKey, cfg: training.TrainConfig, batch_size: int, identity: dict, session: TrialSession
 ) -> tuple[tracking.TrialRun, dict]:
     """The trial's MLflow run, opened (or reopened on a restart) under its cell's parent run, and its params."""
     context, manifest = config["context"], config["manifest"]
     plan, settings = context.plan, context.plan.settings
+    device = session.device
     node = tracking.node_tags(
         node=socket.gethostname(),
         node_ip=ray.util.get_node_ip_address(),
         node_id=ray.get_runtime_context().get_node_id(),
         ray_trial_id=config["trial_id"],
         accelerator=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        runtime=session.runtime,
     )
     tags = tracking.trial_tags(
         str(key),
@@ -140,26 +141,27 @@ def _open_run(
         test_class_counts=test["class_counts"],
         num_classes=manifest["n_classes"],
         model_input=get_spec(key.backbone).fixed_input,
+        runtime=session.runtime,
     )
     parent = context.cell_runs.get(tracking.cell_name(*key.cell))
     run = tracking.TrialRun.open(settings.tracking_uri, settings.experiment, str(key), tags, params, parent)
     return run, params
 
 
-def _train(key: TrialKey, config: dict) -> None:
+def _train(key: TrialKey, config: dict, session: TrialSession) -> None:
     context: TrialContext = config["context"]
     manifest = config["manifest"]
     settings = context.plan.settings
-    device = _device()
+    device = session.device
     batch_size = settings.batch_size_for(key.backbone)
     identity = context.plan.identity(key)
     cfg = replace(settings.train, seed=key.seed)
     model = _model(key, context, manifest["n_classes"], device)
-    checkpoint = _resumed_checkpoint(key, identity, device)
-    batches = _batches(config, key, batch_size, device)
+    checkpoint = _resumed_checkpoint(key, identity, session)
+    batches = _batches(config, key, batch_size, session)
     run, params, test_ids = None, {}, {}
-    if ray.train.get_context().get_world_rank() == 0:
-        run, params = _open_run(config, key, cfg, batch_size, identity, device)
+    if session.chief:
+        run, params = _open_run(config, key, cfg, batch_size, identity, session)
         test_ids = split_row_ids(settings.data_dir, key.dataset, "test")
 
     def on_epoch(metrics: dict, make_checkpoint) -> None:
@@ -168,9 +170,7 @@ def _train(key: TrialKey, config: dict) -> None:
             run.log_metrics(metrics, step=metrics["epoch"])
             if metrics["epochs_without_improvement"] == 0:  # a new best: a trial stopped from outside keeps it
                 log_predictions(run, state["progress"]["best_test_predictions"], test_ids)
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(state, Path(folder) / CHECKPOINT_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        session.report(metrics, state)
 
     val_batches = batches.evaluation("val") if cfg.selection == "val" else None
     final = training.fit(
@@ -188,7 +188,7 @@ def _train(key: TrialKey, config: dict) -> None:
         _finish_run(run, config, params, key, model, final, test_ids)
     # best_acc and epoch again, so that a scheduler sees the trial's last word.
     best = final.get("best_val_acc", final["best_test_acc"])
-    ray.train.report({**_scalars(final), "best_acc": best, "epoch": final["epochs_run"]})
+    session.report({**_scalars(final), "best_acc": best, "epoch": final["epochs_run"]})
 
 
 def _scalars(final: dict) -> dict:

@@ -49,6 +49,7 @@ NODE_IP_TAG = "node_ip"
 NODE_ID_TAG = "node_id"
 RAY_TRIAL_TAG = "ray_trial_id"
 ACCELERATOR_TAG = "accelerator"
+RUNTIME_TAG = "runtime"  # the attempt's: "train" (a Ray Train worker) or "tune" (the Tune trial function)
 # What a trial run was produced from (see rayexp.fingerprint): a finished run counts only for the same values.
 DATA_TAG = "data_fingerprint"
 PROTOCOL_TAG = "protocol_fingerprint"
@@ -80,6 +81,7 @@ COMPILE_PARAM = "compile"
 TEST_ROWS_PARAM = "test_rows"
 TEST_MAJORITY_PARAM = "test_majority_rate"  # the share of the test split's largest class: chance level
 NUM_CLASSES_PARAM = "num_classes"
+RUNTIME_PARAM = "runtime"  # the first attempt's runtime (MLflow never changes a param; the tag has each attempt's)
 
 # --- Metrics of a trial run -------------------------------------------------------------------------------
 # Per epoch (step = epoch), among those rayexp.training.fit reports:
@@ -163,14 +165,17 @@ def key_tags(backbone: str, dataset: str, fraction: float, seed: int) -> dict[st
     return {BACKBONE_TAG: backbone, DATASET_TAG: dataset, FRACTION_TAG: repr(fraction), SEED_TAG: str(seed)}
 
 
-def node_tags(node: str, node_ip: str, node_id: str, ray_trial_id: str, accelerator: str) -> dict[str, str]:
-    """Where an attempt of a trial runs: for :func:`trial_tags`' ``node``."""
+def node_tags(
+    node: str, node_ip: str, node_id: str, ray_trial_id: str, accelerator: str, runtime: str
+) -> dict[str, str]:
+    """Where and how an attempt of a trial runs: for :func:`trial_tags`' ``node``."""
     return {
         NODE_TAG: node,
         NODE_IP_TAG: node_ip,
         NODE_ID_TAG: node_id,
         RAY_TRIAL_TAG: ray_trial_id,
         ACCELERATOR_TAG: accelerator,
+        RUNTIME_TAG: runtime,
     }
 
 
@@ -223,11 +228,13 @@ def trial_params(
     test_class_counts: Sequence[int],
     num_classes: int,
     model_input: Sequence[int] | None = None,
+    runtime: str,
 ) -> dict[str, object]:
     """The params of a trial's run: ``train_config`` (``asdict(TrainConfig)``, whose ``dualopt`` names the
     optimizer) and how the trial was set up. ``weights``: the pretrained weights' name, or ``"random"``;
     ``test_class_counts``: the test split's rows per class; ``model_input``: the one size a backbone takes, when
-    its images are resized to it inside the model (a ViT with fixed position embeddings)."""
+    its images are resized to it inside the model (a ViT with fixed position embeddings); ``runtime``: what
+    ran the trial (``--runtime``), which does not change its results."""
     return {
         **train_config,
         PRECISION_PARAM: precision_resolved,
@@ -247,4 +254,5 @@ def trial_params(
         TEST_ROWS_PARAM: test_rows,
         TEST_MAJORITY_PARAM: max(test_class_counts) / test_rows,
         NUM_CLASSES_PARAM: num_classes,
+        RUNTIME_PARAM: runtime,
     }

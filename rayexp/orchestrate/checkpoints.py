@@ -1,0 +1,65 @@
+"""A trial's checkpoints in its run folder (:meth:`rayexp.settings.SweepSettings.train_run`): the one place
+both runtimes keep them, so that a trial resumes from its last epoch whichever runtime trained it before.
+
+Ray Train persists each reported checkpoint there itself (``checkpoint_<time>/checkpoint.pt``, the run being
+named after the trial). The light runtime writes the same layout here (``checkpoint_epoch-<N>/``): Tune's own
+checkpoints belong to a Tune trial, and a sweep resumed after its driver was killed is a new Tune run whose
+trials start without them, while the run folder is found again by the trial's key. A local folder or a
+bucket URI, through ``pyarrow.fs`` as Train does.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pyarrow
+import pyarrow.fs
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    if "://" in location:
+        return pyarrow.fs.FileSystem.from_uri(location)
+    return pyarrow.fs.LocalFileSystem(), os.path.abspath(location)
+
+
+def _checkpoint_dirs(filesystem: pyarrow.fs.FileSystem, path: str) -> list[pyarrow.fs.FileInfo]:
+    infos = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return [i for i in infos if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)]
+
+
+def save_checkpoint(location: str, epoch: int, state: dict) -> None:
+    """Write ``state`` as the run's checkpoint of ``epoch``, then remove its older ones (one is kept, as Train's
+    ``num_to_keep=1``). The file is complete under its final name before anything older goes: a node lost
+    while writing leaves the previous checkpoint to resume from."""
+    filesystem, path = _filesystem(location)
+    name = f"{CHECKPOINT_PREFIX}epoch-{epoch:04d}"
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    filesystem.create_dir(f"{path}/{name}", recursive=True)
+    # Under another name until complete (a file move is a rename locally, a copy in a bucket): the loader only
+    # reads checkpoint.pt.
+    with filesystem.open_output_stream(f"{path}/{name}/{CHECKPOINT_FILE}.partial") as stream:
+        stream.write(buffer.getbuffer())
+    filesystem.move(f"{path}/{name}/{CHECKPOINT_FILE}.partial", f"{path}/{name}/{CHECKPOINT_FILE}")
+    for info in _checkpoint_dirs(filesystem, path):
+        if info.base_name != name:
+            filesystem.delete_dir(info.path)
+
+
+def load_latest_checkpoint(location: str, device: torch.device) -> dict | None:
+    """The run's most recent checkpoint (either runtime's), or None when it has none."""
+    filesystem, path = _filesystem(location)
+    files = filesystem.get_file_info([f"{d.path}/{CHECKPOINT_FILE}" for d in _checkpoint_dirs(filesystem, path)])
+    found = [f for f in files if f.type == pyarrow.fs.FileType.File]
+    if not found:
+        return None
+    newest = max(found, key=lambda f: f.mtime_ns or 0)
+    with filesystem.open_input_stream(newest.path) as stream:
+        data = stream.read()
+    # Our own checkpoint (it holds NumPy RNG state, which weights_only refuses), from the trial's storage.
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=False)

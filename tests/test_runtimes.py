@@ -1,0 +1,83 @@
+"""The two runtimes' shared parts without a sweep: the checkpoints of a trial's run folder, the runtime each
+sweep gets, and what each trial's Tune function holds. Their end-to-end behaviour is in the tests marked
+``both_runtimes`` (test_sweep_e2e, test_corrupt_data, test_cluster)."""
+
+import os
+import time
+
+import pytest
+import torch
+
+from rayexp.cli import SweepDefaults, main
+from rayexp.orchestrate import DRIVER_RESOURCE
+from rayexp.orchestrate.checkpoints import load_latest_checkpoint, save_checkpoint
+from rayexp.orchestrate.context import TrialResources
+from rayexp.orchestrate.resources import trial_function_resources
+from rayexp.settings import SweepSettings
+
+CPU = torch.device("cpu")
+
+
+def _state(epoch: int) -> dict:
+    return {"progress": {"epoch": epoch}, "model": {"w": torch.full((2,), float(epoch))}}
+
+
+def test_the_run_folder_keeps_one_checkpoint_and_resumes_from_the_newest(tmp_path):
+    folder = str(tmp_path / "train_runs" / "e" / "key")
+    assert load_latest_checkpoint(folder, CPU) is None  # no folder yet: train from the start
+    save_checkpoint(folder, 1, _state(1))
+    save_checkpoint(folder, 2, _state(2))
+    assert sorted(p.name for p in (tmp_path / "train_runs" / "e" / "key").iterdir()) == ["checkpoint_epoch-0002"]
+    loaded = load_latest_checkpoint(folder, CPU)
+    assert loaded["progress"]["epoch"] == 2 and torch.equal(loaded["model"]["w"], torch.full((2,), 2.0))
+    save_checkpoint(folder, 2, _state(2))  # the same epoch again (a retried trial): replaced, still one
+    assert len(list((tmp_path / "train_runs" / "e" / "key").iterdir())) == 1
+
+
+def test_a_checkpoint_cut_short_is_never_resumed_from(tmp_path):
+    # A node lost while writing epoch 3 leaves only the partial file: epoch 2's checkpoint is the one resumed.
+    folder = tmp_path / "run"
+    save_checkpoint(str(folder), 2, _state(2))
+    (folder / "checkpoint_epoch-0003").mkdir()
+    (folder / "checkpoint_epoch-0003" / "checkpoint.pt.partial").write_bytes(b"cut sh")
+    assert load_latest_checkpoint(str(folder), CPU)["progress"]["epoch"] == 2
+
+
+def test_either_runtime_resumes_the_others_checkpoint(tmp_path):
+    # Train persists checkpoint_<time>/checkpoint.pt in the same folder: the newest file wins, whoever wrote it.
+    folder = tmp_path / "run"
+    save_checkpoint(str(folder), 1, _state(1))
+    train_made = folder / "checkpoint_2026-11-30_15-00-00.000000"
+    train_made.mkdir()
+    torch.save(_state(3), train_made / "checkpoint.pt")
+    later = time.time() + 5
+    os.utime(train_made / "checkpoint.pt", (later, later))
+    assert load_latest_checkpoint(str(folder), CPU)["progress"]["epoch"] == 3
+    save_checkpoint(str(folder), 4, _state(4))  # the light runtime continues: Train's older one goes
+    assert [p.name for p in folder.iterdir()] == ["checkpoint_epoch-0004"]
+
+
+def test_the_runtime_is_tune_on_a_laptop_and_train_on_a_cluster():
+    assert SweepSettings().trial_runtime == "tune"
+    assert SweepSettings(address="ray://head:10001").trial_runtime == "train"
+    assert SweepSettings(address="auto", runtime="tune").trial_runtime == "tune"
+    assert SweepSettings(runtime="train").trial_runtime == "train"
+
+
+def test_an_unknown_runtime_is_refused_before_anything_starts(tmp_path, capsys):
+    defaults = SweepDefaults(description="t", settings=SweepSettings(experiment="t"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(defaults, ["--runtime", "local", "--storage", str(tmp_path / "s")])
+    assert exit_info.value.code == 2
+    assert "--runtime: invalid choice: 'local' (choose from 'train', 'tune')" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_what_each_trial_function_holds():
+    gpu = TrialResources(worker_cpus=2, data_cpus=10, gpus=1, cache_bytes=0, accelerator_type="A100-80G")
+    # Train: the function only drives the worker, from a head slot; the worker holds the CPUs and the GPU.
+    assert trial_function_resources(gpu, "train") == {"cpu": 0, DRIVER_RESOURCE: 1}
+    # Tune: the function trains, so it holds them itself, on a node with the accelerator asked for.
+    assert trial_function_resources(gpu, "tune") == {"cpu": 2, "gpu": 1, "accelerator_type:A100-80G": 0.001}
+    cpu = TrialResources(worker_cpus=1, data_cpus=1, gpus=0, cache_bytes=0, accelerator_type="A100-80G")
+    assert trial_function_resources(cpu, "tune") == {"cpu": 1, "gpu": 0}
