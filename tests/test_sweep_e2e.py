@@ -420,6 +420,8 @@ def test_a_worker_killed_mid_trial_resumes_into_the_same_run(runtime, ray_local,
                 errors.append(repr(exc))
             time.sleep(0.2)
 
+    # Light-runtime epochs on 10% last under a second: half the data gives the interruption time to land.
+    fraction = "0.5" if runtime == "tune" else "0.1"
     thread = threading.Thread(target=kill_after_first_epoch, daemon=True)
     thread.start()
     argv = _argv(
@@ -430,7 +432,7 @@ def test_a_worker_killed_mid_trial_resumes_into_the_same_run(runtime, ray_local,
         "--backbones",
         "shufflenet_v2_x2_0",
         "--fractions",
-        "0.5",  # epochs long enough (seconds each in the light runtime) to be interrupted after the first
+        fraction,
         "--max-epochs",
         "4",
         "--patience",
