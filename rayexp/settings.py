@@ -22,6 +22,9 @@ from rayexp.grid import TrialKey
 from rayexp.options import nested, option
 from rayexp.training import TrainConfig
 
+# What runs each trial's body (rayexp.orchestrate.session): a one-worker Ray Train run, or the Tune trial function.
+TRAIN_RUNTIME, TUNE_RUNTIME = RUNTIMES = ("train", "tune")
+
 GROUP_TITLES = {
     "grid": "the grid",
     "where": "data, storage and tracking",
@@ -148,7 +151,7 @@ class SweepSettings:
         help="what runs each trial: train, a one-worker Ray Train TorchTrainer (the default with --address: Train "
         "places and restarts its worker); tune, the Tune trial function itself (the default on a local Ray: seconds "
         "less per trial); the same results either way (README: Runtimes)",
-        choices=("train", "tune"),
+        choices=RUNTIMES,
         group="resources",
     )
     worker_cpus: float | None = option(
@@ -224,7 +227,7 @@ class SweepSettings:
     @property
     def trial_runtime(self) -> str:
         """``runtime``, or its default: ``train`` on a cluster (``address``), ``tune`` on a local instance."""
-        return self.runtime or ("train" if self.address else "tune")
+        return self.runtime or (TRAIN_RUNTIME if self.address else TUNE_RUNTIME)
 
     def train_run(self, key: TrialKey) -> str:
         """Where a trial's Train run is kept (:func:`train_run_location`)."""

@@ -28,8 +28,9 @@ from rayexp.errors import RayexpError
 from rayexp.grid import TrialKey
 from rayexp.orchestrate.context import TrialContext
 from rayexp.orchestrate.failures import is_deterministic, record_failure
-from rayexp.orchestrate.session import TRAIN, TuneSession
+from rayexp.orchestrate.session import TuneSession
 from rayexp.orchestrate.worker import run_trial, train_worker
+from rayexp.settings import TRAIN_RUNTIME
 
 MAX_FAILURES = 2  # a trial restarts this often after a lost worker or node (Train's or Tune's FailureConfig)
 
@@ -77,7 +78,7 @@ def _drive(key: TrialKey, context: TrialContext) -> None:
         "execution": execution,
         "trial_id": ray.tune.get_context().get_trial_id(),
     }
-    if context.runtime == TRAIN:
+    if context.runtime == TRAIN_RUNTIME:
         _fit_trainer(key, context, config)
     else:
         session = TuneSession(settings.train_run(key), trial_iterators(config["datasets"], config["execution"]))

@@ -16,8 +16,7 @@ import ray
 
 from rayexp.errors import RayexpError
 from rayexp.orchestrate.context import TrialResources
-from rayexp.orchestrate.session import TRAIN
-from rayexp.settings import SweepSettings
+from rayexp.settings import TRAIN_RUNTIME, SweepSettings
 
 DRIVER_RESOURCE = "rayexp_trial_driver"
 LIGHT_TRIALS_LIMIT = 64
@@ -67,7 +66,7 @@ def trial_resources(settings: SweepSettings, use_gpu: bool) -> TrialResources:
 def trial_function_resources(resources: TrialResources, runtime: str) -> dict[str, float]:
     """What each trial's Tune function holds: a trial-driver slot when it only drives a Train worker (which holds
     the trial's CPUs and GPU), else the trial's CPUs, GPU and accelerator type itself."""
-    if runtime == TRAIN:
+    if runtime == TRAIN_RUNTIME:
         return {"cpu": 0, DRIVER_RESOURCE: 1}
     held = {"cpu": resources.worker_cpus, "gpu": resources.gpus}
     if resources.gpus and resources.accelerator_type:
@@ -105,7 +104,7 @@ def plan_concurrency(settings: SweepSettings) -> tuple[int, bool]:
     resources = ray.cluster_resources()
     # Only Train's trial functions need the head's driver slots; light trials are bounded by CPUs and GPUs (and,
     # while an autoscaler has yet to add GPU nodes, by as many as cluster.yaml's head gives Train).
-    drivers = resources.get(DRIVER_RESOURCE, 0) if settings.trial_runtime == TRAIN else LIGHT_TRIALS_LIMIT
+    drivers = resources.get(DRIVER_RESOURCE, 0) if settings.trial_runtime == TRAIN_RUNTIME else LIGHT_TRIALS_LIMIT
     if drivers < 1:
         raise RayexpError(
             f"the Ray cluster at {settings.address or 'local'} has no '{DRIVER_RESOURCE}' resource, which the trial "

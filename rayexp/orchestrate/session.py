@@ -26,9 +26,7 @@ import ray.tune
 import torch
 
 from rayexp.orchestrate.checkpoints import CHECKPOINT_FILE, load_latest_checkpoint, save_checkpoint
-
-TRAIN, TUNE = "train", "tune"
-RUNTIMES = (TRAIN, TUNE)
+from rayexp.settings import TRAIN_RUNTIME, TUNE_RUNTIME
 
 
 class TrialSession(Protocol):
@@ -51,7 +49,7 @@ class TrialSession(Protocol):
 class TrainSession:
     """The trial as the one worker of a ``TorchTrainer``."""
 
-    runtime = TRAIN
+    runtime = TRAIN_RUNTIME
 
     def __init__(self, location: str, iterators: dict) -> None:
         self.location, self.iterators = location, iterators  # Train persists its checkpoints in the run folder
@@ -81,7 +79,7 @@ class TrainSession:
 class TuneSession:
     """The trial as the Tune trial function itself, holding the trial's CPUs and GPU."""
 
-    runtime = TUNE
+    runtime = TUNE_RUNTIME
     chief = True
 
     def __init__(self, location: str, iterators: dict) -> None:

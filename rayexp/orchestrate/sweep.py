@@ -23,9 +23,8 @@ from rayexp.orchestrate.orphans import OrphanReaper, reap
 from rayexp.orchestrate.resources import init_ray, plan_concurrency, trial_function_resources, trial_resources
 from rayexp.orchestrate.resume import select_trials
 from rayexp.orchestrate.schedulers import SweepStopper, make_scheduler, make_stop, stop_reason
-from rayexp.orchestrate.session import TRAIN
 from rayexp.preflight import node_problems
-from rayexp.settings import SweepPlan
+from rayexp.settings import TRAIN_RUNTIME, SweepPlan
 
 
 def run_sweep(plan: SweepPlan) -> dict:
@@ -104,7 +103,7 @@ def _tuner(
             verbose=None if s.verbose else 0,  # 0: no status tables; ProgressPrinter says what matters
             # Lost workers and nodes: Train's FailureConfig retries inside the trial; the light runtime's trial
             # function is retried by Tune. A deterministic error never reaches either (see .driver).
-            failure_config=ray.tune.FailureConfig(max_failures=0 if context.runtime == TRAIN else MAX_FAILURES),
+            failure_config=ray.tune.FailureConfig(max_failures=0 if context.runtime == TRAIN_RUNTIME else MAX_FAILURES),
         ),
     )
 
