@@ -43,6 +43,20 @@ def test_a_checkpoint_cut_short_is_never_resumed_from(tmp_path):
     assert load_latest_checkpoint(str(folder), CPU)["progress"]["epoch"] == 2
 
 
+def test_a_checkpoint_train_was_cut_off_writing_is_passed_over_for_the_previous_one(tmp_path):
+    # Train writes under the final name: a worker killed while it persisted leaves a torn checkpoint.pt, newer
+    # than the last complete one (found in CI: resuming from it failed every retry of the trial).
+    folder = tmp_path / "run"
+    save_checkpoint(str(folder), 2, _state(2))
+    torn = folder / "checkpoint_2026-11-30_17-40-00.000000"
+    torn.mkdir()
+    complete = (folder / "checkpoint_epoch-0002" / "checkpoint.pt").read_bytes()
+    (torn / "checkpoint.pt").write_bytes(complete[: len(complete) // 2])
+    later = time.time() + 5
+    os.utime(torn / "checkpoint.pt", (later, later))
+    assert load_latest_checkpoint(str(folder), CPU)["progress"]["epoch"] == 2
+
+
 def test_either_runtime_resumes_the_others_checkpoint(tmp_path):
     # Train persists checkpoint_<time>/checkpoint.pt in the same folder: the newest file wins, whoever wrote it.
     folder = tmp_path / "run"

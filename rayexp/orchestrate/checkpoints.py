@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 
 import pyarrow
 import pyarrow.fs
@@ -52,14 +53,21 @@ def save_checkpoint(location: str, epoch: int, state: dict) -> None:
 
 
 def load_latest_checkpoint(location: str, device: torch.device) -> dict | None:
-    """The run's most recent checkpoint (either runtime's), or None when it has none."""
+    """The run's most recent readable checkpoint (either runtime's), or None when it has none.
+
+    A file that cannot be read is passed over for the next newest: Train writes its checkpoint under its final
+    name, so a worker killed while Train persisted it leaves a cut-short file that Train itself never
+    registered (its previous checkpoint is still there, and is the one Train would resume from too).
+    """
     filesystem, path = _filesystem(location)
     files = filesystem.get_file_info([f"{d.path}/{CHECKPOINT_FILE}" for d in _checkpoint_dirs(filesystem, path)])
-    found = [f for f in files if f.type == pyarrow.fs.FileType.File]
-    if not found:
-        return None
-    newest = max(found, key=lambda f: f.mtime_ns or 0)
-    with filesystem.open_input_stream(newest.path) as stream:
-        data = stream.read()
-    # Our own checkpoint (it holds NumPy RNG state, which weights_only refuses), from the trial's storage.
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+    found = sorted((f for f in files if f.type == pyarrow.fs.FileType.File), key=lambda f: f.mtime_ns or 0)
+    for newest in reversed(found):
+        with filesystem.open_input_stream(newest.path) as stream:
+            data = stream.read()
+        try:
+            # Our own checkpoint (it holds NumPy RNG state, which weights_only refuses), from the trial's storage.
+            return torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            print(f"[rayexp] passing over the unreadable checkpoint {newest.path}: {exc}".splitlines()[0], flush=True)
+    return None
