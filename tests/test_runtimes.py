@@ -2,6 +2,7 @@
 sweep gets, and what each trial's Tune function holds. Their end-to-end behaviour is in the tests marked
 ``both_runtimes`` (test_sweep_e2e, test_corrupt_data, test_cluster)."""
 
+import io
 import os
 import time
 
@@ -20,6 +21,15 @@ CPU = torch.device("cpu")
 
 def _state(epoch: int) -> dict:
     return {"progress": {"epoch": epoch}, "model": {"w": torch.full((2,), float(epoch))}}
+
+
+def _plant_train_checkpoint(folder, data: bytes) -> None:
+    """A checkpoint as Train persists it (``checkpoint_<time>/checkpoint.pt``), newer than any already there."""
+    made = folder / "checkpoint_2026-11-30_17-40-00.000000"
+    made.mkdir()
+    (made / "checkpoint.pt").write_bytes(data)
+    later = time.time() + 5
+    os.utime(made / "checkpoint.pt", (later, later))
 
 
 def test_the_run_folder_keeps_one_checkpoint_and_resumes_from_the_newest(tmp_path):
@@ -48,12 +58,8 @@ def test_a_checkpoint_train_was_cut_off_writing_is_passed_over_for_the_previous_
     # than the last complete one (found in CI: resuming from it failed every retry of the trial).
     folder = tmp_path / "run"
     save_checkpoint(str(folder), 2, _state(2))
-    torn = folder / "checkpoint_2026-11-30_17-40-00.000000"
-    torn.mkdir()
     complete = (folder / "checkpoint_epoch-0002" / "checkpoint.pt").read_bytes()
-    (torn / "checkpoint.pt").write_bytes(complete[: len(complete) // 2])
-    later = time.time() + 5
-    os.utime(torn / "checkpoint.pt", (later, later))
+    _plant_train_checkpoint(folder, complete[: len(complete) // 2])
     assert load_latest_checkpoint(str(folder), CPU)["progress"]["epoch"] == 2
 
 
@@ -61,11 +67,9 @@ def test_either_runtime_resumes_the_others_checkpoint(tmp_path):
     # Train persists checkpoint_<time>/checkpoint.pt in the same folder: the newest file wins, whoever wrote it.
     folder = tmp_path / "run"
     save_checkpoint(str(folder), 1, _state(1))
-    train_made = folder / "checkpoint_2026-11-30_15-00-00.000000"
-    train_made.mkdir()
-    torch.save(_state(3), train_made / "checkpoint.pt")
-    later = time.time() + 5
-    os.utime(train_made / "checkpoint.pt", (later, later))
+    buffer = io.BytesIO()
+    torch.save(_state(3), buffer)
+    _plant_train_checkpoint(folder, buffer.getvalue())
     assert load_latest_checkpoint(str(folder), CPU)["progress"]["epoch"] == 3
     save_checkpoint(str(folder), 4, _state(4))  # the light runtime continues: Train's older one goes
     assert [p.name for p in folder.iterdir()] == ["checkpoint_epoch-0004"]
