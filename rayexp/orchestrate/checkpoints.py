@@ -22,13 +22,15 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_PREFIX = "checkpoint_"
 
 
-def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
+def run_folder(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The filesystem and path of a trial's run folder (a local folder or a bucket URI)."""
     if "://" in location:
         return pyarrow.fs.FileSystem.from_uri(location)
     return pyarrow.fs.LocalFileSystem(), os.path.abspath(location)
 
 
-def _checkpoint_dirs(filesystem: pyarrow.fs.FileSystem, path: str) -> list[pyarrow.fs.FileInfo]:
+def checkpoint_dirs(filesystem: pyarrow.fs.FileSystem, path: str) -> list[pyarrow.fs.FileInfo]:
+    """The checkpoint folders of the run folder at ``path``, either runtime's."""
     infos = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     return [i for i in infos if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(CHECKPOINT_PREFIX)]
 
@@ -37,7 +39,7 @@ def save_checkpoint(location: str, epoch: int, state: dict) -> None:
     """Write ``state`` as the run's checkpoint of ``epoch``, then remove its older ones (one is kept, as Train's
     ``num_to_keep=1``). The file is complete under its final name before anything older goes: a node lost
     while writing leaves the previous checkpoint to resume from."""
-    filesystem, path = _filesystem(location)
+    filesystem, path = run_folder(location)
     name = f"{CHECKPOINT_PREFIX}epoch-{epoch:04d}"
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -47,7 +49,7 @@ def save_checkpoint(location: str, epoch: int, state: dict) -> None:
     with filesystem.open_output_stream(f"{path}/{name}/{CHECKPOINT_FILE}.partial") as stream:
         stream.write(buffer.getbuffer())
     filesystem.move(f"{path}/{name}/{CHECKPOINT_FILE}.partial", f"{path}/{name}/{CHECKPOINT_FILE}")
-    for info in _checkpoint_dirs(filesystem, path):
+    for info in checkpoint_dirs(filesystem, path):
         if info.base_name != name:
             filesystem.delete_dir(info.path)
 
@@ -59,8 +61,8 @@ def load_latest_checkpoint(location: str, device: torch.device) -> dict | None:
     name, so a worker killed while Train persisted it leaves a cut-short file that Train itself never
     registered (its previous checkpoint is still there, and is the one Train would resume from too).
     """
-    filesystem, path = _filesystem(location)
-    files = filesystem.get_file_info([f"{d.path}/{CHECKPOINT_FILE}" for d in _checkpoint_dirs(filesystem, path)])
+    filesystem, path = run_folder(location)
+    files = filesystem.get_file_info([f"{d.path}/{CHECKPOINT_FILE}" for d in checkpoint_dirs(filesystem, path)])
     found = sorted((f for f in files if f.type == pyarrow.fs.FileType.File), key=lambda f: f.mtime_ns or 0)
     for newest in reversed(found):
         with filesystem.open_input_stream(newest.path) as stream:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 
 import pyarrow
-import pyarrow.fs
 import ray.train
 import ray.tune
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -26,6 +25,7 @@ from rayexp.data.rows import trial_rows
 from rayexp.data.shards import load_manifest
 from rayexp.errors import RayexpError
 from rayexp.grid import TrialKey
+from rayexp.orchestrate.checkpoints import checkpoint_dirs, run_folder
 from rayexp.orchestrate.context import TrialContext
 from rayexp.orchestrate.failures import is_deterministic, record_failure
 from rayexp.orchestrate.session import TuneSession
@@ -135,13 +135,12 @@ def remove_checkpoints(key: TrialKey, context: TrialContext) -> None:
     is said and the trial stands."""
     location = context.plan.settings.train_run(key)
     try:
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+        filesystem, path = run_folder(location)
         if not context.plan.settings.keep_best_weights:
             filesystem.delete_dir(path)
             return
-        for info in filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True)):
-            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-                filesystem.delete_dir(info.path)
+        for info in checkpoint_dirs(filesystem, path):
+            filesystem.delete_dir(info.path)
     except (OSError, pyarrow.ArrowException) as exc:
         print(f"[rayexp] {key}: could not delete its checkpoints in {location}: {exc}", flush=True)
 
