@@ -6,7 +6,7 @@ data work besides the consuming (training) process.
 
 * (a) rayexp: the JPEGs prepared once into shards (stored at <= 256 px short side; preparation is timed
   but, as a one-off, kept out of the rate), then :func:`rayexp.data.pipeline.build_trial_datasets` and
-  :class:`rayexp.data.pipeline.TrialBatches` exactly as a trial's training worker uses them: Ray Data
+  :class:`rayexp.data.batches.TrialBatches` exactly as a trial's training worker uses them: Ray Data
   decodes (``torchvision.io``) and resizes with ``--workers`` CPUs, into the in-memory cache when the
   images fit (``cached``) or every epoch (``streamed``); augmentation runs in the consuming process.
 * (b) ``torch.utils.data.DataLoader(ImageFolder(...), num_workers=--workers)`` with
@@ -34,7 +34,8 @@ from prepare import generate  # benchmarks/prepare.py: the same generated JPEGs
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from rayexp.data.pipeline import Normalizer, TrialBatches, build_trial_datasets, configure_data_context
+from rayexp.data.batches import Normalizer, TrialBatches
+from rayexp.data.pipeline import build_trial_datasets, configure_data_context
 from rayexp.data.preparation import prepare
 from rayexp.data.shards import read_split
 from rayexp.orchestrate import batch_threads

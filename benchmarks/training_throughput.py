@@ -4,7 +4,7 @@ The synthetic arm is the ceiling: the same ``train_one_epoch`` over ready, norma
 batches that already sit on the device. The real arm is what a trial gets: generated JPEGs of ~500 px
 prepared into shards at ``--size``, read and decoded by Ray Data into the in-memory cache, shuffled,
 TrivialAugmentWide-augmented in the worker's threads and normalised on the device
-(:class:`rayexp.data.pipeline.TrialBatches`, the class a trial's worker uses). The cache is filled
+(:class:`rayexp.data.batches.TrialBatches`, the class a trial's worker uses). The cache is filled
 before the clock starts; the first timed epoch of each arm is a warm-up. Mixed precision as a trial
 resolves it (bf16 on GPUs that have it; ``--precision`` on the CPU), channels-last, and ``--compile``
 adds ``torch.compile``.
@@ -28,8 +28,9 @@ import torch
 from prepare import generate  # benchmarks/prepare.py: the same generated JPEGs
 
 from rayexp.backbones import create_backbone, list_backbones
+from rayexp.data.batches import Normalizer, TrialBatches
 from rayexp.data.catalog import DatasetInfo
-from rayexp.data.pipeline import Normalizer, TrialBatches, build_trial_datasets, configure_data_context
+from rayexp.data.pipeline import build_trial_datasets, configure_data_context
 from rayexp.data.shards import load_manifest
 from rayexp.data.sources import folder
 from rayexp.data.writer import write_dataset

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from rayexp.backbones import create_backbone
+from rayexp.data.batches import Normalizer, augmented, epoch_seed, memory_batches, normalization
 from rayexp.data.catalog import get_dataset_info
 from rayexp.data.codec import decode_image
-from rayexp.data.pipeline import Normalizer, augmented, epoch_seed, memory_batches, normalization
 from rayexp.data.shards import load_manifest, read_split
 from rayexp.data.sources import digits
 from rayexp.data.writer import write_dataset

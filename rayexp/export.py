@@ -17,7 +17,7 @@ import pyarrow.fs
 import torch
 
 from rayexp.backbones import create_backbone
-from rayexp.data.pipeline import normalization
+from rayexp.data.batches import normalization
 from rayexp.errors import RayexpError
 
 BEST_WEIGHTS = "best_weights.pt"

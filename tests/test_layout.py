@@ -111,3 +111,18 @@ def test_the_private_ray_data_hook_rayexp_uses_is_still_there():
 
     assert ray.__version__.startswith("2.60.")
     assert list(inspect.signature(get_or_create_stats_actor).parameters) == []
+
+
+def test_what_the_gpu_check_imports_reaches_neither_ray_nor_mlflow():
+    """``benchmarks/gpu_check.py`` runs on a GPU machine that has neither (its smoke test runs it with both
+    blocked): the modules it imports must not reach them, through imports inside functions either."""
+    graph = _internal_graph()
+    roots = ("rayexp.backbones", "rayexp.data.batches", "rayexp.data.catalog", "rayexp.training")
+    reached, todo = set(), list(roots)
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph[module])
+    offending = {m: sorted(t for t in _imports(m) if t.split(".")[0] in ("ray", "mlflow")) for m in sorted(reached)}
+    assert {m: found for m, found in offending.items() if found} == {}

@@ -6,20 +6,19 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from rayexp.data.catalog import CATALOG
-from rayexp.data.pipeline import (
+from rayexp.data.batches import (
     IMAGENET_MEAN,
     Normalizer,
     TrialBatches,
     augmented,
     augments,
-    build_split_dataset,
-    build_trial_datasets,
     load_splits,
     memory_batches,
     normalization,
     trivial_augment,
 )
+from rayexp.data.catalog import CATALOG
+from rayexp.data.pipeline import build_split_dataset, build_trial_datasets
 from rayexp.data.preparation import dataset_info
 from rayexp.data.rows import fraction_count, fraction_thresholds, holdout_count, split_rows
 from rayexp.data.shards import load_manifest, read_split

@@ -22,7 +22,8 @@ from PIL import Image
 
 from rayexp import tracking
 from rayexp.backbones import create_backbone
-from rayexp.data.pipeline import Normalizer, decode_resize_batch, normalization
+from rayexp.data.batches import Normalizer, normalization
+from rayexp.data.pipeline import decode_resize_batch
 from rayexp.data.shards import load_manifest
 from rayexp.errors import RayexpError
 from rayexp.export import load_best_weights

@@ -14,8 +14,9 @@ import pytest
 import ray.data
 import torch
 
+from rayexp.data.batches import Normalizer, TrialBatches
 from rayexp.data.catalog import DatasetInfo
-from rayexp.data.pipeline import Normalizer, TrialBatches, build_trial_datasets, configure_data_context
+from rayexp.data.pipeline import build_trial_datasets, configure_data_context
 from rayexp.data.records import Source, SourceRecord
 from rayexp.data.rows import fraction_count
 from rayexp.data.shards import load_manifest, read_split, row_groups_scanned

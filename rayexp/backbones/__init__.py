@@ -5,10 +5,11 @@ Layered like timm, each module importing only the ones above it:
 - ``specs``: the :class:`BackboneSpec` record and the paper's eleven (the registry); pure data, no torch.
 - ``resolve``: any name to its spec: the registry, ``torchvision:<name>``, ``timm:<name>``.
 - ``weights``: finding, checking, downloading and loading pretrained weights.
-- ``factory``: building a backbone and replacing its head (uses ``wavemix`` for WaveMix).
+- ``factory``: building a backbone and replacing its head (uses ``wavemix`` for WaveMix), and the model as a
+  trial trains it.
 """
 
-from rayexp.backbones.factory import count_parameters, create_backbone, get_head
+from rayexp.backbones.factory import count_parameters, create_backbone, create_trial_model, get_head
 from rayexp.backbones.resolve import get_spec, known_spec
 from rayexp.backbones.specs import REGISTRY, BackboneSpec, list_backbones
 from rayexp.backbones.weights import find_weights_file, load_pretrained_state_dict, weights_status
@@ -18,6 +19,7 @@ __all__ = [
     "BackboneSpec",
     "count_parameters",
     "create_backbone",
+    "create_trial_model",
     "find_weights_file",
     "get_head",
     "get_spec",

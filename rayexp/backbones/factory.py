@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import torch
 from torch import nn
 from torch.nn import functional as F
 
@@ -13,6 +14,7 @@ from rayexp.backbones.specs import BackboneSpec
 from rayexp.backbones.wavemix import wavemix_192_16
 from rayexp.backbones.weights import load_pretrained_state_dict
 from rayexp.errors import RayexpError
+from rayexp.training import keep_fp32, seed_everything
 
 
 def _build(spec: BackboneSpec) -> nn.Module:
@@ -96,6 +98,28 @@ def create_backbone(
     if spec.fixed_input:
         model.register_forward_pre_hook(functools.partial(_resize_input, tuple(spec.fixed_input)))
     return replace_head(model, spec, num_classes)
+
+
+def create_trial_model(
+    name: str,
+    num_classes: int,
+    seed: int,
+    device: torch.device,
+    pretrained: bool,
+    weights_dir: str | None = None,
+    compile: bool = False,
+) -> nn.Module:
+    """The model as a trial trains it, built the same way wherever one is (a trial, the GPU check): the new
+    head's init seeded by ``seed``; the head computing in fp32 under autocast (:func:`rayexp.training.keep_fp32`:
+    argmax and loss not rounded to bf16); on ``device``, channels-last; compiled in place when ``compile``, so
+    that its state dict keeps its keys and checkpoints stay interchangeable."""
+    seed_everything(seed)
+    model = create_backbone(name, num_classes, pretrained=pretrained, weights_dir=weights_dir)
+    keep_fp32(get_head(model, get_spec(name)))
+    model = model.to(device, memory_format=torch.channels_last)
+    if compile:
+        model.compile()
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,8 +17,9 @@ import ray
 import torch
 
 from rayexp import tracking, training
-from rayexp.backbones import create_backbone, get_head, get_spec
-from rayexp.data.pipeline import Normalizer, TrialBatches, augments, normalization, trial_iterators
+from rayexp.backbones import create_trial_model, get_spec
+from rayexp.data.batches import Normalizer, TrialBatches, augments, normalization
+from rayexp.data.pipeline import trial_iterators
 from rayexp.export import save_best_weights
 from rayexp.grid import TrialKey
 from rayexp.orchestrate.artifacts import log_predictions, log_trial_artifacts, split_row_ids
@@ -53,16 +54,11 @@ def run_trial(config: dict, session: TrialSession) -> None:
 
 
 def _model(key: TrialKey, context: TrialContext, n_classes: int, device: torch.device) -> torch.nn.Module:
+    settings = context.plan.settings
     pretrained = context.plan.weights[key.backbone] == "pretrained"
-    training.seed_everything(key.seed)  # seeds the new head's init
-    model = create_backbone(
-        key.backbone, n_classes, pretrained=pretrained, weights_dir=context.plan.settings.weights_dir
+    return create_trial_model(
+        key.backbone, n_classes, key.seed, device, pretrained, settings.weights_dir, compile=settings.compile
     )
-    training.keep_fp32(get_head(model, get_spec(key.backbone)))  # fp32 logits: argmax and loss not rounded to bf16
-    model = model.to(device, memory_format=torch.channels_last)
-    if context.plan.settings.compile:
-        model.compile()  # in place: the state dict keeps its keys, so checkpoints stay interchangeable
-    return model
 
 
 def _resumed_checkpoint(key: TrialKey, identity: dict, session: TrialSession) -> dict | None:
