@@ -1,19 +1,22 @@
-"""rayexp on a GPU, measured: every registry backbone's speed and peak memory at its batch size, mixed precision,
-an exact resume of ``training.fit``, the cached data path's ratio to synthetic batches, and ``torch.compile``.
+"""rayexp on a GPU, measured: every registry backbone's speed and peak memory at the batch a trial uses, mixed
+precision, an exact resume of ``training.fit``, the cached data path's ratio to synthetic batches, and
+``torch.compile``.
 
 Imports only the parts of rayexp that need neither Ray nor MLflow (``training``, ``backbones``,
 ``data.batches``), because the GPU machine this is run on has neither. For each of the eleven backbones, at
-its registry batch size, with the trial's own model (``create_trial_model``: fp32 head, channels-last) and loop
-(``training.train_one_epoch`` / ``evaluate``), bf16 autocast:
+the batch a trial uses (the registry's at 256x256; at BreakHis's size the same pixels per batch,
+``backbones.specs.batch_size_at``), with the trial's own model (``create_trial_model``: fp32 head,
+channels-last) and loop (``training.train_one_epoch`` / ``evaluate``), bf16 autocast:
 
 * training and evaluation images/s, and peak memory (``torch.cuda.max_memory_allocated``), at 256x256 and at
   BreakHis's 448x672. Peak memory is also measured at a quarter and half the batch: with the model, its
   gradients and AdamW's state fixed, the peak is linear in the batch, and the fit gives the largest batch under
   the limit (``--limit-gb``, 72 GB: an A100 80 GB with headroom for the CUDA context, the allocator's
   fragmentation and another card's convolution workspaces; the bytes a model allocates do not depend on the
-  card otherwise). Where the registry batch is over the limit, that batch (rounded down to a multiple of 8) is
+  card otherwise). Where a trial's batch is over the limit, the largest batch under it (a multiple of 8) is
   measured too. A batch the fit puts over this card's memory is not run (no out-of-memory on purpose);
-* one fp16 step with the grad scaler and one bf16 step, their loss and gradients checked finite;
+* fp16 steps through a grad scaler until it takes one (it skips those whose gradients overflow), and a bf16
+  step: a step taken, its loss and every weight finite;
 * the cached data path, at 256x256: decoded uint8 images in memory, shuffled and TrivialAugmentWide-augmented
   in ``--threads`` threads (10; a trial on a GPU node has 12 once cached: its 2 CPUs and 10 data CPUs), copied
   to the device, normalised there (``data.batches.TrialBatches``, a cached trial's batches), against the same
@@ -57,6 +60,7 @@ from pathlib import Path
 import torch
 
 from rayexp.backbones import create_trial_model, list_backbones
+from rayexp.backbones.specs import batch_size_at
 from rayexp.data.batches import Normalizer, TrialBatches
 from rayexp.data.catalog import BREAKHIS_SIZE
 from rayexp.training import (
@@ -84,7 +88,7 @@ class Plan:
     """Sizes and lengths of one run: the GPU's, or ``--smoke``'s on the CPU."""
 
     sizes: dict[str, tuple[int, int]]  # label -> (H, W)
-    batch: dict[str, int]  # backbone -> training batch (the registry's, or smoke's)
+    batch: dict[str, dict[str, int]]  # backbone -> size label -> the batch a trial trains with there (smoke: 4)
     seconds: float  # timed training per backbone and size, after the warm-up
     max_steps: int
     warmup: int
@@ -100,10 +104,13 @@ class Plan:
 
 
 def full_plan(threads: int, backbones: list[str]) -> Plan:
+    sizes = {"256x256": (256, 256), "breakhis": tuple(BREAKHIS_SIZE)}
     registry = {spec.name: spec.batch_size for spec in list_backbones()}
     return Plan(
-        sizes={"256x256": (256, 256), "breakhis": tuple(BREAKHIS_SIZE)},
-        batch={name: registry[name] for name in backbones},
+        sizes=sizes,
+        batch={
+            name: {label: batch_size_at(registry[name], size) for label, size in sizes.items()} for name in backbones
+        },
         seconds=2.0,
         max_steps=12,
         warmup=3,
@@ -122,7 +129,7 @@ def full_plan(threads: int, backbones: list[str]) -> Plan:
 def smoke_plan(backbones: list[str]) -> Plan:
     return Plan(
         sizes={"256x256": (32, 32), "breakhis": (32, 64)},
-        batch={name: 4 for name in backbones},
+        batch={name: {"256x256": 4, "breakhis": 4} for name in backbones},
         seconds=0.0,
         max_steps=1,
         warmup=1,
@@ -259,7 +266,7 @@ class Trainer:
 def measure_size(trainer: Trainer, batch: int, size: tuple[int, int], plan: Plan, limit: float) -> dict:
     """Speed and memory of one backbone at one input size; see the module's docstring."""
     dev = trainer.dev
-    out: dict = {"size": list(size), "registry_batch": batch}
+    out: dict = {"size": list(size), "batch": batch}
     fit_ = None
     if dev.cuda:
         quarter, half = max(2, batch // 4), max(4, batch // 2)
@@ -345,10 +352,10 @@ def data_path(trainer: Trainer, batch: int, size: tuple[int, int], plan: Plan, p
 
 def one_backbone(name: str, plan: Plan, dev: Device, pool: torch.Tensor, limit: float) -> dict:
     """Every measurement of one backbone, on one model: both sizes, the data path, the mixed-precision steps."""
-    batch = plan.batch[name]
     trainer = Trainer(name, dev)
     row: dict = {"sizes": {}}
     for label, size in plan.sizes.items():
+        batch = plan.batch[name][label]
         row["sizes"][label] = measure_size(trainer, batch, size, plan, limit)
         if label == "256x256":
             row["data_path"] = data_path(trainer, batch, size, plan, pool)
@@ -479,7 +486,7 @@ def markdown(result: dict) -> str:
         f"Peak: `torch.cuda.max_memory_allocated` over training and evaluation, GB = 10^9 bytes; limit "
         f"{limit / GB:.0f} GB (an A100 80 GB with headroom).",
         "",
-        "## Speed and peak memory at the registry batch",
+        "## Speed and peak memory at the batch a trial uses",
         "",
         "| backbone | size | batch | train img/s | eval img/s | peak GB | fits | largest batch under the limit "
         "| at that batch: peak GB, train img/s |",
@@ -492,7 +499,7 @@ def markdown(result: dict) -> str:
             fits = {None: "-", True: "yes", False: "**no**"}[m.get("fits_limit")]
             peak = _gb(measured.get("peak_bytes")) if measured else f"{_gb(m.get('predicted_peak_bytes'))} (predicted)"
             lines.append(
-                f"| {name} | {'x'.join(map(str, m['size']))} | {m['registry_batch']} | "
+                f"| {name} | {'x'.join(map(str, m['size']))} | {m['batch']} | "
                 f"{_rate(measured.get('train_images_per_s'))} | {_rate(measured.get('eval_images_per_s'))} | {peak} | "
                 f"{fits} | {m.get('largest_batch_under_limit', '-')} | "
                 + (f"{at['batch']}: {_gb(at['peak_bytes'])}, {_rate(at['train_images_per_s'])} |" if at else "- |")
@@ -630,7 +637,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"# {result['environment']['device']}, torch {torch.__version__}, {dev.precision}", flush=True)
     if "backbones" in args.parts:
         size = plan.sizes["256x256"]
-        pool_n = max(plan.data_steps * b for b in plan.batch.values())
+        pool_n = max(plan.data_steps * b["256x256"] for b in plan.batch.values())
         pool = torch.randint(0, 256, (pool_n, *size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
         for name in args.backbones:
             result["backbones"][name] = attempt(name, one_backbone, name, plan, dev, pool, args.limit_gb * GB)
@@ -652,7 +659,7 @@ def main(argv: list[str] | None = None) -> dict:
                 result["compile"][name] = {"skipped": f"{left:.0f} s left of the budget"}
                 continue
             result["compile"][name] = attempt(
-                f"compile {name}", compiled, name, plan.batch[name], plan.sizes["256x256"], dev, plan, eager
+                f"compile {name}", compiled, name, plan.batch[name]["256x256"], plan.sizes["256x256"], dev, plan, eager
             )
             save()
     result["seconds"]["total"] = time.perf_counter() - started

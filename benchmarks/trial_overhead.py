@@ -117,12 +117,14 @@ def main() -> None:
     init_ray(settings("tune"))
     ray_start = time.perf_counter() - start
     sweeps, accuracies = {}, {}
+    manifest = load_manifest(data_dir, "digits")
     for runtime in args.runtimes:
         plan = SweepPlan(
             settings=settings(runtime),
             keys=tuple(keys),
             weights={args.backbone: "random"},
-            data_fingerprints={"digits": load_manifest(data_dir, "digits")["fingerprint"]},
+            data_fingerprints={"digits": manifest["fingerprint"]},
+            input_sizes={"digits": tuple(manifest["input_size"])},
         )
         start = time.perf_counter()
         outcome = run_sweep(plan)

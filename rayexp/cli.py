@@ -263,7 +263,9 @@ def plan_sweep(
     found.add(preflight.STORE, preflight.tracking_problems(tracking_uri))
     found.raise_if_any()
     tracking.ensure_experiment(tracking_uri, settings.experiment)  # creates it: only once everything else passed
-    for note in preflight.input_size_notes(settings.backbones, manifests):
+    for note in preflight.input_size_notes(settings.backbones, manifests) + preflight.batch_size_notes(
+        settings, manifests
+    ):
         print(f"[rayexp] note: {note}", flush=True)
     preflight.announce_random_init(random_init)
     return SweepPlan(
@@ -271,6 +273,7 @@ def plan_sweep(
         keys=tuple(keys),
         weights=weights,
         data_fingerprints={name: manifest["fingerprint"] for name, manifest in manifests.items()},
+        input_sizes={name: tuple(manifest["input_size"]) for name, manifest in manifests.items()},
         code_version=code_version(),
         extra_tags={**defaults.extra_tags, **(extra_tags or {})},
     )

@@ -16,11 +16,13 @@ from typing import Callable, Sequence
 
 from rayexp import tracking
 from rayexp.backbones import get_spec
+from rayexp.backbones.specs import REGISTRY_INPUT
 from rayexp.backbones.weights import OFFLINE_ENV, WeightsStatus, weights_status
 from rayexp.data.preparation import how_to_prepare
 from rayexp.data.rows import fraction_thresholds
 from rayexp.data.shards import dataset_location, is_prepared, is_uri, load_manifest, verify_dataset
 from rayexp.errors import RayexpError
+from rayexp.settings import SweepSettings
 
 DATASETS = "datasets missing or not as prepared, nothing was started"
 INPUT_SIZES = "input sizes the backbones cannot take"
@@ -137,6 +139,24 @@ def input_size_notes(backbones: Sequence[str], manifests: dict[str, dict]) -> li
             notes.append(
                 f"{backbone} takes {fixed[0]}x{fixed[1]} inputs only: its images of {', '.join(other)} are resized "
                 "to that inside the model (its position embeddings are fixed)"
+            )
+    return notes
+
+
+def batch_size_notes(settings: SweepSettings, manifests: dict[str, dict]) -> list[str]:
+    """The datasets whose images are larger than the registry's batches are for, and each backbone's batch there
+    (:func:`rayexp.backbones.specs.batch_size_at`); none with ``--batch-size``, which holds everywhere."""
+    if settings.batch_size:
+        return []
+    notes = []
+    for name, manifest in sorted(manifests.items()):
+        size = tuple(manifest["input_size"])
+        batches = {b: settings.batch_size_for(b, size) for b in settings.backbones}
+        if any(batch != get_spec(b).batch_size for b, batch in batches.items()):
+            pairs = ", ".join(f"{b} {get_spec(b).batch_size} -> {batch}" for b, batch in batches.items())
+            notes.append(
+                f"{name} trains at {size[0]}x{size[1]}, more pixels than the {REGISTRY_INPUT[0]}x{REGISTRY_INPUT[1]} "
+                f"the default batches are for: the same pixels per batch instead ({pairs})"
             )
     return notes
 

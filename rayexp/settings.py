@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from rayexp import fingerprint
 from rayexp.backbones import get_spec
+from rayexp.backbones.specs import batch_size_at
 from rayexp.grid import TrialKey
 from rayexp.options import nested, option
 from rayexp.training import TrainConfig
@@ -246,9 +247,10 @@ class SweepSettings:
             augment=self.augment,
         )
 
-    def batch_size_for(self, backbone: str) -> int:
-        """``--batch-size``, else the backbone's registry default."""
-        return self.batch_size or get_spec(backbone).batch_size
+    def batch_size_for(self, backbone: str, input_size: tuple[int, int] | list[int]) -> int:
+        """``--batch-size`` (for every backbone and dataset), else the backbone's default at the dataset's
+        ``input_size`` (:func:`rayexp.backbones.specs.batch_size_at`)."""
+        return self.batch_size or batch_size_at(get_spec(backbone).batch_size, input_size)
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,7 @@ class SweepPlan:
     keys: tuple[TrialKey, ...]
     weights: dict[str, str]  # backbone -> "pretrained" | "random"
     data_fingerprints: dict[str, str]  # dataset -> its manifest's fingerprint
+    input_sizes: dict[str, tuple[int, int]]  # dataset -> its manifest's input size (H, W): the batch depends on it
     code_version: str = ""
     extra_tags: dict[str, str] = field(default_factory=dict)  # on every trial run (e.g. tool=my_data)
 
@@ -269,7 +272,7 @@ class SweepPlan:
             self.data_fingerprints[key.dataset],
             s.protocol(),
             self.weights[key.backbone],
-            s.batch_size_for(key.backbone),
+            s.batch_size_for(key.backbone, self.input_sizes[key.dataset]),
         )
 
     def planned_seeds(self) -> dict[tuple[str, str, float], list[int]]:

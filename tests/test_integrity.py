@@ -196,6 +196,7 @@ def test_a_rerun_after_the_data_changed_stops_before_training(data, tmp_path, ca
         keys=(TrialKey.parse(key),),
         weights={"shufflenet_v2_x2_0": "random"},
         data_fingerprints={"digits": manifest["fingerprint"]},
+        input_sizes={"digits": tuple(manifest["input_size"])},
     )
     tags = {**cfg.identity(TrialKey.parse(key)), **old}
     tracking.TrialRun.open(uri, "attacks", key, tags, {}).finish({"best_test_acc": 0.9})

@@ -56,7 +56,7 @@ def test_settings_and_plans_are_frozen():
         DEFAULTS.settings.batch_size = 4
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULTS.settings.train.max_epochs = 4
-    plan = SweepPlan(DEFAULTS.settings, (), {}, {})
+    plan = SweepPlan(DEFAULTS.settings, (), {}, {}, {})
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.keys = ()
 
@@ -72,3 +72,33 @@ def test_every_bad_value_is_named_at_once_from_the_declared_bounds():
         "--data-cpus 0.0: it must be > 0",
         "--cache-gb -1.0: it must be >= 0",
     ]
+
+
+def test_a_dataset_larger_than_256x256_trains_at_the_same_pixels_per_batch():
+    """The registry's batches are for 256x256: BreakHis (448x672, 4.6 times the pixels) gets each backbone's batch
+    scaled down to a multiple of 8, in the run's identity (its fingerprint tags) as in the worker; ``--batch-size``
+    holds everywhere; preflight says so before anything runs."""
+    from rayexp import fingerprint, preflight
+    from rayexp.backbones.specs import batch_size_at
+    from rayexp.data.catalog import BREAKHIS_SIZE
+    from rayexp.grid import TrialKey
+
+    assert [batch_size_at(b, BREAKHIS_SIZE) for b in (512, 256, 192, 128)] == [104, 48, 40, 24]
+    assert batch_size_at(256, (256, 256)) == batch_size_at(256, (32, 32)) == 256  # never larger for small images
+    assert batch_size_at(16, (2048, 2048)) == 8  # at least 8
+
+    settings = dataclasses.replace(DEFAULTS.settings, backbones=("resnet50", "mobilenet_v3_large"), batch_size=None)
+    sizes = {"dtd": (256, 256), "breakhis_40x": tuple(BREAKHIS_SIZE)}
+    plan = SweepPlan(settings, (), {"resnet50": "random"}, {d: "sha256:" + "a" * 64 for d in sizes}, sizes)
+    batch = {d: plan.identity(TrialKey("resnet50", d, 1.0, 0))[fingerprint.BATCH_TAG] for d in sizes}
+    assert batch == {"dtd": "256", "breakhis_40x": "48"}
+    assert settings.batch_size_for("resnet50", BREAKHIS_SIZE) == 48
+
+    manifests = {d: {"input_size": list(size)} for d, size in sizes.items()}
+    assert preflight.batch_size_notes(settings, manifests) == [
+        "breakhis_40x trains at 448x672, more pixels than the 256x256 the default batches are for: the same pixels "
+        "per batch instead (resnet50 256 -> 48, mobilenet_v3_large 512 -> 104)"
+    ]
+    explicit = dataclasses.replace(settings, batch_size=64)
+    assert explicit.batch_size_for("resnet50", BREAKHIS_SIZE) == 64
+    assert preflight.batch_size_notes(explicit, manifests) == []

@@ -78,6 +78,7 @@ def _plan(uri, keys, weights, fingerprints=None, train=None, **settings):
         keys=tuple(keys),
         weights=weights,
         data_fingerprints=fingerprints or {"dtd": "sha256:" + "a" * 64},
+        input_sizes={"dtd": (256, 256)},
     )
 
 

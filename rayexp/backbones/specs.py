@@ -30,7 +30,7 @@ class BackboneSpec:
     head: str  # dotted path of the final Linear to replace, e.g. "fc", "classifier.3"; "" = found when built
     feature_dim: int | None  # in_features of that head (None: known once built)
     min_input: int  # smallest input side: the total stride, below which the last stage sees padding only
-    batch_size: int  # default training batch for one 80 GB A100 at 256x256, mixed precision
+    batch_size: int  # default training batch for one 80 GB A100 at 256x256 (REGISTRY_INPUT), mixed precision
     origin: str = "registry"  # "registry" (the paper's eleven), "torchvision" or "timm"
     url: str | None = None  # where the weights come from, when not derived from ``weights`` (torchvision:, timm:)
     hub_id: str | None = None  # timm: the Hugging Face repository of the weights ("timm/resnet18.a1_in1k")
@@ -43,6 +43,21 @@ class BackboneSpec:
     def weights_tag(self) -> str:
         """Short name of the pretrained weights, recorded as the ``weights`` param of every run."""
         return self.weights.rsplit(".", 1)[-1] if not self.weights.startswith("http") else self.weights_file
+
+
+REGISTRY_INPUT = (256, 256)  # the input size the registry's batch sizes are for
+
+
+def batch_size_at(batch_size: int, input_size: tuple[int, int] | list[int]) -> int:
+    """A backbone's batch (its spec's, for :data:`REGISTRY_INPUT`) at ``input_size`` (H, W): the same where the
+    input has no more pixels; for a larger input (BreakHis's 448x672, 4.6 times the pixels), the same pixels per
+    batch, rounded down to a multiple of 8 (at least 8), because activation memory grows with the pixels and
+    the registry's batch at 256x256 is what fits the card. Smaller inputs keep the batch: the protocol's batch
+    does not grow with a dataset's image size."""
+    pixels, registry = input_size[0] * input_size[1], REGISTRY_INPUT[0] * REGISTRY_INPUT[1]
+    if pixels <= registry:
+        return batch_size
+    return max(8, batch_size * registry // pixels // 8 * 8)
 
 
 def default_batch_size(params_m: float) -> int:
