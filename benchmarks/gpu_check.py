@@ -475,8 +475,58 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _table(title: str, columns: list[str], rows: list[list]) -> list[str]:
+    """A Markdown section: its title and a table of ``rows`` (nothing when there are none)."""
+    if not rows:
+        return []
+    return [
+        "",
+        f"## {title}",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
+    ]
+
+
+def _size_row(name: str, m: dict) -> list:
+    measured, at = m.get("measured") or {}, m.get("at_largest_batch_under_limit")
+    peak = _gb(measured.get("peak_bytes")) if measured else f"{_gb(m.get('predicted_peak_bytes'))} (predicted)"
+    return [
+        name,
+        "x".join(map(str, m["size"])),
+        m["batch"],
+        _rate(measured.get("train_images_per_s")),
+        _rate(measured.get("eval_images_per_s")),
+        peak,
+        {None: "-", True: "yes", False: "**no**"}[m.get("fits_limit")],
+        m.get("largest_batch_under_limit", "-"),
+        f"{at['batch']}: {_gb(at['peak_bytes'])}, {_rate(at['train_images_per_s'])}" if at else "-",
+    ]
+
+
+def _precision_row(name: str, steps: dict) -> list:
+    fp16, bf16 = steps["fp16"], steps["bf16"]
+    return [name, fp16["ok"], f"{fp16['losses'][-1]:.3f}", fp16["skipped_by_scaler"], f"{fp16['scale']:g}"] + [
+        bf16["ok"],
+        f"{bf16['losses'][-1]:.3f}",
+    ]
+
+
+def _data_row(name: str, d: dict) -> list:
+    real, fake = _rate(d["real_images_per_s"]), _rate(d["synthetic_images_per_s"])
+    return [name, d["batch"], real, fake, f"{d['ratio']:.2f}", f"{d['data_wait_fraction']:.0%}"]
+
+
+def _compile_row(name: str, c: dict) -> list:
+    if "speedup" not in c:
+        return [name, c.get("skipped") or c.get("error"), "", "", ""]
+    eager, compiled = _rate(c["eager_images_per_s"]), _rate(c["train_images_per_s"])
+    return [name, f"{c['compile_seconds']:.0f}", eager, compiled, f"{c['speedup']:.2f}"]
+
+
 def markdown(result: dict) -> str:
-    env, limit = result["environment"], result["limit_bytes"]
+    env, limit, rows = result["environment"], result["limit_bytes"], result["backbones"]
     lines = [
         f"# rayexp on {env['device']}",
         "",
@@ -485,64 +535,28 @@ def markdown(result: dict) -> str:
         f"{env['precision']} autocast, channels-last, the trial's model (fp32 head) and loop; random weights. "
         f"Peak: `torch.cuda.max_memory_allocated` over training and evaluation, GB = 10^9 bytes; limit "
         f"{limit / GB:.0f} GB (an A100 80 GB with headroom).",
-        "",
-        "## Speed and peak memory at the batch a trial uses",
-        "",
-        "| backbone | size | batch | train img/s | eval img/s | peak GB | fits | largest batch under the limit "
-        "| at that batch: peak GB, train img/s |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, row in result["backbones"].items():
-        for label, m in row.get("sizes", {}).items():
-            measured = m.get("measured") or {}
-            at = m.get("at_largest_batch_under_limit")
-            fits = {None: "-", True: "yes", False: "**no**"}[m.get("fits_limit")]
-            peak = _gb(measured.get("peak_bytes")) if measured else f"{_gb(m.get('predicted_peak_bytes'))} (predicted)"
-            lines.append(
-                f"| {name} | {'x'.join(map(str, m['size']))} | {m['batch']} | "
-                f"{_rate(measured.get('train_images_per_s'))} | {_rate(measured.get('eval_images_per_s'))} | {peak} | "
-                f"{fits} | {m.get('largest_batch_under_limit', '-')} | "
-                + (f"{at['batch']}: {_gb(at['peak_bytes'])}, {_rate(at['train_images_per_s'])} |" if at else "- |")
-            )
-    lines += [
-        "",
-        "## Mixed precision: a step taken in fp16 (grad scaler) and in bf16",
-        "",
-        "| backbone | fp16 ok | fp16 loss | steps the scaler skipped | scale | bf16 ok | bf16 loss |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, row in result["backbones"].items():
-        if "precision_steps" in row:
-            fp16, bf16 = row["precision_steps"]["fp16"], row["precision_steps"]["bf16"]
-            lines.append(
-                f"| {name} | {fp16['ok']} | {fp16['losses'][-1]:.3f} | {fp16['skipped_by_scaler']} | {fp16['scale']:g} "
-                f"| {bf16['ok']} | {bf16['losses'][-1]:.3f} |"
-            )
-    lines += [
-        "",
-        "## The cached data path vs synthetic batches on the device",
-        "",
-        "| backbone | batch | real img/s | synthetic img/s | ratio | data wait |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, row in result["backbones"].items():
-        if "data_path" in row:
-            d = row["data_path"]
-            lines.append(
-                f"| {name} | {d['batch']} | {_rate(d['real_images_per_s'])} | {_rate(d['synthetic_images_per_s'])} "
-                f"| {d['ratio']:.2f} | {d['data_wait_fraction']:.0%} |"
-            )
-    if result.get("compile"):
-        lines += ["", "## torch.compile", "", "| backbone | compile s | eager img/s | compiled img/s | speed-up |"]
-        lines.append("|---|---|---|---|---|")
-        for name, c in result["compile"].items():
-            if "speedup" not in c:
-                lines.append(f"| {name} | {c.get('skipped') or c.get('error')} | | | |")
-                continue
-            lines.append(
-                f"| {name} | {c['compile_seconds']:.0f} | {_rate(c['eager_images_per_s'])} | "
-                f"{_rate(c['train_images_per_s'])} | {c['speedup']:.2f} |"
-            )
+    lines += _table(
+        "Speed and peak memory at the batch a trial uses",
+        ["backbone", "size", "batch", "train img/s", "eval img/s", "peak GB", "fits", "largest batch under the limit"]
+        + ["at that batch: peak GB, train img/s"],
+        [_size_row(name, m) for name, row in rows.items() for m in row.get("sizes", {}).values()],
+    )
+    lines += _table(
+        "Mixed precision: a step taken in fp16 (grad scaler) and in bf16",
+        ["backbone", "fp16 ok", "fp16 loss", "steps the scaler skipped", "scale", "bf16 ok", "bf16 loss"],
+        [_precision_row(name, row["precision_steps"]) for name, row in rows.items() if "precision_steps" in row],
+    )
+    lines += _table(
+        "The cached data path vs synthetic batches on the device",
+        ["backbone", "batch", "real img/s", "synthetic img/s", "ratio", "data wait"],
+        [_data_row(name, row["data_path"]) for name, row in rows.items() if "data_path" in row],
+    )
+    lines += _table(
+        "torch.compile",
+        ["backbone", "compile s", "eager img/s", "compiled img/s", "speed-up"],
+        [_compile_row(name, c) for name, c in result["compile"].items()],
+    )
     if "error" not in result.get("resume", {"error": ""}):
         r = result["resume"]
         lines += [
