@@ -6,7 +6,8 @@ Imports only the parts of rayexp that need neither Ray nor MLflow (``training``,
 ``data.batches``), because the GPU machine this is run on has neither. For each of the eleven backbones, at
 the batch a trial uses (the registry's at 256x256; at BreakHis's size the same pixels per batch,
 ``backbones.specs.batch_size_at``), with the trial's own model (``create_trial_model``: fp32 head,
-channels-last) and loop (``training.train_one_epoch`` / ``evaluate``), bf16 autocast:
+channels-last), loop (``training.train_one_epoch`` / ``evaluate``) and precision (bf16 autocast on a GPU that
+has it; ``--smoke`` on the CPU: fp32):
 
 * training and evaluation images/s, and peak memory (``torch.cuda.max_memory_allocated``), at 256x256 and at
   BreakHis's 448x672. Peak memory is also measured at a quarter and half the batch: with the model, its
@@ -532,7 +533,8 @@ def markdown(result: dict) -> str:
         "",
         f"`benchmarks/gpu_check.py`{' --smoke' if result['smoke'] else ''}, {env['date']}: torch {env['torch']}, "
         f"torchvision {env['torchvision']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, Python {env['python']}; "
-        f"{env['precision']} autocast, channels-last, the trial's model (fp32 head) and loop; random weights. "
+        f"{env['precision']} (the trial's precision on this device), channels-last, the trial's model (fp32 head) "
+        "and loop; random weights. "
         f"Peak: `torch.cuda.max_memory_allocated` over training and evaluation, GB = 10^9 bytes; limit "
         f"{limit / GB:.0f} GB (an A100 80 GB with headroom).",
     ]
@@ -611,7 +613,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device("cuda" if cuda else "cpu")
     dev = Device(
         device,
-        resolve_precision("auto", device) if cuda else "bf16",
+        resolve_precision("auto", device),  # bf16 on an H100/H200/A100; fp32 on the CPU, as a trial
         float(torch.cuda.get_device_properties(device).total_memory) if cuda else 0.0,
     )
     if not cuda and not args.smoke:
