@@ -618,6 +618,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if not cuda and not args.smoke:
         p.error("no CUDA device: run it on a GPU, or with --smoke on the CPU")
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out} is a file: name a folder (created if missing)")
     plan = smoke_plan(args.backbones) if args.smoke else full_plan(args.threads, args.backbones)
     if cuda:
         torch.set_num_threads(WORKER_CPUS)
@@ -633,8 +635,13 @@ def main(argv: list[str] | None = None) -> dict:
     }
 
     def save() -> None:
-        (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1, default=str))
-        (args.out / "gpu_check.md").write_text(markdown(result))
+        for name, text in (
+            ("gpu_check.json", json.dumps(result, indent=1, default=str)),
+            ("gpu_check.md", markdown(result)),
+        ):
+            partial = args.out / f".{name}.{os.getpid()}.partial"  # whole files only, even with a run beside it
+            partial.write_text(text)
+            os.replace(partial, args.out / name)
 
     def attempt(part: str, fn, *a) -> dict:
         """``fn(*a)``, timed; an error (an out-of-memory, a compile failure) is recorded as the part's result and

@@ -51,6 +51,7 @@ def test_the_memory_fit_gives_the_largest_batch_under_the_limit():
 def test_smoke_runs_every_part_on_the_cpu_without_ray_or_mlflow(tmp_path):
     proc = _run("--smoke", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md"]  # no partials
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["smoke"] and result["environment"]["device"].startswith("CPU")
     assert list(result["backbones"]) == list(REGISTRY)
@@ -84,7 +85,10 @@ def test_without_a_gpu_it_asks_for_one_or_for_smoke(tmp_path):
     assert not (tmp_path / "gpu_check.json").exists()
 
 
-def test_an_unknown_backbone_is_refused_before_anything_runs(tmp_path):
+def test_an_unknown_backbone_or_a_file_for_out_is_refused_before_anything_runs(tmp_path):
     proc = _run("--smoke", "--backbones", "resnet5O", "--out", str(tmp_path))
     assert proc.returncode == 2 and "resnet5O" in proc.stderr and "resnet50" in proc.stderr
     assert not (tmp_path / "gpu_check.json").exists()
+    (tmp_path / "taken").write_text("a file")
+    proc = _run("--smoke", "--out", str(tmp_path / "taken"))
+    assert proc.returncode == 2 and f"--out {tmp_path / 'taken'} is a file: name a folder" in proc.stderr
