@@ -94,8 +94,8 @@ Batch = dict[str, torch.Tensor]
 
 
 def load_splits(iterator, read_batch_size: int = 1024) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Every row of a trial's ``cache`` dataset (see :func:`build_trial_datasets`), as split name ->
-    (uint8 N,H,W,3 images, labels, ranks), each in the order the pipeline gave it.
+    """Every row of a trial's ``cache`` dataset (see :func:`rayexp.data.pipeline.build_trial_datasets`), as
+    split name -> (uint8 N,H,W,3 images, labels, ranks), each in the order the pipeline gave it.
 
     One pass through the pipeline, decoding in parallel in Ray Data's tasks; afterwards the splits live
     in this process and no epoch decodes again.
@@ -177,8 +177,8 @@ def augmented(batches: Iterable[Batch], seed: int, threads: int = 1) -> Iterator
 class TrialBatches:
     """The batches one trial trains and evaluates on, from its Ray Data iterators (Train dataset shards).
 
-    Cached (``iterators`` holds the ``cache`` dataset of :func:`build_trial_datasets`): its splits are
-    loaded into memory (:func:`load_splits`), in a background thread that overlaps with building the
+    Cached (``iterators`` holds the ``cache`` dataset of :func:`rayexp.data.pipeline.build_trial_datasets`): its
+    splits are loaded into memory (:func:`load_splits`), in a background thread that overlaps with building the
     model, and every epoch is a fresh seeded permutation; otherwise every epoch streams from the ``train``
     iterator with a seeded local shuffle buffer. Training batches are augmented when ``augment``, then
     normalised by ``normalize``, in ``threads`` threads ahead of the training loop; on a GPU the
