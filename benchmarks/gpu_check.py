@@ -98,6 +98,8 @@ class Plan:
     threads: int
     precision_batch: int
     precision_tries: int  # fp16 steps until the grad scaler takes one
+    min_batch: int  # the smallest batch worth measuring under the memory limit
+    memory_steps: int  # training steps whose peak memory is read, at a quarter and half the batch
     compile_backend: str
     resume_size: int
     resume_images: int
@@ -120,6 +122,8 @@ def full_plan(threads: int, backbones: list[str]) -> Plan:
         threads=threads,
         precision_batch=8,
         precision_tries=8,
+        min_batch=8,
+        memory_steps=2,  # the second step holds AdamW's state too
         compile_backend="inductor",
         resume_size=64,
         resume_images=256,
@@ -138,7 +142,9 @@ def smoke_plan(backbones: list[str]) -> Plan:
         data_steps=2,
         threads=2,
         precision_batch=2,
-        precision_tries=1,  # fp16 runs on the CPU, but slowly: the code path, not the numbers
+        precision_tries=1,
+        min_batch=2,
+        memory_steps=1,  # fp16 runs on the CPU, but slowly: the code path, not the numbers
         compile_backend="eager",  # Dynamo's capture of the trial's model, without minutes of C++ compiling
         resume_size=32,
         resume_images=24,
@@ -169,29 +175,63 @@ class MemoryFit:
         return max(0, int((limit - self.static) / self.per_image) // multiple * multiple)
 
 
+CLEAR_REFS, STATUS, MEMINFO = Path("/proc/self/clear_refs"), Path("/proc/self/status"), Path("/proc/meminfo")
+
+
+def _proc_bytes(path: Path, field: str) -> float:
+    """A ``kB`` field of a Linux ``/proc`` file, in bytes."""
+    (line,) = [line for line in path.read_text().splitlines() if line.startswith(field + ":")]
+    return float(line.split()[1]) * 1024
+
+
 @dataclass
 class Device:
+    """Where the check runs, and how its peak memory is read: ``cuda``, the card's allocator
+    (``max_memory_allocated``); ``rss``, this process's peak resident set (Linux's ``VmHWM``, reset through
+    ``clear_refs``): the CPU smoke run's stand-in, so that the memory fit and its decisions run there too (its
+    numbers are the whole process's, not a model's); ``""``, none."""
+
     device: torch.device
     precision: str
-    capacity: float  # bytes the card has (0 on the CPU: no memory measured)
+    memory: str
+
+    @classmethod
+    def open(cls, cuda: bool) -> "Device":
+        if cuda:
+            return cls(torch.device("cuda"), resolve_precision("auto", torch.device("cuda")), "cuda")
+        try:
+            CLEAR_REFS.write_text("5")
+            memory = "rss"
+        except OSError:  # not Linux, or not allowed
+            memory = ""
+        return cls(torch.device("cpu"), resolve_precision("auto", torch.device("cpu")), memory)
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 
+    @property
+    def capacity(self) -> float:
+        """Bytes the card (or this machine) has; 0 when memory is not measured."""
+        if self.memory == "cuda":
+            return float(torch.cuda.get_device_properties(self.device).total_memory)
+        return _proc_bytes(MEMINFO, "MemTotal") if self.memory == "rss" else 0.0
+
     def reset_peak(self) -> None:
-        if self.cuda:
+        if self.memory == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.memory == "rss":
+            CLEAR_REFS.write_text("5")
 
     def peak(self) -> float | None:
-        if not self.cuda:
-            return None
-        torch.cuda.synchronize(self.device)
-        return float(torch.cuda.max_memory_allocated(self.device))
+        if self.memory == "cuda":
+            torch.cuda.synchronize(self.device)
+            return float(torch.cuda.max_memory_allocated(self.device))
+        return _proc_bytes(STATUS, "VmHWM") if self.memory == "rss" else None
 
     def peak_reserved(self) -> float | None:
-        return float(torch.cuda.max_memory_reserved(self.device)) if self.cuda else None
+        return float(torch.cuda.max_memory_reserved(self.device)) if self.memory == "cuda" else None
 
     def free(self) -> None:
         gc.collect()
@@ -226,11 +266,11 @@ class Trainer:
             self.model, [batch] * n, self.optimizer, self.scaler, self.dev.device, self.dev.precision
         )
 
-    def peak_at(self, batch_size: int, size: tuple[int, int]) -> float | None:
-        """Peak bytes over two training steps at ``batch_size``."""
+    def peak_at(self, batch_size: int, size: tuple[int, int], steps: int) -> float | None:
+        """Peak bytes over ``steps`` training steps at ``batch_size``."""
         batch = synthetic(batch_size, size, self.dev.device)
         self.dev.reset_peak()
-        self.steps(batch, 2)
+        self.steps(batch, steps)
         del batch
         return self.dev.peak()
 
@@ -269,9 +309,10 @@ def measure_size(trainer: Trainer, batch: int, size: tuple[int, int], plan: Plan
     dev = trainer.dev
     out: dict = {"size": list(size), "batch": batch}
     fit_ = None
-    if dev.cuda:
+    if dev.memory:
         quarter, half = max(2, batch // 4), max(4, batch // 2)
-        fit_ = MemoryFit.through((quarter, trainer.peak_at(quarter, size)), (half, trainer.peak_at(half, size)))
+        peaks = [(b, trainer.peak_at(b, size, plan.memory_steps)) for b in (quarter, half)]
+        fit_ = MemoryFit.through(*peaks)
         out["memory_fit"] = {"static_bytes": fit_.static, "bytes_per_image": fit_.per_image}
         out["predicted_peak_bytes"] = fit_.peak(batch)
         out["largest_batch_under_limit"] = fit_.largest_batch(limit)
@@ -281,10 +322,10 @@ def measure_size(trainer: Trainer, batch: int, size: tuple[int, int], plan: Plan
         out["measured"] = None
         out["skipped"] = f"predicted peak {fit_.peak(batch) / GB:.1f} GB is over 90% of this card's memory"
     peak = (out["measured"] or {}).get("peak_bytes")
-    if dev.cuda:
+    if dev.memory:
         out["fits_limit"] = peak is not None and peak <= limit
         smaller = min(batch, out["largest_batch_under_limit"])
-        if not out["fits_limit"] and smaller >= 8:
+        if not out["fits_limit"] and smaller >= plan.min_batch:
             out["at_largest_batch_under_limit"] = trainer.timed(smaller, size, plan)
     return out
 
@@ -459,6 +500,9 @@ def environment(dev: Device) -> dict:
         "torchvision": torchvision.__version__,
         "device": torch.cuda.get_device_name(dev.device) if dev.cuda else f"CPU ({os.cpu_count()} cores)",
         "memory_bytes": dev.capacity or None,
+        "memory_measured": {"cuda": "torch.cuda.max_memory_allocated", "rss": "peak RSS (VmHWM) of the process"}.get(
+            dev.memory
+        ),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if dev.cuda else None,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
@@ -535,7 +579,7 @@ def markdown(result: dict) -> str:
         f"torchvision {env['torchvision']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}, Python {env['python']}; "
         f"{env['precision']} (the trial's precision on this device), channels-last, the trial's model (fp32 head) "
         "and loop; random weights. "
-        f"Peak: `torch.cuda.max_memory_allocated` over training and evaluation, GB = 10^9 bytes; limit "
+        f"Peak: {env['memory_measured'] or 'not measured'} over training and evaluation, GB = 10^9 bytes; limit "
         f"{limit / GB:.0f} GB (an A100 80 GB with headroom).",
     ]
     lines += _table(
@@ -610,16 +654,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     started = time.perf_counter()
     cuda = torch.cuda.is_available() and not args.smoke
-    device = torch.device("cuda" if cuda else "cpu")
-    dev = Device(
-        device,
-        resolve_precision("auto", device),  # bf16 on an H100/H200/A100; fp32 on the CPU, as a trial
-        float(torch.cuda.get_device_properties(device).total_memory) if cuda else 0.0,
-    )
     if not cuda and not args.smoke:
         p.error("no CUDA device: run it on a GPU, or with --smoke on the CPU")
     if args.out.exists() and not args.out.is_dir():
         p.error(f"--out {args.out} is a file: name a folder (created if missing)")
+    dev = Device.open(cuda)  # the trial's precision: bf16 on an H100/H200/A100; fp32 on the CPU
     plan = smoke_plan(args.backbones) if args.smoke else full_plan(args.threads, args.backbones)
     if cuda:
         torch.set_num_threads(WORKER_CPUS)

@@ -55,12 +55,18 @@ def test_smoke_runs_every_part_on_the_cpu_without_ray_or_mlflow(tmp_path):
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["smoke"] and result["environment"]["device"].startswith("CPU")
     assert list(result["backbones"]) == list(REGISTRY)
+    # Memory on the CPU is the process's peak RSS: numbers of the whole process, but the GPU run's memory fit and
+    # its decisions run on them.
+    assert result["environment"]["memory_measured"] == "peak RSS (VmHWM) of the process"
     for name, row in result["backbones"].items():
         assert "error" not in row, (name, row)
         for label, size in (("256x256", [32, 32]), ("breakhis", [32, 64])):
-            measured = row["sizes"][label]["measured"]
-            assert row["sizes"][label]["size"] == size
+            m = row["sizes"][label]
+            measured = m["measured"]
+            assert m["size"] == size and m["batch"] == 4
             assert measured["train_images_per_s"] > 0 and measured["eval_images_per_s"] > 0, (name, label)
+            assert measured["peak_bytes"] > 1e8 and m["predicted_peak_bytes"] > 1e8 and m["fits_limit"] is True
+            assert m["memory_fit"]["static_bytes"] > 0 and isinstance(m["largest_batch_under_limit"], int)
         assert row["data_path"]["images"] == 8 and row["data_path"]["ratio"] > 0
         assert row["precision_steps"]["bf16"]["ok"], name
         assert len(row["precision_steps"]["fp16"]["losses"]) == 1  # run, but not judged: fp16 on a CPU
