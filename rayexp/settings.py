@@ -272,8 +272,12 @@ class SweepPlan:
             self.data_fingerprints[key.dataset],
             s.protocol(),
             self.weights[key.backbone],
-            s.batch_size_for(key.backbone, self.input_sizes[key.dataset]),
+            self.batch_size(key),
         )
+
+    def batch_size(self, key: TrialKey) -> int:
+        """The batch ``key`` trains with: :meth:`SweepSettings.batch_size_for` at its dataset's input size."""
+        return self.settings.batch_size_for(key.backbone, self.input_sizes[key.dataset])
 
     def planned_seeds(self) -> dict[tuple[str, str, float], list[int]]:
         """Each cell's seeds in this sweep."""

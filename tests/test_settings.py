@@ -92,6 +92,7 @@ def test_a_dataset_larger_than_256x256_trains_at_the_same_pixels_per_batch():
     plan = SweepPlan(settings, (), {"resnet50": "random"}, {d: "sha256:" + "a" * 64 for d in sizes}, sizes)
     batch = {d: plan.identity(TrialKey("resnet50", d, 1.0, 0))[fingerprint.BATCH_TAG] for d in sizes}
     assert batch == {"dtd": "256", "breakhis_40x": "48"}
+    assert plan.batch_size(TrialKey("resnet50", "breakhis_40x", 1.0, 0)) == 48  # the worker's batch, the same
     assert settings.batch_size_for("resnet50", BREAKHIS_SIZE) == 48
 
     manifests = {d: {"input_size": list(size)} for d, size in sizes.items()}

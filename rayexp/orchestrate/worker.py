@@ -149,7 +149,7 @@ def _train(key: TrialKey, config: dict, session: TrialSession) -> None:
     manifest = config["manifest"]
     settings = context.plan.settings
     device = session.device
-    batch_size = settings.batch_size_for(key.backbone, manifest["input_size"])
+    batch_size = context.plan.batch_size(key)  # the batch in its identity (fingerprint tags)
     identity = context.plan.identity(key)
     cfg = replace(settings.train, seed=key.seed)
     model = _model(key, context, manifest["n_classes"], device)
