@@ -38,7 +38,7 @@ from rayexp.data.batches import Normalizer, TrialBatches
 from rayexp.data.pipeline import build_trial_datasets, configure_data_context
 from rayexp.data.preparation import prepare
 from rayexp.data.shards import read_split
-from rayexp.orchestrate import batch_threads
+from rayexp.orchestrate.context import TrialResources
 
 SIZE = 256
 
@@ -94,7 +94,7 @@ def rayexp_arm(
         seed=0,
         normalize=Normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"], torch.device("cpu")),
         augment=True,
-        threads=batch_threads(1, workers, cached),  # as a trial's worker (1 CPU) sets it
+        threads=TrialResources(1, workers, gpus=0, cache_bytes=0).batch_threads(cached),  # a 1-CPU trial's
     )
     _, rates = drain(epochs, batches.train)
     return time.perf_counter() - start, rates, cached  # the cache's fill (overlapping epoch 1) included

@@ -27,14 +27,14 @@ from pathlib import Path
 import torch
 from prepare import generate  # benchmarks/prepare.py: the same generated JPEGs
 
-from rayexp.backbones import create_backbone, list_backbones
+from rayexp.backbones import create_trial_model, list_backbones
 from rayexp.data.batches import Normalizer, TrialBatches
 from rayexp.data.catalog import DatasetInfo
 from rayexp.data.pipeline import build_trial_datasets, configure_data_context
 from rayexp.data.shards import load_manifest
 from rayexp.data.sources import folder
 from rayexp.data.writer import write_dataset
-from rayexp.orchestrate import batch_threads
+from rayexp.orchestrate.context import TrialResources
 from rayexp.training import TrainConfig, make_optimizer, make_scaler, resolve_precision, train_one_epoch
 
 
@@ -56,9 +56,7 @@ def measure(
     compile: bool,
     epochs: int,
 ) -> dict:
-    model = create_backbone(name, classes, pretrained=False).to(device, memory_format=torch.channels_last)
-    if compile:
-        model.compile()
+    model = create_trial_model(name, classes, seed=0, device=device, pretrained=False, compile=compile)
     optimizer, scaler = make_optimizer(model, TrainConfig()), make_scaler(device, precision)
     out = {}
     for arm, epoch_batches in (("synthetic", lambda epoch: synthetic), ("real", batches.train)):
@@ -129,7 +127,7 @@ def main() -> None:
             batch_size=args.batch,
             seed=0,
             normalize=Normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"], device),
-            threads=batch_threads(args.worker_cpus, args.data_cpus, cached),
+            threads=TrialResources(args.worker_cpus, args.data_cpus, gpus=0, cache_bytes=0).batch_threads(cached),
         )
         start = time.perf_counter()
         rows = len(batches.memory["train"][1])
