@@ -5,7 +5,8 @@ MLflow's client, in the schema trials log (tags, params, final metrics; :mod:`ra
 its ``test_predictions.csv`` artifact on a test split of the catalog's size (capped at ``--max-test``).
 Five backbones tie at 100% on NEU at fraction 1.0, as saturated small test sets do. Then builds the
 report twice in this process: once reading no predictions (the verdicts' summary rule: the baseline)
-and once as ``build_report`` does (paired bootstrap from the predictions of each cell's two leaders).
+and once as ``build_report`` does (paired verdicts from the predictions of every backbone of each cell: the
+leader is compared with each other backbone).
 
 Prints the seconds of each and, last, ``ratio with_predictions_vs_summary <value>``. The grid itself
 (:func:`synthetic_grid`, :func:`synthetic_results`) is shared with ``tests/test_report_html.py``, which renders

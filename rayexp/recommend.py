@@ -2,10 +2,10 @@
 
 Built from MLflow alone, like :mod:`rayexp.report`, so it can be rebuilt after an interrupted or a
 budget-limited sweep. Ranking, ties, chance level and the verdict are :mod:`rayexp.results`' rules, the
-very ones the sweep report applies, at the largest fraction trained: ranked by the best of the seeds
-(with ``selection=val``, the test accuracy of the seed with the best validation accuracy), tied scores
-share their rank, and "use X" is said only when X is above chance and its lead is clear on a paired
-comparison over the same test images and seeds. Backbones a scheduler or a budget stopped early are
+very ones the sweep report applies, at the largest fraction trained: ranked by the mean over seeds (the best
+of the seeds, the paper's score, beside it), tied means share their rank, and "use X" is said only when X is
+above chance and its lead over every other backbone is clear on paired comparisons over the same test images
+and seeds, after the report's multiplicity adjustment. Backbones a scheduler or a budget stopped early are
 listed with the accuracy they had reached, and keys that never ran are named: a partial answer never
 looks complete.
 """
@@ -24,15 +24,15 @@ from rayexp.backbones import known_spec
 from rayexp.grid import TrialKey, format_fraction
 from rayexp.priors import LIGHTWEIGHT, prior_for
 from rayexp.rendering import Table, figure_accuracy_vs_fraction, pct, row, spread, write_page
-from rayexp.report import prediction_loader
+from rayexp.report import judgements, prediction_loader, verdict_clause
 from rayexp.results import (
     CellSummary,
     Judgement,
     PredictionLoader,
+    Statistic,
     average_ranks,
     chance_text,
     current_results,
-    judge,
     rules_text,
     scored,
     summarize,
@@ -74,7 +74,7 @@ class Ranked:
     imagenet_top1: float | None = None  # where the backbone's source publishes one (not timm's)
     stopped: list[dict] = field(default_factory=list)  # seed, epochs_run, best_test_acc, stopped_by
     weights: str = ""
-    rank: float | None = None  # average rank by the best of the seeds; ties share it
+    rank: float | None = None  # average rank by the mean over seeds; ties share it
     cell: CellSummary | None = None
 
 
@@ -93,15 +93,15 @@ def rank_backbones(
     """Every backbone with a run (or listed in ``backbones``) on ``dataset`` at ``fraction``, best first;
     ``seeds`` are the seeds planned for each, so that a cell missing one is marked incomplete.
 
-    Order: :func:`rayexp.results.scored` (the best of the seeds; ties by mean, then name), each with its
-    average rank; backbones with no finished seed come last, unranked.
+    Order: :func:`rayexp.results.scored` by the mean over seeds (ties by the best of the seeds, then name), each
+    with its average rank; backbones with no finished seed come last, unranked.
     """
     rows = [r for r in results if r["dataset"] == dataset and float(r["fraction"]) == fraction]
     cells = summarize(
         rows, expected=[TrialKey(b, dataset, fraction, seed) for b in backbones for seed in (seeds or (0,))]
     )
-    ranked_cells = scored(cells, dataset, fraction)
-    ranks = average_ranks({c.backbone: c.best_of_3 for c in ranked_cells})
+    ranked_cells = scored(cells, dataset, fraction, Statistic.MEAN)
+    ranks = average_ranks({c.backbone: c.mean for c in ranked_cells})
     ranked = []
     for cell in ranked_cells + sorted((c for c in cells if c.best_of_3 is None), key=lambda c: c.backbone):
         runs = [r for r in rows if r["backbone"] == cell.backbone and r.get("status") == tracking.FINISHED]
@@ -150,9 +150,10 @@ _RANDOM_INIT = (
 
 
 def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None) -> str:
-    """The answer in plain words, from :func:`rayexp.results.judge`: use the leader when its lead is clear,
-    a tie to be settled on cost, or no answer when nothing learned."""
-    done = [r for r in ranked if r.best is not None]
+    """The answer in plain words, from :func:`rayexp.results.judge`: use the leader when its lead over every other
+    backbone is clear, the backbones that cannot be told apart to be settled on cost (and what would settle it),
+    or no answer when nothing learned."""
+    done = [r for r in ranked if r.mean is not None]
     if judgement is None or not done:
         return f"No backbone has a finished seed on {dataset} yet: nothing to recommend."
     first = done[0]
@@ -172,29 +173,21 @@ def verdict(ranked: Sequence[Ranked], dataset: str, judgement: Judgement | None)
     if kind == "tie":
         names = [s.backbone for s in judgement.leaders]
         text = (
-            f"Tie on {dataset}: {', '.join(names)} score {pct(judgement.leaders[0].best_of_3)}% best of seeds each; "
+            f"Tie on {dataset}: {', '.join(names)} score {pct(judgement.leaders[0].mean)}% mean over seeds each; "
             "choose on cost" + _cheapest(names, ranked)
         )
     elif kind == "alone":
         text = f"Use **{first.backbone}** for {dataset}: {standing} It is the only backbone with a finished seed."
     elif kind == "clear":
-        text = (
-            f"Use **{first.backbone}** for {dataset}: {standing} "
-            f"Its lead over {judgement.runner_up.backbone}: {judgement.verdict.text()}."
-        )
-    elif kind == "unknown":  # one seed: how far behind the runner-up is says nothing of the seeds' noise
-        second = judgement.runner_up
-        below = " (not above chance)" if second.above_chance is False else ""
-        text = (
-            f"**{first.backbone}** leads on {dataset}: {standing} {second.backbone} follows at {pct(second.mean)}% "
-            f"mean{below}, and the {judgement.verdict.text()}."
-        )
+        text = f"Use **{first.backbone}** for {dataset}: {standing} It has {verdict_clause(judgement)}."
     else:
-        second = judgement.runner_up.backbone
-        text = (
-            f"**{first.backbone}** and {second} are tied on {dataset}: {first.backbone} {standing} The difference is "
-            f"{judgement.verdict.text()}; choose between them on cost" + _cheapest([first.backbone, second], ranked)
-        )
+        names = list(judgement.contenders)
+        text = f"**{first.backbone}** leads on {dataset}: {standing} It has the best mean, {verdict_clause(judgement)}"
+        cheapest = _cheapest(names, ranked).strip(" ().")
+        text += "." + (f" {cheapest}." if cheapest and kind != "unknown" else "")
+        settle = judgement.settle_text()
+        if settle and kind != "unknown":
+            text += f" To settle it: {settle}."
     incomplete = [r for r in done[:2] if r.cell is not None and not r.cell.complete]
     if incomplete:
         text += (
@@ -333,7 +326,8 @@ class Recommendation:
     @property
     def rules(self) -> str:
         """How ranks, ties, the verdict and chance were computed (:func:`rayexp.results.rules_text`)."""
-        return rules_text(next((r.cell.selection for r in self.ranked if r.cell is not None and r.n_seeds), "test"))
+        selection = next((r.cell.selection for r in self.ranked if r.cell is not None and r.n_seeds), "test")
+        return rules_text(selection, self.judgement.family if self.judgement is not None else 0)
 
 
 def recommend(
@@ -357,7 +351,8 @@ def recommend(
     not_run = [str(k) for k in expected if str(k) not in ran]
     curves = {f: rank_backbones(results, dataset, f, backbones, seeds) for f in fractions} if len(fractions) > 1 else {}
     mine = [r for r in results if r["dataset"] == dataset]
-    judgement = judge(summarize(mine, expected=[k for k in expected if k.dataset == dataset]), mine, dataset, top, load)
+    judged = judgements(summarize(mine, expected=[k for k in expected if k.dataset == dataset]), mine, load)
+    judgement = next((j for j in judged if j.fraction == top), None)
     return Recommendation(
         dataset,
         domain,
@@ -438,7 +433,12 @@ def recommendation_json(rec: Recommendation) -> str:
             else {
                 "kind": judgement.kind,
                 "leaders": [s.backbone for s in judgement.leaders],
+                "cannot_be_told_apart": list(judgement.contenders),
+                "p": judgement.p,
+                "q": judgement.q,
+                "cells_judged": judgement.family,
                 "verdict": None if judgement.verdict is None else asdict(judgement.verdict),
+                "comparisons": [asdict(v) for v in judgement.comparisons],
             },
             "rules": rec.rules,
         },

@@ -23,6 +23,7 @@ import numpy as np
 from rayexp import figures, tracking
 from rayexp.backbones import known_spec
 from rayexp.grid import TrialKey, format_fraction
+from rayexp.inference import Correlation, spearman
 from rayexp.rendering import (
     ENV,
     MISSING,
@@ -42,6 +43,8 @@ from rayexp.results import (
     Judgement,
     PredictionLoader,
     Predictions,
+    Statistic,
+    adjust,
     average_ranks,
     chance_text,
     current_results,
@@ -49,6 +52,7 @@ from rayexp.results import (
     domain_rankings,
     judge,
     places,
+    rank_table,
     rules_text,
     scored,
     summarize,
@@ -219,23 +223,20 @@ def _by_cell(summaries: Sequence[CellSummary]) -> dict[tuple[str, str, float], C
 
 
 def imagenet_rank_correlation(summaries: Sequence[CellSummary], fraction: float) -> dict:
-    """Spearman correlation between backbones' ImageNet top-1 rank and their mean fine-tuning rank (average
-    ranks for ties on both sides)."""
-    collected: dict[str, list[float]] = {}
-    for ranking in dataset_ranks(summaries, fraction).values():
-        for backbone, rank in ranking.items():
-            collected.setdefault(backbone, []).append(rank)
-    top1 = {b: spec.imagenet_top1 for b in collected if (spec := known_spec(b)) and spec.imagenet_top1 is not None}
+    """Spearman correlation between backbones' ImageNet top-1 rank and their mean fine-tuning rank, over the
+    datasets Table 1 ranks (those where some backbone learned; a backbone with no score on one ranked last there),
+    with a permutation p-value (:func:`rayexp.inference.spearman`). Average ranks for ties on both sides."""
+    table = rank_table(summaries, sorted({s.dataset for s in summaries}), fraction, Statistic.BEST_OF_SEEDS)
+    mean_rank = {b: rank for b, rank, _ in table.mean_ranks()}
+    top1 = {b: spec.imagenet_top1 for b in mean_rank if (spec := known_spec(b)) and spec.imagenet_top1 is not None}
     backbones = sorted(top1)  # those whose source publishes an ImageNet top-1 (not timm's)
     imagenet = average_ranks({b: top1[b] for b in backbones})
-    points = [(imagenet[b], statistics.fmean(collected[b]), b) for b in backbones]
+    points = [(imagenet[b], mean_rank[b], b) for b in backbones]
+    out = {"rho": None, "p": None, "points": points, "datasets": len(table.ranks), "at_chance": table.at_chance}
     if len(points) < 3:
-        return {"rho": None, "p": None, "points": points}
-    # Imported here, not at the top: scipy.stats is slow to import and only this needs it.
-    from scipy.stats import spearmanr  # imported here: ~0.5 s, only a report with ImageNet ranks needs it
-
-    result = spearmanr([p[0] for p in points], [p[1] for p in points])
-    return {"rho": float(result.statistic), "p": float(result.pvalue), "points": points}
+        return out
+    found: Correlation = spearman([p[0] for p in points], [p[1] for p in points])
+    return {**out, "rho": found.rho, "p": found.p}
 
 
 def cost_rows(results: Sequence[dict]) -> list[dict]:
@@ -276,8 +277,14 @@ def _incomplete_note(*cells: CellSummary | None) -> str:
     return f" Incomplete: {'; '.join(parts)}." if parts else ""
 
 
+def _standing(s: CellSummary) -> str:
+    std = f" ± {100 * s.std:.2f}" if s.std is not None else ""
+    return f"mean {pct(s.mean)}{std} over {s.n_seeds} seed(s), best {pct(s.best_of_3)}"
+
+
 def judgement_line(j: Judgement) -> str:
-    """One dataset at one fraction in plain words: the leader and the verdict, a tie, or no answer at all."""
+    """One dataset at one fraction in plain words: the leader by the mean over seeds and the verdict, a tie, or
+    no answer at all."""
     where = f"{j.dataset} at {format_fraction(j.fraction)}"
     first = j.leaders[0]
     if j.kind == "chance":
@@ -287,22 +294,43 @@ def judgement_line(j: Judgement) -> str:
         )
     if j.kind == "tie":
         return (
-            f"{where}: tie: {_names(j.leaders)} ({pct(first.best_of_3)}% best of seeds each): "
-            f"equal on the paper's score, choose on cost.{_incomplete_note(*j.leaders)}"
+            f"{where}: tie: {_names(j.leaders)} ({pct(first.mean)}% mean over seeds each): "
+            f"equal means, choose on cost.{_incomplete_note(*j.leaders)}"
         )
-    text = f"{where}: **{first.backbone}** ({pct(first.best_of_3)}% best of {first.n_seeds}, mean {pct(first.mean)}"
-    text += (f" ± {100 * first.std:.2f}" if first.std is not None else "") + ")"
+    text = f"{where}: **{first.backbone}** ({_standing(first)})"
     if j.runner_up is None:
         return text + f", the only backbone with a finished seed.{_incomplete_note(first)}"
-    second = j.runner_up
-    text += (
-        f", ahead of {second.backbone} by {100 * (first.best_of_3 - second.best_of_3):.2f} points — {j.verdict.text()}"
+    return text + ", " + verdict_clause(j) + "." + _incomplete_note(first, j.runner_up)
+
+
+def verdict_clause(j: Judgement) -> str:
+    """The verdict on a judged leader, for the report and the recommendation alike: a clear lead and its
+    evidence, or which backbones cannot be told apart from it and how small a lead the data can resolve."""
+    second, v = j.runner_up, j.verdict
+    against = f"against {second.backbone} ({pct(second.mean)}% mean): {v.text()}"
+    if j.kind == "clear":
+        return f"a clear lead over every other backbone ({j.claim_text()}); {against}"
+    if j.kind == "unknown":
+        unknown = [c.second for c in j.comparisons if c.outcome == "unknown"]
+        return (
+            f"but the seed noise is unknown against {', '.join(unknown)} (fewer than two seeds in common): run more "
+            "seeds before trusting the order"
+        )
+    if j.held_within_cell:
+        return (
+            f"ahead of every other backbone within this cell ({j.claim_text()}): not a clear lead once the "
+            f"{j.family} cells judged are counted; {against}"
+        )
+    others = [b for b in j.contenders if b != j.leaders[0].backbone]
+    floor = j.noise_floor()
+    return f"but it cannot be told apart from {', '.join(others)}: treat them as tied and choose on cost; {against}" + (
+        f"; {floor}" if floor else ""
     )
-    return text + "." + _incomplete_note(first, second)
 
 
 def _domain_line(ranking: DomainRanking, at_top: dict[str, Judgement], top: float) -> str | None:
-    """A domain's answer at the largest fraction: Table 1's mean rank, and "use" only with a clear lead somewhere."""
+    """A domain's answer at the largest fraction: mean rank by the mean over seeds, and "use X" only when X also
+    leads clearly (after the report's multiplicity adjustment) on at least one of its datasets."""
     if not ranking.rows:
         if not ranking.at_chance:
             return None
@@ -311,7 +339,7 @@ def _domain_line(ranking: DomainRanking, at_top: dict[str, Judgement], top: floa
             f"at {format_fraction(top)}."
         )
     best = ranking.rows[0]
-    where = f"over {best[2]} dataset(s) at {format_fraction(top)}"
+    where = f"over {ranking.datasets} dataset(s) at {format_fraction(top)}, by the mean over seeds"
     if len(ranking.leaders) > 1:
         text = f"**{ranking.domain}**: tie: {', '.join(ranking.leaders)} — mean rank {best[1]:.1f} {where}"
     else:
@@ -332,20 +360,25 @@ def _domain_line(ranking: DomainRanking, at_top: dict[str, Judgement], top: floa
             )
     if ranking.at_chance:
         text += f"; left out, no backbone above chance: {', '.join(ranking.at_chance)}"
+    if ranking.missing:
+        text += f"; {len(ranking.missing)} cell(s) with no score ranked last: {_listed(ranking.missing)}"
     if ranking.incomplete:
-        more = " …" if len(ranking.incomplete) > 5 else ""
-        text += f"; {len(ranking.incomplete)} incomplete cell(s): {', '.join(ranking.incomplete[:5])}{more}"
+        text += f"; {len(ranking.incomplete)} incomplete cell(s): {_listed(ranking.incomplete)}"
     return text + "."
 
 
+def _listed(items: Sequence[str], shown: int = 5) -> str:
+    return ", ".join(items[:shown]) + (" …" if len(items) > shown else "")
+
+
 def recommendations(summaries: Sequence[CellSummary], judgements: Sequence[Judgement]) -> list[str]:
-    """A plain-language recommendation per domain (Table 1's mean rank at the largest fraction) and per
-    dataset and fraction (:func:`rayexp.results.judge`), with its evidence."""
+    """A plain-language recommendation per domain (mean rank by the mean over seeds at the largest fraction)
+    and per dataset and fraction (:func:`rayexp.results.judge`), with its evidence."""
     if not judgements:
         return ["No finished trials yet: nothing to recommend."]
     top = max(s.fraction for s in summaries)
     at_top = {j.dataset: j for j in judgements if j.fraction == top}
-    lines = [_domain_line(ranking, at_top, top) for ranking in domain_rankings(summaries, top)]
+    lines = [_domain_line(ranking, at_top, top) for ranking in domain_rankings(summaries, top, Statistic.MEAN)]
     return [line for line in lines if line is not None] + [judgement_line(j) for j in judgements]
 
 
@@ -421,10 +454,12 @@ def fraction_tables(summaries: Sequence[CellSummary]) -> list[dict]:
 
 
 def _table1_row(ranking: DomainRanking) -> tuple[list[str], str]:
-    """Table 1's cells for one domain: the top three with mean ranks, and its notes (tie, incomplete, at chance)."""
+    """Table 1's cells for one domain: the top three with mean ranks, and its notes (tie, cells with no score
+    ranked last, incomplete, at chance)."""
     named = ([f"{b} ({r:.1f})" for b, r, _ in ranking.rows[:3]] + ["-"] * 3)[:3]
     notes = [
         ("tie: " + ", ".join(ranking.leaders)) if len(ranking.leaders) > 1 else "",
+        f"{len(ranking.missing)} cell(s) with no score ranked last" if ranking.missing else "",
         f"{len(ranking.incomplete)} incomplete cell(s)" if ranking.incomplete else "",
         ("at chance: " + ", ".join(ranking.at_chance)) if ranking.at_chance else "",
     ]
@@ -455,15 +490,16 @@ def _fraction_table(table: dict) -> Table:
 
 
 def _top_table(summaries: Sequence[CellSummary], top: float) -> Table:
-    """Table 1: per domain, the top three backbones by mean rank at fraction ``top``."""
+    """Table 1: per domain, the top three backbones by mean rank (best of seeds, the paper's) at fraction
+    ``top``, over how many datasets."""
     rows = []
     for ranking in domain_rankings(summaries, top):
         named, note = _table1_row(ranking)
-        rows.append(row(ranking.domain, *named, note))
+        rows.append(row(ranking.domain, ranking.datasets, *named, note))
     return Table(
-        head=["domain", "1st", "2nd", "3rd", "notes"],
+        head=["domain", "datasets", "1st", "2nd", "3rd", "notes"],
         rows=rows,
-        title=f"Top backbones per domain (mean rank at fraction {format_fraction(top)})",
+        title=f"Top backbones per domain (mean rank, best of seeds, at fraction {format_fraction(top)})",
     )
 
 
@@ -497,10 +533,19 @@ def _cost_table(costs: Sequence[dict]) -> Table:
 def _rho_text(correlation: dict) -> str:
     if correlation["rho"] is None:
         return "not enough backbones"
-    return (
-        f"Spearman rho = {correlation['rho']:.2f} (p = {correlation['p']:.2g}) "
-        f"over {len(correlation['points'])} backbones"
+    left_out = (
+        f"; left out, no backbone above chance: {', '.join(correlation['at_chance'])}"
+        if correlation.get("at_chance")
+        else ""
     )
+    return (
+        f"Spearman rho = {correlation['rho']:.2f} (permutation p = {correlation['p']:.2g}) "
+        f"over {len(correlation['points'])} backbones and {correlation.get('datasets', '?')} dataset(s){left_out}"
+    )
+
+
+def _family(found: Sequence[Judgement]) -> int:
+    return max((j.family for j in found if j.p is not None), default=0)
 
 
 def _selection(summaries: Sequence[CellSummary]) -> str:
@@ -522,6 +567,22 @@ def header_lines(summaries: Sequence[CellSummary], results: Sequence[dict]) -> l
     """What a reader must know before the numbers: the selection rule in force, how ranks, ties, verdicts
     and chance are computed, and how many cells are incomplete, capped or at chance."""
     return [selection_line(summaries), rules_text(_selection(summaries)), *count_lines(summaries, results), legend()]
+
+
+def verdicts_line(found: Sequence[Judgement], selection: str) -> str:
+    """How the verdicts below were reached, for the header: what they rank by and the multiplicity control."""
+    family = _family(found)
+    text = (
+        "**Verdicts** rank by the mean over seeds (the tables keep the paper's best of seeds); a lead is clear only "
+        "after Holm over the leader's comparisons within a cell and Benjamini-Hochberg over the "
+        f"{family} cell(s) judged here (false discovery rate 5%)."
+    )
+    if selection != "val":
+        text += (
+            " Under selection=test their intervals ignore that each trial's epoch was chosen on the same test "
+            "images, so they are somewhat optimistic."
+        )
+    return text
 
 
 def count_lines(summaries: Sequence[CellSummary], results: Sequence[dict]) -> list[str]:
@@ -650,7 +711,7 @@ def run_tags(uri: str, experiment: str) -> dict[str, dict[str, str]]:
 VERDICT_WORDS = {
     "clear": "clear lead",
     "tied": "within noise: tied",
-    "tie": "tie (equal scores)",
+    "tie": "tie (equal means)",
     "chance": "nothing learned",
     "unknown": "seed noise unknown",
     "alone": "only one scored",
@@ -658,17 +719,19 @@ VERDICT_WORDS = {
 
 
 def _named(s: CellSummary | None) -> str:
-    return "-" if s is None else f"{s.backbone} ({pct(s.best_of_3)}{marks(s)})"
+    return "-" if s is None else f"{s.backbone} ({pct(s.mean)}{marks(s)})"
 
 
 def verdict_table(found: Sequence[Judgement]) -> Table:
-    """Every dataset and fraction in one row: leader(s), runner-up, the verdict's kind, the difference and its
-    95% interval, and its rule and inputs; largest fraction first, then by domain and dataset."""
+    """Every dataset and fraction in one row: leader(s) and runner-up by the mean over seeds, the verdict's kind,
+    the difference and its 95% interval, the claim's p- and q-values, the backbones that cannot be told apart from
+    the leader, and the rule and inputs; largest fraction first, then by domain and dataset."""
     rows = []
     for j in sorted(found, key=lambda j: (-j.fraction, j.leaders[0].domain, j.dataset)):
         v = j.verdict
         leader = ", ".join(_named(s) for s in j.leaders) if j.kind == "tie" else _named(j.leaders[0])
         numbers = v is not None and v.difference is not None and v.low is not None and v.high is not None
+        others = [b for b in j.contenders if b != j.leaders[0].backbone] if j.kind not in ("tie", "chance") else []
         rows.append(
             [
                 Cell(j.dataset),
@@ -679,6 +742,8 @@ def verdict_table(found: Sequence[Judgement]) -> Table:
                 Cell(VERDICT_WORDS.get(j.kind, j.kind), css=f"verdict-{j.kind}"),
                 Cell(f"{100 * v.difference:+.2f}" if numbers else "-"),
                 Cell(f"[{100 * v.low:+.2f}, {100 * v.high:+.2f}]" if numbers else "-"),
+                Cell("-" if j.p is None else f"{j.p:.2g} / {j.q:.2g}"),
+                Cell(", ".join(others) or "-"),
                 Cell(f"{v.rule}, {v.inputs}" if v is not None else "-"),
             ]
         )
@@ -687,11 +752,13 @@ def verdict_table(found: Sequence[Judgement]) -> Table:
             "dataset",
             "domain",
             "fraction",
-            "leader (best of seeds %)",
+            "leader (mean %)",
             "runner-up",
             "verdict",
             "difference (points)",
             "95% interval",
+            "p / q",
+            "cannot be told apart",
             "evidence",
         ],
         rows=rows,
@@ -758,7 +825,7 @@ def report_page(
         date=date or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         provenance=facts if facts is not None else provenance(results, {}),
         selection=selection_line(summaries).removeprefix("Model selection: "),
-        notes=count_lines(summaries, results),
+        notes=[verdicts_line(found, _selection(summaries)), *count_lines(summaries, results)],
         left_out=list(left_out),
         top_table=_top_table(summaries, max((s.fraction for s in summaries), default=1.0)),
         domain_lines=recs[: len(recs) - len(found)] if found else recs,
@@ -766,7 +833,7 @@ def report_page(
         fraction_figures=list(figure_paths.get("fraction", [])),
         verdicts=verdict_table(found),
         verdict_lines=[judgement_line(j) for j in found],
-        rules=[rules_text(_selection(summaries)), legend()],
+        rules=[rules_text(_selection(summaries), _family(found)), legend()],
         domain_tables=[_domain_table(t) for t in domain_tables(summaries)],
         fraction_tables=[_fraction_table(t) for t in fraction_tables(summaries)],
         correlation=_rho_text(correlation),
@@ -826,14 +893,15 @@ def prediction_loader(uri: str) -> PredictionLoader:
 def judgements(
     summaries: Sequence[CellSummary], results: Sequence[dict], load: PredictionLoader | None
 ) -> list[Judgement]:
-    """Every dataset at every fraction judged by :func:`rayexp.results.judge`, largest fraction first."""
+    """Every dataset at every fraction judged by :func:`rayexp.results.judge`, largest fraction first, with
+    Benjamini-Hochberg over all of them (:func:`rayexp.results.adjust`)."""
     out = []
     for dataset in sorted({s.dataset for s in summaries}):
         for fraction in sorted({s.fraction for s in summaries if s.dataset == dataset}, reverse=True):
             found = judge(summaries, results, dataset, fraction, load)
             if found is not None:
                 out.append(found)
-    return out
+    return adjust(out)
 
 
 def planned_keys(cells: Sequence[tuple], expected: Sequence[TrialKey] = ()) -> list[TrialKey]:

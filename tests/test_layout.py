@@ -126,3 +126,10 @@ def test_what_the_gpu_check_imports_reaches_neither_ray_nor_mlflow():
             todo.extend(graph[module])
     offending = {m: sorted(t for t in _imports(m) if t.split(".")[0] in ("ray", "mlflow")) for m in sorted(reached)}
     assert {m: found for m, found in offending.items() if found} == {}
+
+
+def test_the_statistical_tests_take_plain_numbers_only():
+    """``rayexp.inference`` holds the tests every verdict rests on: it imports no other rayexp module (so no
+    tracking schema, no rows), and neither Ray nor MLflow."""
+    found = _imports("rayexp.inference")
+    assert not {t for t in found if t.split(".")[0] in ("rayexp", "ray", "mlflow")}

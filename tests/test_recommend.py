@@ -46,15 +46,16 @@ def test_ranking_is_the_reports_and_the_verdict_calls_a_tie_within_noise():
     ]  # higher best, lower mean
     rows += [_row("swin_t", s, a, test_rows=600) for s, a in enumerate((0.70, 0.72, 0.71))]
     ranked, text = _verdict(rows, ["regnet_y_3_2gf", "convnext_tiny", "swin_t", "resnet50"])
-    # The paper's score, as in the sweep report: best of the seeds.
-    assert [r.backbone for r in ranked] == ["convnext_tiny", "regnet_y_3_2gf", "swin_t", "resnet50"]
+    # Ranked by the mean over seeds, as every verdict is: convnext_tiny's lucky 93% seed does not put it first.
+    assert [r.backbone for r in ranked] == ["regnet_y_3_2gf", "convnext_tiny", "swin_t", "resnet50"]
     assert [r.rank for r in ranked] == [1.0, 2.0, 3.0, None] and ranked[3].n_seeds == 0
     assert (
-        ranked[0].mean == pytest.approx(0.9083333)
+        ranked[1].mean == pytest.approx(0.9083333)
         and ranked[0].device_hours == pytest.approx(0.3)
         and ranked[0].params_m > 15
     )
-    assert "are tied on mine" in text and "regnet_y_3_2gf" in text and "summary rule" in text and "Use " not in text
+    assert text.startswith("**regnet_y_3_2gf** leads on mine") and "summary rule" in text and "Use " not in text
+    assert "it cannot be told apart from convnext_tiny" in text and "To settle it: 6 seeds would bring that to" in text
 
     clear = [_row("regnet_y_3_2gf", s, a, test_rows=600) for s, a in enumerate((0.90, 0.91, 0.905))]
     clear += [_row("swin_t", s, 0.70 + s / 100, test_rows=600) for s in range(3)]

@@ -105,6 +105,9 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(runtime, ray_local,
         assert float(trial.data.params["test_majority_rate"]) == pytest.approx(
             max(test_split["class_counts"]) / test_split["rows"]
         )
+        # The rows per class, for the balanced-accuracy chance test; read back in each result row.
+        assert trial.data.params["test_class_rows"] == ",".join(map(str, test_split["class_counts"]))
+        assert row["test_class_rows"] == trial.data.params["test_class_rows"]
         assert "AdamW" in trial.data.tags[tracking.CAPPED_TAG].split(",")  # 2 AdamW epochs can't exhaust patience 2
     run = client.get_run(rows["mobilenet_v3_large/digits/0.1/0"]["run_id"])
     assert (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -45,6 +46,9 @@ def mlflow_client(uri: str) -> MlflowClient:
 
     # "Creating initial MLflow database tables..." on a new SQLite store: MLflow's INFO, not the user's news.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # A report reads every trial's predictions file: one progress bar each would bury its output (set it to
+    # true to see them).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return MlflowClient(tracking_uri=uri)
 
 

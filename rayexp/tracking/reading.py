@@ -49,6 +49,7 @@ def _result_row(run: Run) -> dict:
         "test_rows": _clean(_float(params.get(schema.TEST_ROWS_PARAM))),
         "num_classes": _clean(_float(params.get(schema.NUM_CLASSES_PARAM))),
         "test_majority_rate": _clean(_float(params.get(schema.TEST_MAJORITY_PARAM))),
+        "test_class_rows": params.get(schema.TEST_CLASS_ROWS_PARAM),
         "parent_run_id": tags.get(schema.PARENT_TAG),
         "accelerator": tags.get(schema.ACCELERATOR_TAG),
         "train_seconds": _clean(metrics.get(schema.TRAIN_SECONDS_METRIC)),
@@ -89,15 +90,14 @@ def _read_predictions(path: str) -> tuple[list[str], list[int], list[int]] | Non
 def fetch_predictions(uri: str, run_id: str) -> tuple[list[str], list[int], list[int]] | None:
     """A trial's best-epoch test predictions (:data:`~rayexp.tracking.schema.PREDICTIONS_ARTIFACT`) as
     (ids, labels, predictions), or None when the run has none or the file is not one rayexp wrote (then a
-    verdict falls back to its summary rule and says so)."""
+    verdict falls back to its summary rule and says so). A file with no rows or an image twice is returned as
+    it is, for the verdict to name (:class:`rayexp.results.Predictions`)."""
     client = mlflow_client(uri)
     with tempfile.TemporaryDirectory(prefix="rayexp-predictions-") as folder:
         try:
             found = _read_predictions(client.download_artifacts(run_id, schema.PREDICTIONS_ARTIFACT, folder))
         except Exception:  # noqa: BLE001 - missing, unreadable or malformed: all mean "no predictions"
             return None
-    if found is None or len(set(found[0])) != len(found[0]):
-        return None
     return found
 
 

@@ -80,6 +80,7 @@ CHANNELS_LAST_PARAM = "channels_last"
 COMPILE_PARAM = "compile"
 TEST_ROWS_PARAM = "test_rows"
 TEST_MAJORITY_PARAM = "test_majority_rate"  # the share of the test split's largest class: chance level
+TEST_CLASS_ROWS_PARAM = "test_class_rows"  # the test split's rows per class, comma-separated: balanced chance
 NUM_CLASSES_PARAM = "num_classes"
 RUNTIME_PARAM = "runtime"  # the first attempt's runtime (MLflow never changes a param; the tag has each attempt's)
 
@@ -253,6 +254,17 @@ def trial_params(
         COMPILE_PARAM: compile,
         TEST_ROWS_PARAM: test_rows,
         TEST_MAJORITY_PARAM: max(test_class_counts) / test_rows,
+        TEST_CLASS_ROWS_PARAM: _class_rows_param(test_class_counts),
         NUM_CLASSES_PARAM: num_classes,
         RUNTIME_PARAM: runtime,
     }
+
+
+PARAM_LIMIT = 6000  # characters MLflow keeps of a param's value
+
+
+def _class_rows_param(counts: Sequence[int]) -> str:
+    """The test split's rows per class, comma-separated; empty (balanced chance then unknown) past MLflow's
+    limit on a param, some thousand classes."""
+    text = ",".join(str(int(n)) for n in counts)
+    return text if len(text) <= PARAM_LIMIT else ""
