@@ -193,8 +193,13 @@ def _fp16_needs_gpu(args: argparse.Namespace) -> str | None:
 
 def settings_from(defaults: SweepDefaults, args: argparse.Namespace) -> SweepSettings:
     """The settings of this run: the script's, with the command line's values (checked by :func:`check_common`),
-    and local locations made absolute so Ray's workers on any node read the same place."""
+    and local locations made absolute so Ray's workers on any node read the same place. The script's own
+    ``--weights`` (the demo's packaged ImageNet file) apply only to the backbones the run has: ``--backbones``
+    chosen without them leaves them out, where a ``--weights`` given for a backbone not in the sweep is refused."""
     settings = options.from_args(defaults.settings, args)
+    if settings.checkpoints == defaults.settings.checkpoints:  # the script's own --weights: for its backbones only
+        mine = tuple(c for c in settings.checkpoints if c.partition("=")[0] in settings.backbones)
+        settings = replace(settings, checkpoints=mine)
     return replace(
         settings,
         data_dir=resolve_location(settings.data_dir or str(default_data_dir())),
@@ -257,7 +262,10 @@ def plan_sweep(
         advice="use a larger fraction or --selection test",
     )
     fallback = defaults.fallback_to_random_weights if fallback_to_random is None else fallback_to_random
-    weights, problems, random_init = preflight.weights_problems(settings.backbones, settings.weights_dir, fallback)
+    checkpoints = found.attempt(preflight.WEIGHTS, settings.checkpoint_files) or {}
+    weights, problems, random_init = preflight.weights_problems(
+        settings.backbones, settings.weights_dir, fallback, checkpoints
+    )
     found.add(preflight.WEIGHTS, problems)
     tracking_uri = tracking.resolve_tracking_uri(settings.tracking_uri)
     found.add(preflight.STORE, preflight.tracking_problems(tracking_uri))
@@ -269,7 +277,12 @@ def plan_sweep(
         print(f"[rayexp] note: {note}", flush=True)
     preflight.announce_random_init(random_init)
     return SweepPlan(
-        settings=replace(settings, tracking_uri=tracking_uri),
+        settings=replace(
+            settings,
+            tracking_uri=tracking_uri,
+            # absolute: a Train worker's working directory differs from the driver's
+            checkpoints=tuple(f"{b}={Path(p).expanduser().resolve()}" for b, p in checkpoints.items()),
+        ),
         keys=tuple(keys),
         weights=weights,
         data_fingerprints={name: manifest["fingerprint"] for name, manifest in manifests.items()},

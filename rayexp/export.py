@@ -61,9 +61,14 @@ def remove_best_weights(train_run: str) -> None:
         filesystem.delete_dir(path)  # nothing else was there: a finished trial's folder
 
 
-def serving_config(manifest: dict, backbone: str, normalize: str, key: str) -> dict:
-    """What the served model needs besides the network: classes, input size, normalization, provenance."""
-    mean, std = normalization(manifest, normalize)
+def serving_config(manifest: dict, backbone: str, normalize: str, key: str, resolved: dict | None = None) -> dict:
+    """What the served model needs besides the network: classes, input size, normalization, provenance.
+    ``resolved``: the normalisation the trial recorded (``{"mode", "mean", "std"}``, in its config artifact),
+    which ``--normalize model`` needs (an older trial's has none: its mode is computed again)."""
+    if resolved is not None:
+        mean, std = resolved["mean"], resolved["std"]
+    else:
+        mean, std = normalization(manifest, normalize)
     return {
         "key": key,
         "backbone": backbone,

@@ -177,9 +177,7 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
         return 0
     # Before any image is read (checking and preparing take minutes on a large folder): what would stop
     # the sweep afterwards whatever the data, all at once.
-    preflight.before_data(
-        settings.backbones, settings.weights_dir, args.allow_random_init, settings.tracking_uri, settings.storage
-    )
+    preflight.before_data(settings, args.allow_random_init)
     check, lines, manifest = check_and_prepare(args, settings, name, out_dir)
     if not chosen_experiment:
         experiment = experiment_for(

@@ -24,6 +24,7 @@ def option(
     type: Callable[[str], Any] | None = None,
     choices: tuple[str, ...] | None = None,
     many: bool = False,
+    repeat: bool = False,
     minimum: float | None = None,
     above: float | None = None,
     negate: bool = False,
@@ -33,11 +34,14 @@ def option(
 ) -> Field:
     """A settings field with its command line.
 
-    ``flag`` defaults to ``--<name with dashes>``; ``many``: one or more values (stored as a tuple);
+    ``flag`` defaults to ``--<name with dashes>``; ``many``: one or more values (stored as a tuple); ``repeat``
+    (with ``many``): the flag may be given several times, its values collected (given at all, they replace the
+    default);
     ``negate``: a boolean that defaults to True and is turned off by ``flag`` (``--no-augment``);
     ``minimum``/``above``: the value must be ``>=``/``>`` that bound (None, an unset optional, always passes).
     """
     meta = dict(help=help, flag=flag, type=type, choices=choices, many=many, minimum=minimum, above=above)
+    meta["repeat"] = repeat
     meta.update(negate=negate, aliases=aliases, group=group, metavar=metavar)
     return field(default=default, metadata=meta)
 
@@ -92,6 +96,8 @@ def add_arguments(
             kwargs.update(default=list(default) if m["many"] else default, type=m["type"], choices=m["choices"])
             if m["many"]:
                 kwargs["nargs"] = "+"
+            if m["repeat"]:
+                kwargs.update(action="extend", default=None)
             if m["metavar"] or m["flag"]:  # a flag other than the field's name names its value too
                 kwargs["metavar"] = m["metavar"] or m["flag"].lstrip("-").upper().replace("-", "_")
         groups[name].add_argument(flag(f), *m["aliases"], **kwargs)
@@ -105,6 +111,8 @@ def from_args(defaults: Any, args: argparse.Namespace) -> Any:
         if not hasattr(args, f.name):
             continue
         value = getattr(args, f.name)
+        if f.metadata["repeat"] and value is None:  # not given: the default stands
+            continue
         if f.metadata["many"] and value is not None:
             value = tuple(value)
         (inner.setdefault(owner, {}) if owner else top)[f.name] = value

@@ -12,10 +12,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from rayexp import tracking
 from rayexp.backbones import get_spec
+from rayexp.backbones.checkpoint import file_sha256, read_checkpoint
+from rayexp.backbones.factory import check_checkpoint
 from rayexp.backbones.specs import REGISTRY_INPUT
 from rayexp.backbones.weights import OFFLINE_ENV, WeightsStatus, weights_status
 from rayexp.data.preparation import how_to_prepare
@@ -27,7 +29,7 @@ from rayexp.settings import SweepSettings
 DATASETS = "datasets missing or not as prepared, nothing was started"
 INPUT_SIZES = "input sizes the backbones cannot take"
 SELECTION = "selection=val needs a validation row in every class"
-WEIGHTS = "pretrained weights cannot be had, nothing was started"
+WEIGHTS = "weights cannot be had or do not fit, nothing was started"
 STORE = "the MLflow tracking store cannot be used"
 LOCATIONS = "folders that cannot be written"
 _STARTED = ", nothing was started"
@@ -162,18 +164,53 @@ def batch_size_notes(settings: SweepSettings, manifests: dict[str, dict]) -> lis
 
 
 def weights_problems(
-    backbones: Sequence[str], weights_dir: str | None, fallback_to_random: bool
+    backbones: Sequence[str],
+    weights_dir: str | None,
+    fallback_to_random: bool,
+    checkpoints: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, str], list[str], list[WeightsStatus]]:
-    """``({backbone: "pretrained" | "random"}, problems, the missing weights' statuses)``.
+    """``({backbone: its weights origin}, problems, the missing weights' statuses)``: ``pretrained``, ``random``,
+    or a user checkpoint's ``checkpoint:sha256:…`` (:func:`checkpoint_problems`).
 
     Without ``fallback_to_random`` (the paper's grid) every unavailable weight file is a problem, listed with
     where to put it. With it (the demo, ``--allow-random-init``) none is: :func:`announce_random_init` says so
-    once, loudly, and every such run records ``weights=random``.
+    once, loudly, and every such run records ``weights=random``. A ``<name>+random`` backbone asks for random
+    init: nothing is looked up, and nothing announced.
     """
-    statuses = [weights_status(get_spec(b), weights_dir) for b in backbones]
+    checkpoints = checkpoints or {}
+    origins, problems = checkpoint_problems(backbones, checkpoints)
+    looked_up = [b for b in backbones if b not in checkpoints and not get_spec(b).random_init]
+    origins.update({b: "random" for b in backbones if b not in checkpoints and get_spec(b).random_init})
+    statuses = [weights_status(get_spec(b), weights_dir) for b in looked_up]
     missing = [s for s in statuses if not s.available]
-    problems = [] if fallback_to_random else [f"{s.backbone}: {s.where}\n      fix: {s.fix}" for s in missing]
-    return {s.backbone: ("pretrained" if s.available else "random") for s in statuses}, problems, missing
+    if not fallback_to_random:
+        problems += [f"{s.backbone}: {s.where}\n      fix: {s.fix}" for s in missing]
+    origins.update({s.backbone: ("pretrained" if s.available else "random") for s in statuses})
+    return origins, problems, missing
+
+
+def checkpoint_problems(backbones: Sequence[str], checkpoints: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """``--weights``: each checkpoint read (tensors only) and matched to its backbone's model, as a trial will;
+    ``({backbone: "checkpoint:sha256:…"}, problems)``. How each was matched is printed, in one line."""
+    origins, problems = {}, []
+    for backbone, path in checkpoints.items():
+        if backbone not in backbones:
+            problems.append(f"--weights {backbone}={path}: {backbone} is not a backbone of this sweep")
+            continue
+        spec = get_spec(backbone)
+        if spec.random_init:
+            problems.append(f"--weights {backbone}={path}: {backbone} trains from random init by its name")
+            continue
+        try:
+            found = read_checkpoint(path)
+            how = check_checkpoint(spec, found)
+        except RayexpError as exc:
+            problems.append(f"{backbone}: {exc}")
+            continue
+        unwrapped = f" (unwrapped: {found.unwrapped})" if found.unwrapped else ""
+        print(f"[rayexp] {backbone} starts from {found.label}: {how}{unwrapped}", flush=True)
+        origins[backbone] = found.origin
+    return origins, problems
 
 
 def announce_random_init(missing: Sequence[WeightsStatus]) -> None:
@@ -248,13 +285,14 @@ def tracking_problems(uri: str) -> list[str]:
     return []
 
 
-def before_data(
-    backbones: Sequence[str], weights_dir: str | None, fallback_to_random: bool, tracking_uri: str, storage: str
-) -> None:
+def before_data(settings: SweepSettings, fallback_to_random: bool) -> None:
     """What a command that prepares data first (``my_data``) checks before reading any image: the weights
-    (unless ``fallback_to_random``), the tracking store and the storage folder, all problems at once."""
+    (unless ``fallback_to_random``) and ``--weights`` checkpoints, the tracking store and the storage folder, all
+    problems at once."""
     found = Problems()
-    found.add(WEIGHTS, weights_problems(backbones, weights_dir, fallback_to_random)[1])
+    backbones, tracking_uri, storage = settings.backbones, settings.tracking_uri, settings.storage
+    checkpoints = found.attempt(WEIGHTS, settings.checkpoint_files) or {}
+    found.add(WEIGHTS, weights_problems(backbones, settings.weights_dir, fallback_to_random, checkpoints)[1])
     found.add(STORE, tracking_problems(tracking.resolve_tracking_uri(tracking_uri)))
     why = unwritable(storage)
     found.add(LOCATIONS, [f"--storage {storage} is not a writable folder ({why})"] if why else [])
@@ -262,9 +300,16 @@ def before_data(
 
 
 def node_problems(
-    data_dir: str, datasets: list[str], pretrained: list[str], weights_dir: str | None, tracking_uri: str, offline: bool
+    data_dir: str,
+    datasets: list[str],
+    pretrained: list[str],
+    weights_dir: str | None,
+    tracking_uri: str,
+    offline: bool,
+    checkpoints: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """What this node cannot do for a sweep: read the datasets, find the weights, reach MLflow.
+    """What this node cannot do for a sweep: read the datasets, find the weights and ``checkpoints`` (path ->
+    the sha256 the driver read), reach MLflow.
 
     Runs on every node of a cluster (as a Ray task) before any trial starts; returns problems, not raises,
     so that the driver can list all nodes' problems at once.
@@ -281,6 +326,11 @@ def node_problems(
         status = weights_status(get_spec(backbone), weights_dir)
         if not status.available:
             problems.append(f"weights of {backbone}: {status.where}; fix: {status.fix}")
+    for path, sha in (checkpoints or {}).items():
+        if not Path(path).is_file():
+            problems.append(f"--weights {path}: not on this node; put it on storage every node sees")
+        elif file_sha256(Path(path)) != sha:
+            problems.append(f"--weights {path}: this node's copy differs from the driver's (sha256)")
     if tracking_uri.startswith(("http://", "https://")):
         try:
             tracking.check_server(tracking_uri)

@@ -72,7 +72,7 @@ def register_trial(uri: str, experiment: str, key: str, name: str | None = None)
     config = json.loads(raw)
     settings, manifest = config["settings"], config["manifest"]
     state = _best_weights(uri, record["run_id"], settings, parsed)
-    serving = serving_config(manifest, parsed.backbone, settings["normalize"], key)
+    serving = serving_config(manifest, parsed.backbone, settings["normalize"], key, config.get("normalization"))
     (result,) = tracking.fetch_trial_results(uri, experiment, key=key) or [{}]
     tags = {
         tracking.EXPERIMENT_TAG: experiment,

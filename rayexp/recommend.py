@@ -270,7 +270,7 @@ def _stopped_line(r: Ranked) -> str:
 def ranking_table(ranked: Sequence[Ranked], fraction: float) -> Table:
     """The ranking as the pages show it: rank, accuracy, seeds, cost and early stops per backbone."""
     head = [
-        "rank",
+        "rank (by mean)",
         "backbone",
         "test acc % (mean ± std)",
         "best of seeds %",
@@ -280,6 +280,7 @@ def ranking_table(ranked: Sequence[Ranked], fraction: float) -> Table:
         "train device-hours",
         "train img/s",
         "inference img/s",
+        "weights",
         "stopped early",
     ]
     rows = []
@@ -298,6 +299,7 @@ def ranking_table(ranked: Sequence[Ranked], fraction: float) -> Table:
                 f"{r.device_hours:.4f}",
                 "" if r.train_images_per_s is None else f"{r.train_images_per_s:.0f}",
                 "" if r.inference_images_per_s is None else f"{r.inference_images_per_s:.0f}",
+                r.weights or "-",
                 ", ".join(_stopped_text(s) for s in r.stopped if s["epochs_run"] is not None),
             )
         )

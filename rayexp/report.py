@@ -22,6 +22,7 @@ import numpy as np
 
 from rayexp import figures, tracking
 from rayexp.backbones import known_spec
+from rayexp.backbones.specs import RANDOM_SUFFIX
 from rayexp.grid import TrialKey, format_fraction
 from rayexp.inference import Correlation, spearman
 from rayexp.rendering import (
@@ -630,7 +631,8 @@ class Provenance:
     """What the runs in the tables were made from, for the page's header."""
 
     runs: int = 0  # finished runs in the tables
-    random: int = 0  # of them, trained from random init
+    random: int = 0  # of them, trained from random init for want of weights
+    baselines: int = 0  # of them, "<name>+random" backbones: random init by design, beside the pretrained ones
     commits: list[str] = field(default_factory=list)  # their code_version tags
     settings: list[str] = field(default_factory=list)  # "patience: 5", ... from their protocol_settings tag
     settings_note: str = ""
@@ -646,6 +648,15 @@ class Provenance:
             "(no ImageNet weights were loaded)."
         )
 
+    @property
+    def baseline_note(self) -> str | None:
+        if not self.baselines:
+            return None
+        return (
+            f"{self.baselines} of {self.runs} runs are random-init baselines by design (backbones named "
+            f"…{RANDOM_SUFFIX}: the same architecture without pretraining, to measure what the weights are worth)."
+        )
+
 
 def _day(milliseconds: int) -> str:
     return datetime.fromtimestamp(milliseconds / 1000, timezone.utc).strftime("%Y-%m-%d")
@@ -659,7 +670,7 @@ def provenance(results: Sequence[dict], tags: Mapping[str, Mapping[str, str]]) -
     commits: set[str] = set()
     settings: Counter[str] = Counter()
     weights: Counter[str] = Counter()
-    random = 0
+    random = baselines = 0
     for r in finished:
         t = tags.get(r.get("run_id") or "", {})
         if t.get(tracking.CODE_VERSION_TAG):
@@ -669,7 +680,10 @@ def provenance(results: Sequence[dict], tags: Mapping[str, Mapping[str, str]]) -
         origin = t.get(tracking.WEIGHTS_TAG) or ""
         name = r.get("weights") or origin or "not recorded"
         weights[name] += 1
-        random += RANDOM_WEIGHTS in (origin, r.get("weights"))
+        if str(r.get("backbone") or "").endswith(RANDOM_SUFFIX):
+            baselines += 1
+        else:
+            random += RANDOM_WEIGHTS in (origin, r.get("weights"))
     shown: list[str] = []
     note = "" if finished else "no finished run yet"
     if settings:
@@ -687,6 +701,7 @@ def provenance(results: Sequence[dict], tags: Mapping[str, Mapping[str, str]]) -
     return Provenance(
         runs=len(finished),
         random=random,
+        baselines=baselines,
         commits=sorted(commits),
         settings=shown,
         settings_note=note,

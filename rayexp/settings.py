@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from rayexp import fingerprint
 from rayexp.backbones import get_spec
 from rayexp.backbones.specs import batch_size_at
+from rayexp.errors import RayexpError
 from rayexp.grid import TrialKey
 from rayexp.options import nested, option
 from rayexp.training import TrainConfig
@@ -91,10 +92,21 @@ class SweepSettings:
     batch_size: int | None = option(
         None, help="training batch (default: the backbone's own, from its spec)", type=int, minimum=1, group="protocol"
     )
+    checkpoints: tuple[str, ...] = option(
+        (),
+        help="start BACKBONE from a checkpoint of your own (a state dict or safetensors, tensors only; README: Bring "
+        "your own weights) instead of its published weights; repeatable",
+        flag="--weights",
+        many=True,
+        repeat=True,
+        metavar="BACKBONE=PATH",
+        group="protocol",
+    )
     normalize: str = option(
-        "dataset",
-        help="per-dataset mean/std from the manifest, or ImageNet's",
-        choices=("dataset", "imagenet"),
+        "model",
+        help="model: the mean/std each backbone's weights were trained with (README: Training protocol, measured); "
+        "dataset: the training split's (from the manifest; the authors' code); imagenet: ImageNet's",
+        choices=("dataset", "model", "imagenet"),
         group="protocol",
     )
     augment: bool = option(
@@ -247,6 +259,18 @@ class SweepSettings:
             augment=self.augment,
         )
 
+    def checkpoint_files(self) -> dict[str, str]:
+        """``--weights``: backbone -> the path of its checkpoint; a malformed value is refused."""
+        out: dict[str, str] = {}
+        for value in self.checkpoints:
+            backbone, sep, path = value.partition("=")
+            if not sep or not backbone or not path:
+                raise RayexpError(f"--weights {value!r}: expected BACKBONE=PATH, e.g. resnet50=radimagenet_resnet50.pt")
+            if backbone in out:
+                raise RayexpError(f"--weights: {backbone} is given two checkpoints ({out[backbone]} and {path})")
+            out[backbone] = path
+        return out
+
     def batch_size_for(self, backbone: str, input_size: tuple[int, int] | list[int]) -> int:
         """``--batch-size`` (for every backbone and dataset), else the backbone's default at the dataset's
         ``input_size`` (:func:`rayexp.backbones.specs.batch_size_at`)."""
@@ -259,7 +283,7 @@ class SweepPlan:
 
     settings: SweepSettings
     keys: tuple[TrialKey, ...]
-    weights: dict[str, str]  # backbone -> "pretrained" | "random"
+    weights: dict[str, str]  # backbone -> its weights origin: "pretrained", "random" or "checkpoint:sha256:<hex>"
     data_fingerprints: dict[str, str]  # dataset -> its manifest's fingerprint
     input_sizes: dict[str, tuple[int, int]]  # dataset -> its manifest's input size (H, W): the batch depends on it
     code_version: str = ""

@@ -280,7 +280,7 @@ def test_one_pass_lists_every_missing_dataset_with_its_fix_and_every_missing_wei
         "--source PATH" in err
     )
     assert "PATH: NEU surface defect database has no stable download" in err and "NEU-DET" in err
-    assert "shufflenet_v2_x2_0: " in err.split("pretrained weights cannot be had:\n")[1]
+    assert "shufflenet_v2_x2_0: " in err.split("weights cannot be had or do not fit:\n")[1]
     assert "digits:" not in err  # the prepared one is fine
     # nothing started, nothing written: no storage, no MLflow store, no download folder
     assert ray.is_initialized() == ray_before

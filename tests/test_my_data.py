@@ -278,7 +278,7 @@ def test_missing_weights_and_store_refuse_before_any_image_is_read(tmp_path, cap
     assert main(DEFAULTS, argv) == 2
     captured = capsys.readouterr()
     assert "3 problems found, nothing was started" in captured.err, captured.err
-    assert "pretrained weights cannot be had:" in captured.err
+    assert "weights cannot be had or do not fit:" in captured.err
     assert "shufflenet_v2_x2_0: " in captured.err and "mobilenet_v3_large: " in captured.err
     assert "the MLflow store sqlite:////proc/rayexp/mlflow.db cannot be created" in captured.err
     assert "serious problem" not in captured.err and "broken.png" not in captured.err + captured.out

@@ -69,6 +69,9 @@ def test_normalization_uses_the_manifest_or_imagenet(digits_dir):
     mean, std = normalization(manifest, "dataset")
     assert mean == manifest["normalization"]["mean"] and std == manifest["normalization"]["std"]
     assert normalization(manifest, "imagenet")[0] == list(IMAGENET_MEAN)
+    assert normalization(manifest, "model", ([0.5] * 3, [0.25] * 3)) == ([0.5] * 3, [0.25] * 3)
+    with pytest.raises(ValueError, match="model"):
+        normalization(manifest, "model")  # the model's statistics must be given
     x, _ = Normalizer(mean, std, torch.device("cpu"))(
         {
             "image": torch.full((1, 2, 2, 3), round(255 * mean[0]), dtype=torch.uint8),

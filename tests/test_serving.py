@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from rayexp import tracking
-from rayexp.backbones import create_backbone
+from rayexp.backbones import create_backbone, get_spec
+from rayexp.backbones.factory import model_normalization
 from rayexp.data.batches import Normalizer, normalization
 from rayexp.data.pipeline import decode_resize_batch
 from rayexp.data.shards import load_manifest
@@ -39,11 +40,11 @@ TIMM, TV = "timm:resnet18", "torchvision:mobilenet_v3_small"
 
 def _in_process(weights: dict, manifest: dict, images: list[bytes]) -> list[int]:
     """The class rayexp's own evaluation path gives each image: decode and resize as the pipeline does, normalise
-    with the dataset's statistics, the trained network."""
+    with the weights' own statistics (``--normalize model``, the default), the trained network."""
     model = create_backbone(TIMM, len(manifest["classes"]), pretrained=False)
     model.load_state_dict(weights)
     batch = decode_resize_batch({"image": np.array(images, dtype=object), "label": np.zeros(len(images))}, (32, 32))
-    mean, std = normalization(manifest, "dataset")
+    mean, std = normalization(manifest, "model", model_normalization(get_spec(TIMM)))
     inputs, _ = Normalizer(mean, std, torch.device("cpu"))({k: torch.from_numpy(v) for k, v in batch.items()})
     with torch.no_grad():
         return model.eval()(inputs).argmax(dim=1).tolist()

@@ -188,7 +188,7 @@ def test_full_grid_refuses_to_start_without_weights(digits_dir, tmp_path, capsys
     strict = dataclasses.replace(DEFAULTS, fallback_to_random_weights=False)
     assert main(strict, _argv(tmp_path, digits_dir, "--backbones", "resnet50", "swin_t")) == 2
     err = capsys.readouterr().err
-    assert "pretrained weights cannot be had, nothing was started" in err
+    assert "weights cannot be had or do not fit, nothing was started" in err
     assert "resnet50-11ad3fa6.pth" in err and "swin_t-704ceda3.pth" in err and "--weights-dir" in err
     assert not (tmp_path / "storage").exists()
 

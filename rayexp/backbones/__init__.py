@@ -3,8 +3,10 @@
 Layered like timm, each module importing only the ones above it:
 
 - ``specs``: the :class:`BackboneSpec` record and the paper's eleven (the registry); pure data, no torch.
-- ``resolve``: any name to its spec: the registry, ``torchvision:<name>``, ``timm:<name>``.
+- ``resolve``: any name to its spec: the registry, ``torchvision:<name>``, ``timm:<name>``, and ``<name>+random``.
 - ``weights``: finding, checking, downloading and loading pretrained weights.
+- ``checkpoint``: a user's own weight file (``--weights BACKBONE=PATH``): tensors only, unwrapped, matched to the
+  model by name or by order, or refused; ``packaged``: ImageNet weights that ship inside a Python package.
 - ``factory``: building a backbone and replacing its head (uses ``wavemix`` for WaveMix), and the model as a
   trial trains it.
 """

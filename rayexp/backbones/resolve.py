@@ -1,6 +1,8 @@
 """Any backbone by name, resolved to one :class:`BackboneSpec`: the paper's eleven (the registry),
 ``torchvision:<name>[@<Weights>.<MEMBER>]`` (any classifier ``torchvision.models.list_models`` lists, with its
-DEFAULT weights unless named) and ``timm:<name>[.<pretrained tag>]`` (any ``timm.list_models()`` name).
+DEFAULT weights unless named) and ``timm:<name>[.<pretrained tag>]`` (any ``timm.list_models()`` name). Any of
+them with ``+random`` appended is the same architecture trained from random init, never from weights: beside
+the pretrained one in a sweep, it measures what the pretraining is worth.
 
 Every consumer (preflight, the factory, the cost table, the ImageNet-rank correlation, the recommendation) reads
 the spec, so a backbone from any source is treated alike. A spec comes from the source's own metadata: torchvision's
@@ -15,8 +17,9 @@ import difflib
 import functools
 import os
 import warnings
+from dataclasses import replace
 
-from rayexp.backbones.specs import REGISTRY, BackboneSpec, default_batch_size
+from rayexp.backbones.specs import RANDOM_SUFFIX, REGISTRY, BackboneSpec, default_batch_size
 from rayexp.errors import RayexpError
 
 TORCHVISION = "torchvision:"
@@ -27,7 +30,8 @@ MIN_SIDE = 32
 TIMM_EXTRA = "pip install 'rayexp[timm]' (or pip install timm)"
 _HOW_TO_NAME = (
     f"name any torchvision classifier as {TORCHVISION}<name> (e.g. torchvision:mobilenet_v3_small) or any timm model "
-    f"as {TIMM}<name> (e.g. timm:convnext_nano.in12k_ft_in1k); --list-backbones lists them"
+    f"as {TIMM}<name> (e.g. timm:convnext_nano.in12k_ft_in1k), any of them with {RANDOM_SUFFIX} for random init; "
+    "--list-backbones lists them"
 )
 
 
@@ -39,6 +43,9 @@ def _close(name: str, known: list[str], n: int = 5) -> str:
 @functools.lru_cache(maxsize=None)
 def get_spec(name: str) -> BackboneSpec:
     """The spec of ``name`` from any source, or an error naming close names and how to name others."""
+    if name.endswith(RANDOM_SUFFIX) and len(name) > len(RANDOM_SUFFIX):
+        base = get_spec(name[: -len(RANDOM_SUFFIX)])
+        return replace(base, name=name, title=f"{base.title}, from random init", random_init=True)
     if name in REGISTRY:
         return REGISTRY[name]
     if name.startswith(TORCHVISION):
@@ -85,6 +92,7 @@ def _torchvision_spec(name: str) -> BackboneSpec:
         weights = enum.DEFAULT
     meta = weights.meta
     classes = len(meta["categories"])
+    transforms = weights.transforms()  # the normalisation the weights were trained with
     head = ""
     try:  # the head's name from a model built on the meta device; regnets' init cannot run there
         with torch.device("meta"), warnings.catch_warnings():
@@ -120,6 +128,8 @@ def _torchvision_spec(name: str) -> BackboneSpec:
         url=weights.url,
         pretrained_classes=classes,
         fixed_input=fixed,
+        mean=tuple(transforms.mean),
+        std=tuple(transforms.std),
     )
 
 
@@ -186,6 +196,8 @@ def _timm_spec(name: str) -> BackboneSpec:
         fixed_input=input_hw if cfg.fixed_input_size and not dynamic else None,
         multiple_of=int(patch[0]) if dynamic and patch else 1,
         dynamic_size=dynamic,
+        mean=tuple(float(v) for v in cfg.mean),
+        std=tuple(float(v) for v in cfg.std),
     )
 
 

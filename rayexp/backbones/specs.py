@@ -1,6 +1,6 @@
 """Backbone specs: pure data, one small frozen record per backbone, and the paper's eleven (the registry).
 
-Figures are from ``shared/protocol.md`` (torchvision's model cards; WaveMix from the paper). The default
+Figures are from torchvision's model cards (WaveMix's from its paper). The default
 batch size is for one 80 GB A100 at 256x256 with mixed precision; it is fixed and recorded per backbone
 rather than halved on out-of-memory, because a batch size that changes with the machine silently
 changes the protocol between backbones. Backbones named ``torchvision:…`` or ``timm:…`` get the same record
@@ -13,6 +13,10 @@ This module does no I/O and imports neither torch nor torchvision: where a spec'
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_SUFFIX = "+random"  # "<name>+random": the same architecture, always from random init
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,15 @@ class BackboneSpec:
     fixed_input: tuple[int, int] | None = None  # the only input size the model takes: inputs are resized to it
     multiple_of: int = 1  # both input sides must be multiples of this (WaveMix's 32, a ViT's patch)
     dynamic_size: bool = False  # timm: built with dynamic_img_size=True (any multiple of the patch)
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # the normalisation its pretrained weights were trained with
+    std: tuple[float, float, float] = IMAGENET_STD
+    random_init: bool = False  # "<name>+random": never loads weights (a baseline for the same architecture)
 
     @property
     def weights_tag(self) -> str:
         """Short name of the pretrained weights, recorded as the ``weights`` param of every run."""
+        if self.random_init:
+            return "random"
         return self.weights.rsplit(".", 1)[-1] if not self.weights.startswith("http") else self.weights_file
 
 

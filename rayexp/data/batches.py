@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rayexp.backbones.specs import IMAGENET_MEAN, IMAGENET_STD
+
 CACHE_SPLITS = ("train", "test", "val")  # the codes of the ``split`` column of a trial's cache dataset
 
 
@@ -61,17 +63,18 @@ def trivial_augment(images: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalization(manifest: dict, mode: str) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std: the dataset's training split (the default) or ImageNet's."""
+def normalization(
+    manifest: dict, mode: str, model: tuple[list[float], list[float]] | None = None
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std: the dataset's training split (``dataset``), the backbone's weights' own
+    (``model``: ``model``, from :func:`rayexp.backbones.factory.model_normalization`) or ImageNet's."""
     if mode == "imagenet":
         return list(IMAGENET_MEAN), list(IMAGENET_STD)
     if mode == "dataset":
         return manifest["normalization"]["mean"], manifest["normalization"]["std"]
-    raise ValueError(f"normalization {mode!r}: use dataset or imagenet")
+    if mode == "model" and model is not None:
+        return list(model[0]), list(model[1])
+    raise ValueError(f"normalization {mode!r}: use dataset, model (with the model's statistics) or imagenet")
 
 
 class Normalizer:

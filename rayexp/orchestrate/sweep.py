@@ -11,6 +11,7 @@ from ray.data._internal.stats import get_or_create_stats_actor
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from rayexp import tracking
+from rayexp.backbones.checkpoint import ORIGIN_PREFIX
 from rayexp.backbones.weights import OFFLINE_ENV
 from rayexp.data.shards import load_manifest
 from rayexp.errors import RayexpError
@@ -141,7 +142,10 @@ def preflight_cluster(plan: SweepPlan, datasets: list[str]) -> None:
     s = plan.settings
     check = ray.remote(num_cpus=0)(node_problems)
     pretrained = sorted(b for b, w in plan.weights.items() if w == "pretrained")
-    args = (s.data_dir, datasets, pretrained, s.weights_dir, s.tracking_uri, os.environ.get(OFFLINE_ENV) == "1")
+    files = s.checkpoint_files()
+    checkpoints = {files[b]: w.removeprefix(ORIGIN_PREFIX) for b, w in plan.weights.items() if b in files}
+    offline = os.environ.get(OFFLINE_ENV) == "1"
+    args = (s.data_dir, datasets, pretrained, s.weights_dir, s.tracking_uri, offline, checkpoints)
     refs = {
         f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})": check.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)

@@ -18,8 +18,11 @@ import torch
 
 from rayexp import tracking, training
 from rayexp.backbones import create_trial_model, get_spec
+from rayexp.backbones.checkpoint import ORIGIN_PREFIX, Checkpoint, read_checkpoint
+from rayexp.backbones.factory import model_normalization
 from rayexp.data.batches import Normalizer, TrialBatches, augments, normalization
 from rayexp.data.pipeline import trial_iterators
+from rayexp.errors import RayexpError
 from rayexp.export import save_best_weights
 from rayexp.grid import TrialKey
 from rayexp.orchestrate.artifacts import log_predictions, log_trial_artifacts, split_row_ids
@@ -53,12 +56,43 @@ def run_trial(config: dict, session: TrialSession) -> None:
         traceback.print_exc()  # the whole story in the trial's log; the sweep reads the message from MLflow
 
 
-def _model(key: TrialKey, context: TrialContext, n_classes: int, device: torch.device) -> torch.nn.Module:
+def _model(
+    key: TrialKey, context: TrialContext, n_classes: int, device: torch.device, checkpoint: Checkpoint | None
+) -> torch.nn.Module:
     settings = context.plan.settings
     pretrained = context.plan.weights[key.backbone] == "pretrained"
     return create_trial_model(
-        key.backbone, n_classes, key.seed, device, pretrained, settings.weights_dir, compile=settings.compile
+        key.backbone,
+        n_classes,
+        key.seed,
+        device,
+        pretrained,
+        settings.weights_dir,
+        compile=settings.compile,
+        checkpoint=checkpoint,
     )
+
+
+def _checkpoint(key: TrialKey, context: TrialContext) -> Checkpoint | None:
+    """The user's checkpoint ``key`` starts from (``--weights``), verified to be the file the preflight read."""
+    origin = context.plan.weights[key.backbone]
+    if not origin.startswith(ORIGIN_PREFIX):
+        return None
+    path = context.plan.settings.checkpoint_files()[key.backbone]
+    found = read_checkpoint(path)
+    if found.origin != origin:
+        raise RayexpError(
+            f"--weights {path}: the file changed since the sweep started (sha256 {found.sha256[:12]}, the sweep "
+            f"read {origin.removeprefix(ORIGIN_PREFIX)[:12]}); start the sweep again to use the new file"
+        )
+    return found
+
+
+def normalization_of(key: TrialKey, context: TrialContext, manifest: dict, checkpoint: Checkpoint | None) -> dict:
+    """The normalisation ``key`` trains with, resolved: ``{"mode", "mean", "std"}`` (recorded, and served)."""
+    mode = context.plan.settings.normalize
+    mean, std = normalization(manifest, mode, model_normalization(get_spec(key.backbone), checkpoint))
+    return {"mode": mode, "mean": list(mean), "std": list(std)}
 
 
 def _resumed_checkpoint(key: TrialKey, identity: dict, session: TrialSession) -> dict | None:
@@ -78,14 +112,14 @@ def _resumed_checkpoint(key: TrialKey, identity: dict, session: TrialSession) ->
     return checkpoint
 
 
-def _batches(config: dict, key: TrialKey, batch_size: int, session: TrialSession) -> TrialBatches:
+def _batches(config: dict, key: TrialKey, batch_size: int, session: TrialSession, norm: dict) -> TrialBatches:
     context, manifest = config["context"], config["manifest"]
     settings = context.plan.settings
     return TrialBatches(
         {name: session.dataset(name) for name in config["datasets"]},
         batch_size=batch_size,
         seed=key.seed,
-        normalize=Normalizer(*normalization(manifest, settings.normalize), session.device),
+        normalize=Normalizer(norm["mean"], norm["std"], session.device),
         augment=augments(manifest, settings.augment),
         threads=context.resources.batch_threads(cached="cache" in config["datasets"]),
         shuffle_buffer=min(config["train_rows"], 1024),
@@ -93,7 +127,14 @@ def _batches(config: dict, key: TrialKey, batch_size: int, session: TrialSession
 
 
 def _open_run(
-    config: dict, key: TrialKey, cfg: training.TrainConfig, batch_size: int, identity: dict, session: TrialSession
+    config: dict,
+    key: TrialKey,
+    cfg: training.TrainConfig,
+    batch_size: int,
+    identity: dict,
+    session: TrialSession,
+    weights: str,
+    norm: dict,
 ) -> tuple[tracking.TrialRun, dict]:
     """The trial's MLflow run, opened (or reopened on a restart) under its cell's parent run, and its params."""
     context, manifest = config["context"], config["manifest"]
@@ -125,9 +166,9 @@ def _open_run(
         asdict(cfg),
         precision_resolved=training.resolve_precision(cfg.precision, device),
         batch_size=batch_size,
-        weights=get_spec(key.backbone).weights_tag if plan.weights[key.backbone] == "pretrained" else "random",
+        weights=weights,
         input_size=manifest["input_size"],
-        normalization=settings.normalize,
+        normalization=f"{norm['mode']}: mean {_rounded(norm['mean'])}, std {_rounded(norm['std'])}",
         augmented=augments(manifest, settings.augment),
         scheduler=settings.scheduler,
         train_rows=config["train_rows"],
@@ -152,12 +193,15 @@ def _train(key: TrialKey, config: dict, session: TrialSession) -> None:
     batch_size = context.plan.batch_size(key)  # the batch in its identity (fingerprint tags)
     identity = context.plan.identity(key)
     cfg = replace(settings.train, seed=key.seed)
-    model = _model(key, context, manifest["n_classes"], device)
+    weights = _checkpoint(key, context)
+    norm = normalization_of(key, context, manifest, weights)
+    model = _model(key, context, manifest["n_classes"], device, weights)
     checkpoint = _resumed_checkpoint(key, identity, session)
-    batches = _batches(config, key, batch_size, session)
+    batches = _batches(config, key, batch_size, session, norm)
     run, params, test_ids = None, {}, {}
     if session.chief:
-        run, params = _open_run(config, key, cfg, batch_size, identity, session)
+        label = weights_label(key.backbone, context.plan.weights[key.backbone], weights)
+        run, params = _open_run(config, key, cfg, batch_size, identity, session, label, norm)
         test_ids = split_row_ids(settings.data_dir, key.dataset, "test")
 
     def on_epoch(metrics: dict, make_checkpoint) -> None:
@@ -181,10 +225,22 @@ def _train(key: TrialKey, config: dict, session: TrialSession) -> None:
         val_batches=val_batches,
     )
     if run is not None:
-        _finish_run(run, config, params, key, model, final, test_ids)
+        _finish_run(run, config, params, key, model, final, test_ids, norm)
     # best_acc and epoch again, so that a scheduler sees the trial's last word.
     best = final.get("best_val_acc", final["best_test_acc"])
     session.report({**_scalars(final), "best_acc": best, "epoch": final["epochs_run"]})
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 4) for v in values]
+
+
+def weights_label(backbone: str, origin: str, checkpoint: Checkpoint | None) -> str:
+    """What a run records as its ``weights`` param (and the report shows): the published weights' tag, the user's
+    checkpoint by name and sha256, or ``random``."""
+    if checkpoint is not None:
+        return checkpoint.label
+    return get_spec(backbone).weights_tag if origin == "pretrained" else "random"
 
 
 def _scalars(final: dict) -> dict:
@@ -200,6 +256,7 @@ def _finish_run(
     model: torch.nn.Module,
     final: dict,
     test_ids: dict,
+    norm: dict,
 ) -> None:
     """The run's artifacts (config, history, confusion matrix, test predictions, optionally the best weights),
     its capped phases, and its final metrics; the run is then FINISHED."""
@@ -210,6 +267,7 @@ def _finish_run(
         "settings": asdict(context.plan.settings),
         "resources": asdict(context.resources),
         "manifest": config["manifest"],
+        "normalization": norm,  # resolved: what the served model normalises with
     }
     log_trial_artifacts(run, str(key), logged, final["history"], final["confusion"], config["manifest"]["classes"])
     log_predictions(run, final["predictions"], test_ids)
