@@ -31,4 +31,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf ray_results reports mlflow.db datasets/digits
+	rm -rf ray_results reports mlflow.db mlartifacts datasets/digits

@@ -449,7 +449,7 @@ def exact_resume(dev: Device, plan: Plan) -> dict:
     whole, _ = run()
     again, _ = run()
     _, blob = run(stop_after=2)
-    state = torch.load(io.BytesIO(blob), map_location=dev.device, weights_only=False)
+    state = torch.load(io.BytesIO(blob), map_location=dev.device, weights_only=True)
     resumed, _ = run(checkpoint=state)
     keys = ("train_loss", "train_acc", "test_acc", "test_loss")
 

@@ -24,6 +24,7 @@ from rayexp.errors import RayexpError
 from rayexp.grid import TrialKey, expand_grid, seed_problem
 from rayexp.results import current_results, summarize
 from rayexp.settings import GROUP_TITLES, SweepPlan, SweepSettings
+from rayexp.storage import storage_fault
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,9 @@ def parse_quietly(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
 def guarded(
     run: Callable[[SweepDefaults, argparse.Namespace], int], defaults: SweepDefaults, args: argparse.Namespace
 ) -> int:
-    """``run(defaults, args)`` (or the ``--list-backbones`` table), with a :class:`RayexpError` printed as one
-    clear error and exit code 2, and a closed stdout (``| head``) ending quietly with exit code 0."""
+    """``run(defaults, args)`` (or the ``--list-backbones`` table), with a :class:`RayexpError` or a storage fault
+    (:func:`rayexp.storage.storage_fault`) printed as one clear error and exit code 2, and a closed stdout
+    (``| head``) ending quietly with exit code 0."""
     try:
         code = print_backbones(args.list_backbones) if getattr(args, "list_backbones", None) else run(defaults, args)
         sys.stdout.flush()  # here, where a closed pipe can be caught, not at the interpreter's exit
@@ -154,6 +156,11 @@ def guarded(
         return 2
     except BrokenPipeError:
         return stdout_closed()
+    except OSError as exc:  # the storage failing outside a trial (Tune's own state, a report): named, no traceback
+        if (fault := storage_fault(exc)) is None:
+            raise
+        print(f"rayexp: error: {fault}", file=sys.stderr)
+        return 2
 
 
 def resolve_location(location: str) -> str:

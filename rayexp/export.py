@@ -19,6 +19,7 @@ import torch
 from rayexp.backbones import create_backbone
 from rayexp.data.batches import normalization
 from rayexp.errors import RayexpError
+from rayexp.storage import write_whole
 
 BEST_WEIGHTS = "best_weights.pt"
 
@@ -31,10 +32,7 @@ def save_best_weights(train_run: str, run_id: str, state_dict: dict) -> None:
     torch.save({"run_id": run_id, "model": state_dict}, buffer)
     filesystem, path = pyarrow.fs.FileSystem.from_uri(train_run)
     filesystem.create_dir(path, recursive=True)
-    partial = f"{path}/{BEST_WEIGHTS}.partial"
-    with filesystem.open_output_stream(partial) as out:
-        out.write(buffer.getvalue())
-    filesystem.move(partial, f"{path}/{BEST_WEIGHTS}")
+    write_whole(filesystem, f"{path}/{BEST_WEIGHTS}", buffer.getvalue())
 
 
 def load_best_weights(train_run: str, run_id: str) -> dict | None:

@@ -31,7 +31,7 @@ from rayexp.data.check import check_source
 from rayexp.errors import RayexpError
 from rayexp.fingerprint import short
 from rayexp.grid import TrialKey, expand_grid
-from rayexp.settings import SweepPlan
+from rayexp.settings import SweepPlan, SweepSettings
 
 SPLIT_SEED = 0  # the stratified split of a folder without train/ and test/: checked and written alike
 KNOWN_DOMAINS = (
@@ -165,7 +165,6 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     keep_weights = settings.keep_best_weights  # asked for: kept after the winner is registered too
     if not args.no_register:  # every finished trial's best weights, until the winner is known
         settings = replace(settings, keep_best_weights=True)
-    out_dir = Path(args.out or Path("reports") / settings.experiment).expanduser().resolve()
     keys = ordered_keys(settings.backbones, name, settings.fractions, settings.seeds)
     if args.dry_run:
         print(
@@ -177,21 +176,45 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
         return 0
     # Before any image is read (checking and preparing take minutes on a large folder): what would stop
     # the sweep afterwards whatever the data, all at once.
-    preflight.before_data(settings, args.allow_random_init)
-    check, lines, manifest = check_and_prepare(args, settings, name, out_dir)
-    if not chosen_experiment:
-        experiment = experiment_for(
-            tracking.resolve_tracking_uri(settings.tracking_uri), settings.experiment, manifest["fingerprint"]
-        )
-        settings = replace(settings, experiment=experiment)
+    pending = preflight.before_data(settings, args.allow_random_init)  # weights: listed with the data check's
+    uri = tracking.resolve_tracking_uri(settings.tracking_uri)
+    # Held from before the check to the end: a second run with the same name would prepare the dataset again
+    # under this one's trials, and write over its report.
+    with tracking.acquire_sweep_lock(uri, settings.experiment, resume=settings.resume) as lock:
+        return _locked(defaults, args, settings, name, keys, chosen_experiment, keep_weights, lock, pending)
 
+
+def _out_dir(args: argparse.Namespace, experiment: str) -> Path:
+    """``--out``, else ``reports/<experiment>``: one folder per data version, as experiments are."""
+    return Path(args.out or Path("reports") / experiment).expanduser().resolve()
+
+
+def _locked(
+    defaults: SweepDefaults,
+    args: argparse.Namespace,
+    settings: SweepSettings,
+    name: str,
+    keys: Sequence[TrialKey],
+    chosen_experiment: bool,
+    keep_weights: bool,
+    lock: tracking.SweepLock,
+    pending: preflight.Problems,
+) -> int:
+    """Everything after the lock of ``settings.experiment`` (the dataset's base experiment) is held: check,
+    prepare, sweep (in the same lock, or the data version's own experiment's), register, recommend."""
+    uri = tracking.resolve_tracking_uri(settings.tracking_uri)
+    check, lines, manifest = check_and_prepare(args, settings, name, _out_dir(args, settings.experiment), pending)
+    if not chosen_experiment:
+        settings = replace(settings, experiment=experiment_for(uri, settings.experiment, manifest["fingerprint"]))
+    out_dir = _out_dir(args, settings.experiment)
+    write_check(out_dir, check, lines)
     plan = plan_sweep(
         defaults, settings, keys, fallback_to_random=args.allow_random_init, extra_tags={"tool": "my_data"}
     )
     # Imported here: Ray Tune/Train load in seconds, and the data check and every preflight error need neither.
     from rayexp.orchestrate import run_sweep
 
-    outcome = run_sweep(plan)
+    outcome = run_sweep(plan, held=lock)
     uri = plan.settings.tracking_uri
     use = None if args.no_register else register_winner(plan, name, manifest["domain"], keys, args.register)
     if not keep_weights and (use is not None or args.no_register):
@@ -234,9 +257,22 @@ def register_winner(
     return publish.usage_lines(model, uri)
 
 
-def check_and_prepare(args: argparse.Namespace, settings, name: str, out_dir: Path) -> tuple:
-    """The data check of ``--source`` (written to ``out_dir``; serious problems stop here unless
-    ``--accept-warnings``), then its preparation: ``(check, its lines, the prepared manifest)``."""
+DATA_CHECK = "the data check found serious problems, nothing was prepared or trained"
+
+
+def write_check(out_dir: Path, check, lines: Sequence[str]) -> None:
+    """The data check's ``data_check.txt`` and ``data_check.json`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "data_check.txt").write_text("\n".join(lines) + "\n")
+    (out_dir / "data_check.json").write_text(json.dumps(check.to_dict(), indent=1))
+
+
+def check_and_prepare(
+    args: argparse.Namespace, settings, name: str, out_dir: Path, pending: preflight.Problems | None = None
+) -> tuple:
+    """The data check of ``--source`` (serious problems stop here unless ``--accept-warnings``, the check written
+    to ``out_dir``, together with the ``pending`` problems the preflight found: weights), then its preparation:
+    ``(check, its lines, the prepared manifest)``."""
     info, source = preparation.load_user_source(
         name, args.source, args.domain, tuple(args.input_size), allow_outside=args.allow_outside_paths
     )
@@ -252,16 +288,19 @@ def check_and_prepare(args: argparse.Namespace, settings, name: str, out_dir: Pa
     )
     lines = check.lines()
     print("\n".join(lines))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "data_check.txt").write_text("\n".join(lines) + "\n")
-    (out_dir / "data_check.json").write_text(json.dumps(check.to_dict(), indent=1))
     serious = check.serious()
+    found = pending or preflight.Problems()
     if serious and not args.accept_warnings:
-        raise RayexpError(
-            f"the data check found {len(serious)} serious problem(s) in {args.source} "
-            f"({', '.join(p.kind for p in serious)}; listed above and in {out_dir / 'data_check.txt'}): fix them, or "
-            "pass --accept-warnings to run anyway. Nothing was trained."
+        write_check(out_dir, check, lines)
+        found.add(
+            DATA_CHECK,
+            [
+                f"{len(serious)} serious problem(s) in {args.source} ({', '.join(p.kind for p in serious)}; listed "
+                f"above and in {out_dir / 'data_check.txt'})"
+            ],
+            advice="fix them, or pass --accept-warnings to run anyway. Nothing was trained.",
         )
+    found.raise_if_any()
     if serious:
         print(f"[rayexp] --accept-warnings: going on despite {len(serious)} serious problem(s)", flush=True)
     manifest = preparation.prepare_user_source(

@@ -168,6 +168,7 @@ def weights_problems(
     weights_dir: str | None,
     fallback_to_random: bool,
     checkpoints: Mapping[str, str] | None = None,
+    announce: bool = True,
 ) -> tuple[dict[str, str], list[str], list[WeightsStatus]]:
     """``({backbone: its weights origin}, problems, the missing weights' statuses)``: ``pretrained``, ``random``,
     or a user checkpoint's ``checkpoint:sha256:…`` (:func:`checkpoint_problems`).
@@ -178,7 +179,7 @@ def weights_problems(
     init: nothing is looked up, and nothing announced.
     """
     checkpoints = checkpoints or {}
-    origins, problems = checkpoint_problems(backbones, checkpoints)
+    origins, problems = checkpoint_problems(backbones, checkpoints, announce)
     looked_up = [b for b in backbones if b not in checkpoints and not get_spec(b).random_init]
     origins.update({b: "random" for b in backbones if b not in checkpoints and get_spec(b).random_init})
     statuses = [weights_status(get_spec(b), weights_dir) for b in looked_up]
@@ -189,9 +190,12 @@ def weights_problems(
     return origins, problems, missing
 
 
-def checkpoint_problems(backbones: Sequence[str], checkpoints: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+def checkpoint_problems(
+    backbones: Sequence[str], checkpoints: Mapping[str, str], announce: bool = True
+) -> tuple[dict[str, str], list[str]]:
     """``--weights``: each checkpoint read (tensors only) and matched to its backbone's model, as a trial will;
-    ``({backbone: "checkpoint:sha256:…"}, problems)``. How each was matched is printed, in one line."""
+    ``({backbone: "checkpoint:sha256:…"}, problems)``. How each was matched is printed (``announce``), in one
+    line."""
     origins, problems = {}, []
     for backbone, path in checkpoints.items():
         if backbone not in backbones:
@@ -208,7 +212,8 @@ def checkpoint_problems(backbones: Sequence[str], checkpoints: Mapping[str, str]
             problems.append(f"{backbone}: {exc}")
             continue
         unwrapped = f" (unwrapped: {found.unwrapped})" if found.unwrapped else ""
-        print(f"[rayexp] {backbone} starts from {found.label}: {how}{unwrapped}", flush=True)
+        if announce:
+            print(f"[rayexp] {backbone} starts from {found.label}: {how}{unwrapped}", flush=True)
         origins[backbone] = found.origin
     return origins, problems
 
@@ -285,18 +290,28 @@ def tracking_problems(uri: str) -> list[str]:
     return []
 
 
-def before_data(settings: SweepSettings, fallback_to_random: bool) -> None:
+def before_data(settings: SweepSettings, fallback_to_random: bool) -> Problems:
     """What a command that prepares data first (``my_data``) checks before reading any image: the weights
-    (unless ``fallback_to_random``) and ``--weights`` checkpoints, the tracking store and the storage folder, all
-    problems at once."""
-    found = Problems()
+    (unless ``fallback_to_random``) and ``--weights`` checkpoints, the tracking store and the storage folder.
+
+    A store or storage that cannot be used stops here, with every problem found (the weights' too): nothing can
+    be locked or kept. Weights that cannot be had are returned instead, for the caller to list together with
+    the data check's serious findings once it has run, so that one round lists everything to fix.
+    """
+    found, weights = Problems(), Problems()
     backbones, tracking_uri, storage = settings.backbones, settings.tracking_uri, settings.storage
-    checkpoints = found.attempt(WEIGHTS, settings.checkpoint_files) or {}
-    found.add(WEIGHTS, weights_problems(backbones, settings.weights_dir, fallback_to_random, checkpoints)[1])
+    checkpoints = weights.attempt(WEIGHTS, settings.checkpoint_files) or {}
+    weights.add(
+        WEIGHTS, weights_problems(backbones, settings.weights_dir, fallback_to_random, checkpoints, announce=False)[1]
+    )
     found.add(STORE, tracking_problems(tracking.resolve_tracking_uri(tracking_uri)))
     why = unwritable(storage)
     found.add(LOCATIONS, [f"--storage {storage} is not a writable folder ({why})"] if why else [])
-    found.raise_if_any()
+    if found:
+        for title, (problems, advice) in weights.sections.items():
+            found.add(title, problems, advice)
+        found.raise_if_any()
+    return weights
 
 
 def node_problems(

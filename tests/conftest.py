@@ -89,3 +89,27 @@ def _shutdown_ray_at_exit():
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture()
+def small_filesystem(tmp_path):
+    """``mount(size, readonly=False)``: a real filesystem of ``size`` (tmpfs) at a new folder under ``tmp_path``,
+    to fill up or to refuse writes as a full or read-only disk does; unmounted afterwards. Skipped where this
+    machine does not let the tests mount one (it needs root in a container that allows mounts)."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size: str, readonly: bool = False) -> Path:
+        target = tmp_path / f"mounted-{len(mounted)}"
+        target.mkdir()
+        options = f"size={size}" + (",ro" if readonly else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small filesystem here: {done.stderr.decode().strip()}")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)

@@ -182,3 +182,63 @@ def test_csv_with_a_byte_order_mark_reads_its_header(tmp_path):
     assert manifest["splits"]["train"]["rows"] + manifest["splits"]["test"]["rows"] == 10
     ids = [i for split in ("train", "test") for i in read_split(tmp_path / "data", "pets", split)["id"].to_pylist()]
     assert sorted(ids) == sorted(row.split(",")[0] for row in rows[1:])
+
+
+def test_what_a_folder_passes_over_is_said_and_links_outside_it_are_refused(tmp_path):
+    import os
+
+    from rayexp.data.check import check_source
+
+    root = _class_folders(tmp_path / "src")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("[core]")
+    (root / "class0" / "notes.txt").write_text("not an image")
+    _image(root / "class0" / ".hidden.png")
+    source = folder.load_source("mine", root, tmp_path / "work")
+    assert sorted(source.skipped) == [
+        ".git/ (a hidden folder)",
+        "class0/.hidden.png (hidden)",
+        "class0/notes.txt (not an image extension: " + ", ".join(sorted(folder.IMAGE_SUFFIXES)) + ")",
+    ]
+    check = check_source(source, name="mine", input_size=(32, 32), selection="test", workers=1)
+    (skipped,) = [p for p in check.problems if p.kind == "skipped_files"]
+    assert not skipped.serious and "3 file(s) or folder(s) are not read" in skipped.message
+    assert any("split: train " in line and "(80/20)" in line for line in check.lines())
+    # A link out of the folder (to a file, or a class folder that is a link) is refused, as a CSV's path is.
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    _image(outside / "secret.png")
+    os.symlink(outside / "secret.png", root / "class0" / "linked.png")
+    with pytest.raises(RayexpError, match="linked.png leads to .*secret.png, outside the source folder"):
+        folder.load_source("mine", root, tmp_path / "work")
+    assert folder.load_source("mine", root, tmp_path / "work", allow_outside=True).records
+    (root / "class0" / "linked.png").unlink()
+    os.symlink(outside, root / "class2")
+    with pytest.raises(RayexpError, match="outside the source folder"):
+        folder.load_source("mine", root, tmp_path / "work")
+
+
+def test_class_names_that_would_break_a_table_are_refused(tmp_path):
+    root = _class_folders(tmp_path / "src")
+    (root / "class1").rename(root / "hot\tdog")
+    with pytest.raises(RayexpError, match="class name 'hot\\\\tdog' holds a control character"):
+        folder.load_source("mine", root, tmp_path / "work")
+    csv_path = tmp_path / "csv" / "labels.csv"
+    _image(tmp_path / "csv" / "a.png")
+    _image(tmp_path / "csv" / "b.png")
+    csv_path.write_text('path,label\na.png,"cat\nfish"\nb.png,dog\n')
+    with pytest.raises(RayexpError, match="line 3: class name 'cat\\\\nfish'"):
+        folder.load_source("mine", tmp_path / "csv", tmp_path / "work")
+
+
+def test_sizes_are_real_images_and_the_split_says_what_it_is(tmp_path):
+    from rayexp.data.check import check_source
+
+    root = tmp_path / "src"
+    for name in ("a", "b"):
+        _image(root / name / "wide.png", size=(200, 10))
+        _image(root / name / "tall.png", size=(10, 200))
+    check = check_source(folder.load_source("mine", root, tmp_path / "work"), name="mine", selection="test")
+    assert check.sizes["max"] in ((10, 200), (200, 10)) and "200x200" not in "\n".join(check.lines())
+    # Two images a class, "stratified 80/20" by rule: one each side, said as 50/50.
+    assert any(line.strip().startswith("split: train 2 / test 2 (50/50)") for line in check.lines())

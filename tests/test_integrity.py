@@ -77,6 +77,66 @@ def test_six_changed_bytes_in_a_train_shard_are_refused_naming_the_file(data, tm
     assert "python datasets/prepare.py digits --force" in err
 
 
+def _forge_train_split(data: Path, tmp_path: Path) -> None:
+    """The attack a careful forger makes: another split of the same images (seed 1) as the train shards, the
+    manifest's sizes, checksums and fingerprint recomputed, so that every count and checksum agrees."""
+    from rayexp.data.catalog import get_dataset_info
+    from rayexp.data.shards import file_sha256
+    from rayexp.data.sources import digits
+    from rayexp.data.writer import write_dataset
+
+    other = tmp_path / "other"
+    write_dataset(other, get_dataset_info("digits"), digits.load_source("digits"), seed=1, row_group_rows=64)
+    shutil.rmtree(data / "digits" / "train")
+    shutil.copytree(other / "digits" / "train", data / "digits" / "train")
+    forged = load_manifest(other, "digits")["splits"]["train"]
+
+    def change(manifest: dict) -> None:
+        train = manifest["splits"]["train"]
+        assert forged["class_counts"] == train["class_counts"]  # the same per-class counts: only ids tell
+        train.update(files=forged["files"], bytes=forged["bytes"])
+        train["sha256"] = {f: file_sha256(str(data / "digits" / f)) for f in forged["files"]}
+
+    _rewrite_manifest(data, change, refingerprint=True)
+
+
+def test_a_forged_split_whose_manifest_was_recomputed_is_refused_by_its_ids(data, tmp_path, capsys):
+    _forge_train_split(data, tmp_path)
+    err = _refused(tmp_path, data, capsys)
+    assert "image id(s) are in both the train and the test split" in err and "the splits overlap" in err
+
+
+@pytest.mark.slow
+def test_a_shard_swapped_after_the_preflight_is_refused_by_the_trial_that_would_read_it(ray_local, data, tmp_path):
+    """The preflight verified the shards; the test shard is then replaced by another split's (seed 1): the trial
+    checks the files it reads against the verified manifest and stops, named, before scoring anything."""
+    from rayexp.cli import plan_sweep
+    from rayexp.data.catalog import get_dataset_info
+    from rayexp.data.sources import digits
+    from rayexp.data.writer import write_dataset
+    from rayexp.grid import expand_grid
+    from rayexp.orchestrate import run_sweep
+
+    settings = dataclasses.replace(
+        DEFAULTS.settings,
+        data_dir=str(data),
+        storage=str(tmp_path / "storage"),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment="swapped",
+    )
+    keys = expand_grid(settings.backbones, settings.datasets, settings.fractions, settings.seeds)
+    plan = plan_sweep(DEFAULTS, settings, keys)
+    other = tmp_path / "other"
+    write_dataset(other, get_dataset_info("digits"), digits.load_source("digits"), seed=1, row_group_rows=64)
+    for part in (other / "digits" / "test").iterdir():
+        shutil.copyfile(part, data / "digits" / "test" / part.name)
+    outcome = run_sweep(plan)
+    ((key, message, _),) = outcome["errored"]
+    assert "it changed after preparation" in message and "/test/part-" in message
+    (row,) = tracking.fetch_trial_results(settings.tracking_uri, "swapped")
+    assert row["status"] == "FAILED" and row["best_test_acc"] is None  # nothing scored on the foreign split
+
+
 def test_a_truncated_shard_is_refused(data, tmp_path, capsys):
     part = data / "digits" / "test" / "part-00000.parquet"
     part.write_bytes(part.read_bytes()[:-100])
@@ -259,6 +319,36 @@ def test_my_data_prepares_again_over_a_changed_or_old_copy(tmp_path, capsys):
     )
     verify_dataset(tmp_path / "data" / "mine", again)  # whole again
     assert again["fingerprint"] == first["fingerprint"]  # the same files give the same data fingerprint
+
+
+def test_swapped_class_folders_with_the_same_names_sizes_and_mtimes_are_prepared_again(tmp_path, capsys):
+    """Fixing two swapped class folders (as after unzipping: the same file names, sizes and modification times)
+    changes every label: the change check compares content, never mtimes, so the old pixels under the old labels
+    are not reused as the new data's."""
+    import os
+
+    from PIL import Image
+
+    from rayexp.data.preparation import load_user_source, prepare_user_source
+
+    src = tmp_path / "src"
+    for name, colour in (("red", (250, 0, 0)), ("green", (0, 250, 0))):
+        (src / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), colour).save(src / name / f"{i}.bmp")  # uncompressed: one size
+    sizes = {p.stat().st_size for p in src.glob("*/*.bmp")}
+    assert len(sizes) == 1  # one size for every file: only content tells them apart
+    for p in src.glob("*/*.bmp"):
+        os.utime(p, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+    info, source = load_user_source("colours", src, None, (8, 8))
+    first = prepare_user_source(info, source, tmp_path / "data", workers=1, quiet=True)
+    os.rename(src / "red", src / "tmp")
+    os.rename(src / "green", src / "red")
+    os.rename(src / "tmp", src / "green")  # mv keeps every mtime: the listing is what it was, the pixels are not
+    info, source = load_user_source("colours", src, None, (8, 8))
+    again = prepare_user_source(info, source, tmp_path / "data", workers=1)
+    assert "the images or settings changed since it was prepared; preparing again" in capsys.readouterr().out
+    assert again["fingerprint"] != first["fingerprint"]
 
 
 def test_one_pass_lists_every_missing_dataset_with_its_fix_and_every_missing_weight_file(data, tmp_path, capsys):

@@ -127,8 +127,22 @@ def test_unknown_backbone_and_catalog_name_fail_fast(tmp_path, capsys):
     assert "one of the paper's datasets" in capsys.readouterr().err
 
 
+def test_a_second_run_with_the_same_name_is_refused_before_it_checks_or_prepares(tmp_path, capsys):
+    """Two my_data.py runs of one --name once broke each other: the second prepared the dataset again under the
+    first's trials and wrote over its report. The lock is now taken before anything is read or written."""
+    import os
+
+    source = separable_folder(tmp_path / "colours", per_class=20)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.acquire_sweep_lock(uri, "my-data-colours"):  # what the first run holds while it works
+        assert main(DEFAULTS, _argv(tmp_path, source)) == 2
+    err = capsys.readouterr().err
+    assert f"experiment 'my-data-colours' is being swept by pid {os.getpid()}" in err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()  # nothing checked or prepared
+
+
 @pytest.mark.slow
-def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, capsys):
+def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, capsys, monkeypatch):
     source = separable_folder(tmp_path / "colours")
     assert main(DEFAULTS, _argv(tmp_path, source, "--domain", "natural")) == 0
     out = capsys.readouterr().out
@@ -204,13 +218,10 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
     for i in range(40):
         image = np.clip(np.array((220, 210, 40)) + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(image).save(source / "yellow" / f"yellow_{i:03d}.png")
-    assert (
-        main(
-            DEFAULTS,
-            _argv(tmp_path, source, "--domain", "natural", "--backbones", "shufflenet_v2_x2_0", "--seeds", "0"),
-        )
-        == 0
-    )
+    argv = _argv(tmp_path, source, "--domain", "natural", "--backbones", "shufflenet_v2_x2_0", "--seeds", "0")
+    del argv[argv.index("--out") : argv.index("--out") + 2]  # the default folder: one per data version
+    monkeypatch.chdir(tmp_path)
+    assert main(DEFAULTS, argv) == 0
     out = capsys.readouterr().out
     assert "preparing again" in out and "already finished" not in out
     new = out.split("this data's results go to experiment '")[1].split("'")[0]
@@ -218,8 +229,11 @@ def test_separable_folder_end_to_end_ranks_the_backbones(ray_local, tmp_path, ca
     (run,) = tracking.fetch_trial_results(uri, new)
     assert run["status"] == "FINISHED" and MlflowClient(uri).get_run(run["run_id"]).data.params["num_classes"] == "4"
     assert len(tracking.fetch_trial_results(uri, "my-data-colours")) == 4  # the old results stay, apart
-    rec = json.loads((tmp_path / "out" / "recommendation.json").read_text())
+    rec = json.loads((tmp_path / "reports" / new / "recommendation.json").read_text())
     assert [r["backbone"] for r in rec["ranking"] if r["n_seeds"]] == ["shufflenet_v2_x2_0"]
+    assert (tmp_path / "reports" / new / "data_check.txt").is_file()
+    old = json.loads((tmp_path / "out" / "recommendation.json").read_text())  # the earlier data's, untouched
+    assert len([r for r in old["ranking"] if r["n_seeds"]]) == 2
 
 
 @pytest.mark.slow
@@ -285,6 +299,21 @@ def test_missing_weights_and_store_refuse_before_any_image_is_read(tmp_path, cap
     assert "checking" not in captured.out  # the data check never started
     for folder in ("out", "data", "storage"):
         assert not (tmp_path / folder).exists(), folder
+
+
+def test_missing_weights_are_listed_with_the_data_checks_findings_in_one_round(tmp_path, capsys):
+    """With the store usable, missing weights no longer stop the run before the data check: its serious
+    findings (here an unreadable image) come in the same error, so one round lists everything to fix; nothing is
+    prepared."""
+    source = separable_folder(tmp_path / "colours", per_class=4)
+    (source / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    argv = [a for a in _argv(tmp_path, source) if a != "--allow-random-init"]
+    assert main(DEFAULTS, argv) == 2
+    captured = capsys.readouterr()
+    assert "checking" in captured.out and "broken.png" in captured.out  # the check ran
+    assert "weights cannot be had or do not fit:" in captured.err and "shufflenet_v2_x2_0: " in captured.err
+    assert "the data check found serious problems" in captured.err and "unreadable" in captured.err
+    assert not (tmp_path / "data").exists()  # nothing prepared
 
 
 def test_default_output_folder_is_under_reports(tmp_path, monkeypatch, capsys):

@@ -13,7 +13,9 @@ from rayexp.cli import SweepDefaults, main
 from rayexp.orchestrate import DRIVER_RESOURCE
 from rayexp.orchestrate.checkpoints import load_latest_checkpoint, save_checkpoint
 from rayexp.orchestrate.context import TrialResources
+from rayexp.orchestrate.failures import is_deterministic
 from rayexp.orchestrate.resources import trial_function_resources
+from rayexp.safeload import CarriesCode
 from rayexp.settings import SweepSettings
 
 CPU = torch.device("cpu")
@@ -61,6 +63,51 @@ def test_a_checkpoint_train_was_cut_off_writing_is_passed_over_for_the_previous_
     complete = (folder / "checkpoint_epoch-0002" / "checkpoint.pt").read_bytes()
     _plant_train_checkpoint(folder, complete[: len(complete) // 2])
     assert load_latest_checkpoint(str(folder), CPU)["progress"]["epoch"] == 2
+
+
+class _Planted:
+    """What an attacker who can write the storage would plant: a pickle that runs code when loaded."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_planted_checkpoint_that_carries_code_is_refused_and_never_runs(tmp_path):
+    # A shared bucket as --storage: anyone who can write it could plant checkpoint.pt in a trial's run folder.
+    folder = tmp_path / "run"
+    save_checkpoint(str(folder), 2, _state(2))
+    marker = tmp_path / "the-code-ran"
+    buffer = io.BytesIO()
+    torch.save({**_state(9), "payload": _Planted(marker)}, buffer)
+    _plant_train_checkpoint(folder, buffer.getvalue())
+    with pytest.raises(CarriesCode, match="checkpoint .*checkpoint.pt: not a file of tensors .* names posix.mkdir"):
+        load_latest_checkpoint(str(folder), CPU)
+    assert not marker.exists()  # refused before anything of it ran, not passed over silently either
+    assert is_deterministic(CarriesCode("x"))  # the trial fails once, named; never retried as if a node died
+
+
+def test_a_trials_own_checkpoint_is_tensors_and_plain_data_only(tmp_path):
+    from rayexp.training import TrainConfig, fit
+
+    model = torch.nn.Linear(4, 2)
+    batches = [(torch.randn(8, 4), torch.randint(0, 2, (8,)))]
+    saved = []
+    fit(
+        model,
+        lambda epoch: batches,
+        lambda: batches,
+        TrainConfig(max_epochs=1, patience=1),
+        CPU,
+        2,
+        lambda metrics, make: saved.append(make()),
+    )
+    buffer = io.BytesIO()
+    torch.save(saved[-1], buffer)
+    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)  # loads with no code at all
+    assert set(state["rng"]) >= {"python", "numpy", "torch"} and state["rng"]["numpy"]["keys"].dtype == torch.int64
 
 
 def test_either_runtime_resumes_the_others_checkpoint(tmp_path):

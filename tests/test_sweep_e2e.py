@@ -89,7 +89,7 @@ def test_tiny_sweep_logs_runs_checkpoints_and_resumes_by_key(runtime, ray_local,
         dirname = key.replace("/", "-")
         checkpoints = sorted((tmp_path / "storage" / "train_runs" / "e2e" / dirname).glob("checkpoint_*/checkpoint.pt"))
         assert len(checkpoints) == 1  # only the latest is kept; it holds last and best weights
-        state = torch.load(checkpoints[0], weights_only=False)
+        state = torch.load(checkpoints[0], weights_only=True)
         assert state["progress"]["epoch"] == 4 and set(state) >= {"model", "best_model", "optimizer", "rng"}
     assert rows["mobilenet_v3_large/digits/0.1/0"]["weights"] == "IMAGENET1K_V2"
     assert rows["shufflenet_v2_x2_0/digits/0.1/0"]["weights"] == "random"

@@ -152,3 +152,47 @@ def test_a_run_without_fingerprints_is_not_taken_as_done(tmp_path):
     cfg = _plan(uri, [key], {"resnet50": "random"})
     with pytest.raises(RayexpError, match="records no fingerprint"):
         select_trials(cfg)
+
+
+def test_a_sqlite_stores_artifacts_go_beside_it_not_into_the_working_directory(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "somewhere_else"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # MLflow's default would be ./mlruns here
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    run = tracking.TrialRun.open(uri, "exp", "resnet50/neu/1.0/0", {}, {})
+    run.log_text("hello", "note.txt")
+    assert [p.name for p in (tmp_path / "store" / "mlartifacts" / "exp").rglob("note.txt")] == ["note.txt"]
+    assert not (elsewhere / "mlruns").exists()
+
+
+def test_a_store_locked_longer_than_mlflows_own_wait_is_waited_out_in_one_line_per_wait(tmp_path, capsys):
+    """Another process holds the SQLite store locked for 25 s, past MLflow's 20 s busy timeout: the call waits,
+    says so in one line per wait, and succeeds, with no traceback (MLflow once printed ~330 lines for this)."""
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    tracking.ensure_experiment(uri, "exp")  # the store exists, with its tables
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(25); c.execute('COMMIT')",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    started = time.monotonic()
+    run = tracking.TrialRun.open(uri, "exp", "resnet50/neu/1.0/0", {"backbone": "resnet50"}, {"batch_size": 8})
+    assert time.monotonic() - started >= 20 and holder.wait(timeout=60) == 0
+    captured = capsys.readouterr()
+    waits = [line for line in captured.out.splitlines() if "is locked by another process; waiting for it" in line]
+    assert waits and len(waits) == len(captured.out.splitlines())  # a line per wait, and nothing else
+    assert "Traceback" not in captured.err + captured.out and "database is locked" not in captured.err
+    assert run.run_id and sqlite3.connect(db).execute("select count(*) from runs").fetchone()[0] == 1

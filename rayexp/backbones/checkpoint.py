@@ -24,8 +24,6 @@ checked again by each trial against the one the preflight read.
 from __future__ import annotations
 
 import hashlib
-import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -33,6 +31,7 @@ from typing import Iterable, Mapping
 import torch
 
 from rayexp.errors import RayexpError
+from rayexp.safeload import CarriesCode, load_tensors
 
 CONTAINERS = ("state_dict", "model", "module", "network", "net", "weights")
 WRAPPERS = ("module.", "model.", "backbone.", "encoder.")
@@ -76,15 +75,10 @@ def _load(path: Path) -> object:
             from safetensors.torch import load_file
 
             return load_file(path, device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"unsupported GLOBAL ([\w.]+)", str(exc))
-        if found is None:
-            raise RayexpError(f"--weights {path}: cannot be read as a checkpoint (not a valid torch file)") from None
+        return load_tensors(path, f"--weights {path}")
+    except CarriesCode as exc:
         raise RayexpError(
-            f"--weights {path}: not a file of tensors only: loading it would run code it carries (it names "
-            f"{found.group(1)}). Save the weights as a state dict (torch.save(model.state_dict(), ...)) or as "
-            "safetensors"
+            f"{exc}. Save the weights as a state dict (torch.save(model.state_dict(), ...)) or as safetensors"
         ) from None
     except Exception as exc:  # noqa: BLE001 - a torn or foreign file fails deep inside either reader, any type
         raise RayexpError(f"--weights {path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None

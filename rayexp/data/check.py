@@ -27,6 +27,7 @@ from rayexp.errors import RayexpError
 
 KINDS = (
     "unreadable",
+    "skipped_files",
     "duplicate_across_splits",
     "class_too_small",
     "duplicate_within_split",
@@ -75,6 +76,10 @@ class DataCheck:
         for label, name in enumerate(self.classes):
             out.append("  " + name.ljust(width) + "".join(f"{self.counts[s][label]:>8}" for s in splits))
         out.append("  " + "total".ljust(width) + "".join(f"{sum(self.counts[s]):>8}" for s in splits))
+        totals = {s: sum(c) for s, c in self.counts.items()}
+        if len(totals) > 1 and sum(totals.values()):
+            shares = "/".join(f"{round(100 * n / sum(totals.values()))}" for n in totals.values())
+            out.append("  split: " + " / ".join(f"{s} {n}" for s, n in totals.items()) + f" ({shares})")
         train = [n for n in self.counts.get("train", []) if n > 0]
         if train:
             out.append(
@@ -191,7 +196,7 @@ def check_source(
     sizes = _size_summary(results, ok)
     modes = dict(Counter(results[i][2] for i in ok).most_common())
 
-    problems = _unreadable(unreadable)
+    problems = _unreadable(unreadable) + _skipped(source)
     problems += _duplicates(records, splits, results, ok, source.classes)
     problems += _small_classes(records, counts, source.classes, fractions, selection)
     problems += _imbalance(records, splits, counts, source.classes)
@@ -220,16 +225,27 @@ def _checked_labels(name: str, source: Source, records: list) -> np.ndarray:
 
 
 def _size_summary(results: list[tuple], ok: list[int]) -> dict:
-    """The min, median and max (H, W) of the readable images; empty when none is."""
+    """The (H, W) of the readable images with the fewest pixels, the median count and the most; empty when none is.
+    Real images' sizes, never per-axis extremes (10x10000 and 10000x10 images are not "max 10000x10000")."""
     if not ok:
         return {}
-    heights = np.array([results[i][0] for i in ok])
-    widths = np.array([results[i][1] for i in ok])
-    return {
-        "min": (int(heights.min()), int(widths.min())),
-        "median": (int(np.median(heights)), int(np.median(widths))),
-        "max": (int(heights.max()), int(widths.max())),
-    }
+    sizes = sorted(((results[i][0], results[i][1]) for i in ok), key=lambda hw: (hw[0] * hw[1], hw))
+    return {"min": sizes[0], "median": sizes[(len(sizes) - 1) // 2], "max": sizes[-1]}
+
+
+def _skipped(source: Source) -> list[Problem]:
+    """What a folder source passed over (hidden files and folders, other extensions): said, never silent."""
+    if not source.skipped:
+        return []
+    return [
+        Problem(
+            "skipped_files",
+            False,
+            f"{len(source.skipped)} file(s) or folder(s) are not read: hidden, or not an image extension; rename "
+            "any that are images you meant to include",
+            list(source.skipped),
+        )
+    ]
 
 
 def _unreadable(ids: list[str]) -> list[Problem]:

@@ -317,7 +317,13 @@ def summary(manifest: dict, data_dir: str | os.PathLike) -> str:
         f"to {'x'.join(map(str, image['stored_max']))}; trained at {'x'.join(map(str, manifest['input_size']))}"
     )
     norm = manifest["normalization"]
-    lines.append(f"  mean {norm['mean']} std {norm['std']}; split: {manifest['split_rule']} (seed {manifest['seed']})")
+    rows = {s: meta["rows"] for s, meta in manifest["splits"].items()}
+    shares = "/".join(str(round(100 * n / max(1, sum(rows.values())))) for n in rows.values())
+    lines.append(
+        f"  mean {norm['mean']} std {norm['std']}; split: {manifest['split_rule']} (seed {manifest['seed']}): "
+        + " / ".join(f"{s} {n}" for s, n in rows.items())
+        + f" ({shares} here)"
+    )
     for note in manifest.get("notes", []):
         lines.append(f"  note: {note}")
     if manifest.get("skipped_corrupt"):

@@ -43,6 +43,7 @@ class Source:
     checksums: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # documented differences from the paper, shown in the summary
     encoding: str | None = None  # overrides the catalog's (a user's folder of PNGs is stored as PNG)
+    skipped: list[str] = field(default_factory=list)  # files and folders a folder source passed over, and why
 
 
 def stratified_test_mask(labels: Sequence[int], test_fraction: float, seed: int) -> np.ndarray:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 
 import pyarrow
 import pyarrow.fs
 import torch
+
+from rayexp.errors import RayexpError
+from rayexp.safeload import CarriesCode, load_tensors
+from rayexp.storage import write_whole
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -44,11 +47,9 @@ def save_checkpoint(location: str, epoch: int, state: dict) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     filesystem.create_dir(f"{path}/{name}", recursive=True)
-    # Under another name until complete (a file move is a rename locally, a copy in a bucket): the loader only
-    # reads checkpoint.pt.
-    with filesystem.open_output_stream(f"{path}/{name}/{CHECKPOINT_FILE}.partial") as stream:
-        stream.write(buffer.getbuffer())
-    filesystem.move(f"{path}/{name}/{CHECKPOINT_FILE}.partial", f"{path}/{name}/{CHECKPOINT_FILE}")
+    # Under another name until complete (the loader only reads checkpoint.pt), and no partial file left behind
+    # when the storage is full: it would hold the disk full.
+    write_whole(filesystem, f"{path}/{name}/{CHECKPOINT_FILE}", buffer.getvalue())
     for info in checkpoint_dirs(filesystem, path):
         if info.base_name != name:
             filesystem.delete_dir(info.path)
@@ -68,8 +69,18 @@ def load_latest_checkpoint(location: str, device: torch.device) -> dict | None:
         with filesystem.open_input_stream(newest.path) as stream:
             data = stream.read()
         try:
-            # Our own checkpoint (it holds NumPy RNG state, which weights_only refuses), from the trial's storage.
-            return torch.load(io.BytesIO(data), map_location=device, weights_only=False)
-        except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            return read_checkpoint_bytes(data, newest.path, device)
+        except CarriesCode:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a cut-short file fails anywhere in the unpickler
             print(f"[rayexp] passing over the unreadable checkpoint {newest.path}: {exc}".splitlines()[0], flush=True)
     return None
+
+
+def read_checkpoint_bytes(data: bytes, where: str, device: torch.device) -> dict:
+    """A trial checkpoint's dict from its bytes, tensors and plain data only: one that would run code is refused
+    (:class:`rayexp.safeload.CarriesCode`, naming ``where``), never loaded, whoever could write the storage."""
+    found = load_tensors(io.BytesIO(data), f"the checkpoint {where}", device)
+    if not isinstance(found, dict):
+        raise RayexpError(f"the checkpoint {where} holds a {type(found).__name__}, not a trial checkpoint")
+    return found

@@ -14,6 +14,7 @@ from rayexp import tracking
 from rayexp.errors import RayexpError
 from rayexp.grid import TrialKey
 from rayexp.orchestrate.context import TrialContext
+from rayexp.storage import storage_fault
 
 DETERMINISTIC_ERRORS = (
     RayexpError,
@@ -53,8 +54,9 @@ def _rayexp_text(e: BaseException) -> str | None:
 
 
 def is_deterministic(exc: BaseException) -> bool:
-    """Whether retrying would meet ``exc`` again (see the module's docstring)."""
-    return any(
+    """Whether retrying would meet ``exc`` again (see the module's docstring); a full, read-only or over-quota
+    storage too (:func:`rayexp.storage.storage_fault`): retrying would retrain and fail the same way."""
+    return storage_fault(exc) is not None or any(
         isinstance(e, DETERMINISTIC_ERRORS) or type(e).__name__ in DETERMINISTIC_NAMES or _rayexp_text(e)
         for e in _causes(exc)
     )
@@ -62,7 +64,10 @@ def is_deterministic(exc: BaseException) -> bool:
 
 def error_message(exc: BaseException) -> str:
     """The message a person needs from an error that crossed Ray: a rayexp error's own words, else the
-    innermost error with a message (``ValueError: ...``), never only ``ray::ImplicitFunc.train()``."""
+    innermost error with a message (``ValueError: ...``), never only ``ray::ImplicitFunc.train()``; a storage
+    fault in words (what, where, the fix)."""
+    if (fault := storage_fault(exc)) is not None:
+        return str(fault)
     for e in _causes(exc):
         if isinstance(e, RayexpError) and not type(e).__module__.startswith("ray."):
             return str(e)

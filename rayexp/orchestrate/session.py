@@ -25,7 +25,12 @@ import ray.train.torch
 import ray.tune
 import torch
 
-from rayexp.orchestrate.checkpoints import CHECKPOINT_FILE, load_latest_checkpoint, save_checkpoint
+from rayexp.orchestrate.checkpoints import (
+    CHECKPOINT_FILE,
+    load_latest_checkpoint,
+    read_checkpoint_bytes,
+    save_checkpoint,
+)
 from rayexp.settings import TRAIN_RUNTIME, TUNE_RUNTIME
 
 
@@ -65,7 +70,8 @@ class TrainSession:
         if checkpoint is None:  # none in this Train run: a light-runtime attempt may have left one
             return load_latest_checkpoint(self.location, self.device)
         with checkpoint.as_directory() as folder:
-            return torch.load(Path(folder) / CHECKPOINT_FILE, map_location=self.device, weights_only=False)
+            path = Path(folder) / CHECKPOINT_FILE
+            return read_checkpoint_bytes(path.read_bytes(), str(path), self.device)
 
     def report(self, metrics: dict, state: dict | None = None) -> None:
         if state is None:

@@ -28,12 +28,15 @@ from rayexp.preflight import node_problems
 from rayexp.settings import TRAIN_RUNTIME, SweepPlan
 
 
-def run_sweep(plan: SweepPlan) -> dict:
+def run_sweep(plan: SweepPlan, held: tracking.SweepLock | None = None) -> dict:
     """Run every key of ``plan`` that has no finished MLflow run of the same data and protocol; returns what
     ran, what errored and what stopped. One sweep per experiment at a time
-    (:func:`rayexp.tracking.acquire_sweep_lock`)."""
+    (:func:`rayexp.tracking.acquire_sweep_lock`); ``held``: a lock the caller already holds (``my_data.py`` takes
+    its dataset's before checking and preparing), used when it is this experiment's."""
     s = plan.settings
     tracking.ensure_experiment(s.tracking_uri, s.experiment)
+    if held is not None and held.experiment == s.experiment:
+        return _run_locked(plan)
     with tracking.acquire_sweep_lock(s.tracking_uri, s.experiment, resume=s.resume):
         return _run_locked(plan)
 

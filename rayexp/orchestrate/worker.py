@@ -22,6 +22,7 @@ from rayexp.backbones.checkpoint import ORIGIN_PREFIX, Checkpoint, read_checkpoi
 from rayexp.backbones.factory import model_normalization
 from rayexp.data.batches import Normalizer, TrialBatches, augments, normalization
 from rayexp.data.pipeline import trial_iterators
+from rayexp.data.shards import dataset_location, verify_files
 from rayexp.errors import RayexpError
 from rayexp.export import save_best_weights
 from rayexp.grid import TrialKey
@@ -193,6 +194,8 @@ def _train(key: TrialKey, config: dict, session: TrialSession) -> None:
     batch_size = context.plan.batch_size(key)  # the batch in its identity (fingerprint tags)
     identity = context.plan.identity(key)
     cfg = replace(settings.train, seed=key.seed)
+    # What the preflight verified is what this trial reads: a shard replaced since is refused, named.
+    verify_files(dataset_location(settings.data_dir, key.dataset), manifest)
     weights = _checkpoint(key, context)
     norm = normalization_of(key, context, manifest, weights)
     model = _model(key, context, manifest["n_classes"], device, weights)

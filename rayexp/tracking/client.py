@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -37,6 +39,48 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+LOCKED_WAIT_S = 600.0  # how long, in all, a call waits out a locked SQLite store before its error is raised
+LOCKED_PAUSE_S = 5.0  # between tries (each try itself waits MLflow's busy timeout, 20 s, before it fails)
+
+
+def _locked(exc: BaseException) -> bool:
+    return "database is locked" in str(exc)
+
+
+class PatientClient:
+    """An ``MlflowClient`` whose calls wait out a SQLite store another process holds locked (a backup, a long
+    write): one line per wait, and the call again, rather than MLflow's traceback of every failed statement. A
+    failed SQLite statement committed nothing, so calling again is safe. Other errors pass through at once."""
+
+    def __init__(self, client: MlflowClient, uri: str) -> None:
+        self._client, self._uri = client, uri
+
+    def __getattr__(self, name: str):
+        found = getattr(self._client, name)
+        if not callable(found):
+            return found
+
+        def patiently(*args, **kwargs):
+            waited = 0.0
+            while True:
+                started = time.monotonic()
+                try:
+                    return found(*args, **kwargs)
+                except Exception as exc:
+                    waited += time.monotonic() - started
+                    if not _locked(exc) or waited >= LOCKED_WAIT_S:
+                        raise
+                print(
+                    f"[rayexp] the MLflow store {self._uri} is locked by another process; waiting for it "
+                    f"({waited:.0f} s so far, at most {LOCKED_WAIT_S:.0f} s)",
+                    flush=True,
+                )
+                time.sleep(LOCKED_PAUSE_S)
+                waited += LOCKED_PAUSE_S
+
+        return patiently
+
+
 def mlflow_client(uri: str) -> MlflowClient:
     # mlflow is imported where it is used (here, and for its Param, Metric and MlflowException), not at the
     # top: importing it takes ~1.4 s against ~0.05 s for the whole package without it, and every rayexp
@@ -44,12 +88,14 @@ def mlflow_client(uri: str) -> MlflowClient:
     # including those that never touch MLflow (prepare, --help).
     from mlflow.tracking import MlflowClient
 
-    # "Creating initial MLflow database tables..." on a new SQLite store: MLflow's INFO, not the user's news.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # "Creating initial MLflow database tables..." on a new SQLite store: MLflow's INFO, not the user's news; and
+    # its ERROR with a traceback for every statement a locked store refused, which PatientClient words itself.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # A report reads every trial's predictions file: one progress bar each would bury its output (set it to
     # true to see them).
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri)
+    return PatientClient(client, uri) if uri.startswith("sqlite:") else client  # type: ignore[return-value]
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
@@ -82,6 +128,20 @@ def _make_store_folder(uri: str) -> None:
         ) from None
 
 
+def artifact_location(uri: str, name: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a SQLite store's file (``<its folder>/mlartifacts/<name>``),
+    not MLflow's default ``./mlruns`` of whatever directory the command ran in; a server decides for itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri[len("sqlite:///") :]).parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return folder.resolve().as_uri()
+
+
+def create_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    """Create experiment ``name`` with its artifacts where :func:`artifact_location` says."""
+    return client.create_experiment(name, artifact_location=artifact_location(uri, name))
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     """The id of experiment ``name`` in the store at ``uri``, created if missing; checks the store answers."""
     check_server(uri)
@@ -90,7 +150,7 @@ def ensure_experiment(uri: str, name: str) -> str:
         client = mlflow_client(uri)
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            return client.create_experiment(name)
+            return create_experiment(client, uri, name)
         if experiment.lifecycle_stage == "deleted":
             raise RayexpError(
                 f"MLflow experiment {name!r} at {uri} is deleted; restore it or choose another --experiment"

@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rayexp.tracking.client import ensure_experiment, mlflow_client, search_runs, trial_runs
+from rayexp.tracking.client import create_experiment, ensure_experiment, mlflow_client, search_runs, trial_runs
 from rayexp.tracking.schema import (
     ATTEMPTS_TAG,
     ERROR_TAG,
@@ -50,7 +50,7 @@ class TrialRun:
         only new ``params`` logged: MLflow never changes a param)."""
         client = mlflow_client(uri)
         exp = client.get_experiment_by_name(experiment)
-        experiment_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        experiment_id = exp.experiment_id if exp is not None else create_experiment(client, uri, experiment)
         existing = trial_runs(client, experiment_id, key)
         if existing:
             run_id = existing[0].info.run_id

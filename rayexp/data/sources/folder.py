@@ -41,16 +41,44 @@ def local_help(name: str) -> str:
     )
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+def _images(folder: Path, root: Path, skipped: list[str] | None = None, allow_outside: bool = False) -> list[Path]:
+    """The image files under ``folder``; what is passed over (hidden, or another extension) is added to
+    ``skipped``, and a file or folder whose link leads outside ``root`` is refused unless ``allow_outside``."""
+    found, inside = [], root.resolve()
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file():
+            continue
+        if not allow_outside and not p.resolve().is_relative_to(inside):  # a link, of the file or a folder above
+            raise RayexpError(
+                f"{p} leads to {p.resolve()}, outside the source folder {root} (a link); copy the images in, or pass "
+                "--allow-outside-paths"
+            )
+        relative = p.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):
+            _skip(skipped, f"{relative} (hidden)")
+        elif p.suffix.lower() not in IMAGE_SUFFIXES:
+            _skip(skipped, f"{relative} (not an image extension: {', '.join(sorted(IMAGE_SUFFIXES))})")
+        else:
+            found.append(p)
+    return found
 
 
-def _class_folders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _skip(skipped: list[str] | None, what: str) -> None:
+    if skipped is not None:
+        skipped.append(what)
+
+
+def _class_folders(folder: Path, skipped: list[str] | None = None) -> list[Path]:
+    folders = sorted(p for p in folder.iterdir() if p.is_dir())
+    for hidden in (p for p in folders if p.name.startswith(".")):
+        _skip(skipped, f"{hidden.name}/ (a hidden folder)")
+    return [p for p in folders if not p.name.startswith(".")]
+
+
+def _check_class_name(name: str, where: object) -> None:
+    """A class name must print on one line: a newline or tab in it would break every table it appears in."""
+    if not name or any(ch in name for ch in "\n\r\t") or not name.isprintable():
+        raise RayexpError(f"{where}: class name {name!r} holds a control character (newline, tab, ...); rename it")
 
 
 def class_folder_records(
@@ -105,6 +133,8 @@ def _from_csv(path: Path, *, allow_outside: bool = False) -> tuple[list[str], li
     for line, row in rows:
         if len(row) < 2:
             raise RayexpError(f"{path} line {line}: expected path,label[,split], got {row!r}")
+    for line, row in rows:
+        _check_class_name(row[1], f"{path} line {line}")
     classes = sorted({row[1] for _, row in rows})
     index = {c: i for i, c in enumerate(classes)}
     records = []
@@ -131,14 +161,19 @@ def _from_csv(path: Path, *, allow_outside: bool = False) -> tuple[list[str], li
     return classes, records, rule
 
 
-def listing_checksum(records: list[SourceRecord]) -> dict[str, str]:
-    """A checksum of what a folder holds (each file's id, label, split, size and modification time), so a
-    prepared copy can tell it still matches the folder without reading every image again."""
+def content_checksum(records: list[SourceRecord]) -> dict[str, str]:
+    """A checksum of what a folder holds (each file's id, label, split and the sha256 of its bytes), so a
+    prepared copy can tell it still matches the folder. Content, never sizes or modification times: two class
+    folders swapped after unzipping keep every name, size and mtime (``mv`` keeps mtimes) while every label
+    changes, and that is a change of data."""
     digest = hashlib.sha256()
     for r in records:
-        stat = Path(r.image).stat()
-        digest.update(f"{r.id}\0{r.label}\0{r.split}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return {"listing": digest.hexdigest()}
+        content = hashlib.sha256()
+        with open(r.image, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                content.update(block)
+        digest.update(f"{r.id}\0{r.label}\0{r.split}\0{content.hexdigest()}\n".encode())
+    return {"content": digest.hexdigest()}
 
 
 def load_source(name: str, root: Path, work: Path, split: str = "default", *, allow_outside: bool = False) -> Source:
@@ -154,9 +189,10 @@ def load_source(name: str, root: Path, work: Path, split: str = "default", *, al
             f"{rule} ({csvs[0].name})",
             test_fraction=test_fraction,
             encoding=_encoding([r.image for r in records]),
-            checksums=listing_checksum(records),
+            checksums=content_checksum(records),
         )
-    folders = {p.name: p for p in _class_folders(root)}
+    skipped: list[str] = []
+    folders = {p.name: p for p in _class_folders(root, skipped)}
     test_name = "test" if "test" in folders else "val" if "val" in folders else None
     if "train" in folders and test_name:
         split_dirs = {"train": folders["train"], "test": folders[test_name]}
@@ -164,7 +200,9 @@ def load_source(name: str, root: Path, work: Path, split: str = "default", *, al
     else:
         split_dirs = {None: root}
         rule = f"one folder per class, stratified {round(100 * (1 - test_fraction))}/{round(100 * test_fraction)}"
-    classes = sorted({c.name for d in split_dirs.values() for c in _class_folders(d)})
+    classes = sorted({c.name for d in split_dirs.values() for c in _class_folders(d, skipped if d != root else None)})
+    for name_ in classes:
+        _check_class_name(name_, root)
     if not classes:
         raise RayexpError(
             f"{root} has no class folders; expected <class>/ folders of images (or train/ and test/ with class "
@@ -174,7 +212,7 @@ def load_source(name: str, root: Path, work: Path, split: str = "default", *, al
     records: list[SourceRecord] = []
     for split_name, folder in split_dirs.items():
         for class_dir in _class_folders(folder):
-            images = _images(class_dir)
+            images = _images(class_dir, root, skipped, allow_outside)
             if not images:
                 raise RayexpError(
                     f"class folder {class_dir} has no images: an empty class is an error; remove it or add images"
@@ -189,5 +227,6 @@ def load_source(name: str, root: Path, work: Path, split: str = "default", *, al
         rule,
         test_fraction=test_fraction,
         encoding=_encoding([r.image for r in records]),
-        checksums=listing_checksum(records),
+        checksums=content_checksum(records),
+        skipped=skipped,
     )
