@@ -14,7 +14,7 @@ import re
 
 import pyarrow.fs
 
-from rayexp.errors import RayexpError
+from rayexp.errors import RayexpError, causes
 
 FAULTS = {
     errno.ENOSPC: ("full", "No space left on device"),
@@ -28,21 +28,9 @@ class StorageFault(RayexpError):
     """The storage cannot take a write: full, read-only or over quota. Deterministic: never retried."""
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        e = stack.pop(0)
-        if e is None or any(e is seen for seen in out):
-            continue
-        out.append(e)
-        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return out
-
-
 def storage_fault(exc: BaseException) -> StorageFault | None:
     """The named fault behind ``exc`` (its chain, and Ray's ``cause``), or None when it is not one."""
-    for e in _chain(exc):
+    for e in causes(exc):
         if isinstance(e, StorageFault):
             return e
         if isinstance(e, OSError) and e.errno in FAULTS:

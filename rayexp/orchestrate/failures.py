@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from rayexp import tracking
-from rayexp.errors import RayexpError
+from rayexp.errors import RayexpError, causes
 from rayexp.grid import TrialKey
 from rayexp.orchestrate.context import TrialContext
 from rayexp.storage import storage_fault
@@ -34,19 +34,6 @@ DETERMINISTIC_NAMES = ("OutOfMemoryError", "UserCodeException")
 RAYEXP_ERROR_LINE = re.compile(r"^rayexp\.[\w.]*(?:Error|Exception): (.+)$", re.MULTILINE)
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """``exc`` and what caused it: Python's chain and the ``cause`` Ray's task errors carry."""
-    out: list[BaseException] = []
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        e = stack.pop(0)
-        if e is None or any(e is seen for seen in out):
-            continue
-        out.append(e)
-        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return out
-
-
 def _rayexp_text(e: BaseException) -> str | None:
     """The message of a rayexp error named in ``e``'s (remote) traceback text, if any."""
     found = RAYEXP_ERROR_LINE.findall(str(e))
@@ -58,7 +45,7 @@ def is_deterministic(exc: BaseException) -> bool:
     storage too (:func:`rayexp.storage.storage_fault`): retrying would retrain and fail the same way."""
     return storage_fault(exc) is not None or any(
         isinstance(e, DETERMINISTIC_ERRORS) or type(e).__name__ in DETERMINISTIC_NAMES or _rayexp_text(e)
-        for e in _causes(exc)
+        for e in causes(exc)
     )
 
 
@@ -68,12 +55,12 @@ def error_message(exc: BaseException) -> str:
     fault in words (what, where, the fix)."""
     if (fault := storage_fault(exc)) is not None:
         return str(fault)
-    for e in _causes(exc):
+    for e in causes(exc):
         if isinstance(e, RayexpError) and not type(e).__module__.startswith("ray."):
             return str(e)
         if text := _rayexp_text(e):
             return text
-    for e in reversed(_causes(exc)):
+    for e in reversed(causes(exc)):
         if not type(e).__module__.startswith("ray.") and str(e).strip():
             return f"{type(e).__name__}: {e}"
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
