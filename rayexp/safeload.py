@@ -22,6 +22,10 @@ from rayexp.errors import RayexpError
 class CarriesCode(RayexpError):
     """A torch file that names a Python callable: loading it would run code. Never loaded."""
 
+    def __init__(self, message: str, callable_name: str = "") -> None:
+        super().__init__(message)
+        self.callable_name = callable_name  # what it names, e.g. "posix.system"
+
 
 def load_tensors(source: str | PathLike | io.BytesIO, what: str, map_location: str | torch.device = "cpu") -> object:
     """``torch.load`` of ``source`` with tensors and plain data only; :class:`CarriesCode`, naming ``what`` and the
@@ -30,10 +34,12 @@ def load_tensors(source: str | PathLike | io.BytesIO, what: str, map_location: s
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"unsupported GLOBAL ([\w.]+)", str(exc))
+        # torch words it two ways: "Trying to load unsupported GLOBAL posix.system", "Unsupported global: GLOBAL x.y"
+        found = re.search(r"(?i)unsupported global:? (?:GLOBAL )?([\w.]+)", str(exc))
         if found is None:
             raise
         raise CarriesCode(
             f"{what}: not a file of tensors and plain data only: loading it would run code it carries (it names "
-            f"{found.group(1)}); refused, never loaded"
+            f"{found.group(1)}); refused, never loaded",
+            found.group(1),
         ) from None

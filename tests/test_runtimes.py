@@ -89,6 +89,20 @@ def test_a_planted_checkpoint_that_carries_code_is_refused_and_never_runs(tmp_pa
     assert is_deterministic(CarriesCode("x"))  # the trial fails once, named; never retried as if a node died
 
 
+def test_a_checkpoint_an_older_rayexp_wrote_is_passed_over_not_loaded(tmp_path, capsys):
+    # Before checkpoints were tensors only, NumPy's RNG state travelled as an array: such a file is not loaded (it
+    # names numpy's reconstruction), and the trial starts over instead of failing.
+    import numpy as np
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    buffer = io.BytesIO()
+    torch.save({**_state(5), "rng": {"numpy": np.random.get_state()}}, buffer)
+    _plant_train_checkpoint(folder, buffer.getvalue())
+    assert load_latest_checkpoint(str(folder), CPU) is None
+    assert "an older rayexp wrote it with NumPy arrays" in capsys.readouterr().out
+
+
 def test_a_trials_own_checkpoint_is_tensors_and_plain_data_only(tmp_path):
     from rayexp.training import TrainConfig, fit
 

@@ -70,11 +70,24 @@ def load_latest_checkpoint(location: str, device: torch.device) -> dict | None:
             data = stream.read()
         try:
             return read_checkpoint_bytes(data, newest.path, device)
-        except CarriesCode:
-            raise
+        except CarriesCode as exc:
+            if not older_format(exc):
+                raise
+            print(
+                f"[rayexp] passing over the checkpoint {newest.path}: an older rayexp wrote it with NumPy arrays, "
+                "which are not loaded any more (tensors and plain data only); the trial starts from its first epoch",
+                flush=True,
+            )
+            return None
         except Exception as exc:  # noqa: BLE001 - a cut-short file fails anywhere in the unpickler
             print(f"[rayexp] passing over the unreadable checkpoint {newest.path}: {exc}".splitlines()[0], flush=True)
     return None
+
+
+def older_format(exc: CarriesCode) -> bool:
+    """A checkpoint an older rayexp wrote: it names NumPy's array reconstruction (its RNG state), nothing else
+    (never loaded either way: only the verdict differs, passed over rather than refused)."""
+    return exc.callable_name.startswith("numpy.")
 
 
 def read_checkpoint_bytes(data: bytes, where: str, device: torch.device) -> dict:

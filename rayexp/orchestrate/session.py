@@ -28,9 +28,11 @@ import torch
 from rayexp.orchestrate.checkpoints import (
     CHECKPOINT_FILE,
     load_latest_checkpoint,
+    older_format,
     read_checkpoint_bytes,
     save_checkpoint,
 )
+from rayexp.safeload import CarriesCode
 from rayexp.settings import TRAIN_RUNTIME, TUNE_RUNTIME
 
 
@@ -71,7 +73,13 @@ class TrainSession:
             return load_latest_checkpoint(self.location, self.device)
         with checkpoint.as_directory() as folder:
             path = Path(folder) / CHECKPOINT_FILE
-            return read_checkpoint_bytes(path.read_bytes(), str(path), self.device)
+            try:
+                return read_checkpoint_bytes(path.read_bytes(), str(path), self.device)
+            except CarriesCode as exc:
+                if not older_format(exc):
+                    raise
+                print(f"[rayexp] passing over {path}, written by an older rayexp: starting over", flush=True)
+                return None
 
     def report(self, metrics: dict, state: dict | None = None) -> None:
         if state is None:
