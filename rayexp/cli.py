@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 
 from rayexp import options, preflight, report, tracking
-from rayexp.backbones import get_spec
+from rayexp.backbones import canonical_name, get_spec, sweep_backbones
 from rayexp.data.catalog import default_data_dir, get_dataset_info
 from rayexp.data.shards import is_prepared, is_uri
 from rayexp.errors import RayexpError
@@ -71,7 +71,14 @@ def print_backbones(pattern: str) -> int:
     row filled, once the pattern narrows them to a few)."""
     from rayexp.backbones.resolve import list_available
 
+    if not pattern.strip():  # an unset shell variable, most likely: listing everything would hide that
+        raise RayexpError(
+            f"--list-backbones: an empty pattern ({pattern!r}); give a pattern such as 'timm:convnext*', or none to "
+            "list them all"
+        )
     found = list_available(None if pattern == "*" else pattern)
+    if not found:
+        raise RayexpError(no_match(pattern))
     names = [x for x in found if isinstance(x, str)]
     if 0 < len(names) <= 20:
         found = [x for x in found if not isinstance(x, str)] + [get_spec(n) for n in names]
@@ -94,6 +101,19 @@ def print_backbones(pattern: str) -> int:
         print(f"\n{len(names)} timm models (20 or fewer: with their rows):")
         print("\n".join(names))
     return 0
+
+
+def no_match(pattern: str) -> str:
+    """Why ``--list-backbones PATTERN`` listed nothing, and how to find the names: an empty table with exit 0
+    reads as "no such backbones exist" where the pattern was at fault (or timm is missing)."""
+    import importlib.util
+
+    timm = "" if importlib.util.find_spec("timm") else "; timm's models are not listed: timm is not installed"
+    return (
+        f"no backbone matches {pattern!r} (a shell-style pattern, also matched inside names: 'convnext' finds every "
+        f"name containing it){timm}; --list-backbones alone lists the registry and torchvision's, "
+        "--list-backbones 'timm:*' timm's"
+    )
 
 
 def code_version() -> str:
@@ -148,7 +168,9 @@ def guarded(
     (:func:`rayexp.storage.storage_fault`) printed as one clear error and exit code 2, and a closed stdout
     (``| head``) ending quietly with exit code 0."""
     try:
-        code = print_backbones(args.list_backbones) if getattr(args, "list_backbones", None) else run(defaults, args)
+        # `is not None`: `--list-backbones ''` is given too (and refused), never a sweep
+        listing = getattr(args, "list_backbones", None)
+        code = print_backbones(listing) if listing is not None else run(defaults, args)
         sys.stdout.flush()  # here, where a closed pipe can be caught, not at the interpreter's exit
         return code
     except RayexpError as exc:
@@ -176,13 +198,35 @@ def check_common(args: argparse.Namespace) -> None:
             "--resume and --retry-errored are separate passes: continue the interrupted trials first, then retry "
             "the errored ones"
         )
-    for name in args.backbones:
-        get_spec(name)
+    use_canonical_names(args)
     problems = options.problems(SweepSettings, args)
     problems += [p for p in [_fp16_needs_gpu(args)] if p]
     problems += [f"--seeds: {problem}" for problem in map(seed_problem, args.seeds) if problem]
     if problems:
         raise RayexpError("bad values, nothing was started:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def use_canonical_names(args: argparse.Namespace) -> None:
+    """``--backbones`` as the sweep will name them, before any trial key is built: each name canonical (one line
+    says so where it was rewritten), a name given twice kept once, two spellings of one network refused
+    (:func:`rayexp.backbones.sweep_backbones`); and ``--weights BACKBONE=PATH`` named the same way, so that a
+    checkpoint given under the spelling the user wrote still finds its backbone."""
+    names, notes = sweep_backbones(args.backbones)
+    for note in notes:
+        print(f"[rayexp] {note}", flush=True)
+    args.backbones = names
+    if getattr(args, "checkpoints", None):
+        args.checkpoints = [_canonical_checkpoint(value) for value in args.checkpoints]
+
+
+def _canonical_checkpoint(value: str) -> str:
+    """``BACKBONE=PATH`` with BACKBONE's canonical name; as given where BACKBONE is no backbone (the preflight
+    names that one) or the value is malformed (:meth:`SweepSettings.checkpoint_files` refuses it)."""
+    backbone, sep, path = value.partition("=")
+    try:
+        return f"{canonical_name(backbone)}{sep}{path}" if sep and backbone else value
+    except RayexpError:
+        return value
 
 
 def _fp16_needs_gpu(args: argparse.Namespace) -> str | None:

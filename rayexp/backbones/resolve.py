@@ -9,6 +9,13 @@ the spec, so a backbone from any source is treated alike. A spec comes from the 
 weights meta (parameters, ImageNet top-1, smallest input), timm's pretrained config (weights repository, input
 size, whether the size is fixed, the head) and a model built on the ``meta`` device (no memory, no weights) for what
 the metadata leaves out. Names keep the trial key unambiguous: neither source's names contain ``/``.
+
+One network, one name (:func:`canonical_name`, :func:`sweep_backbones`): the name is the trial key's first field
+and the MLflow runs', so two spellings of the same weights would train and report them twice. The default weights
+are named by the plain name (``torchvision:resnet50``, ``timm:resnet18``), as ``--list-backbones`` lists them;
+``@…DEFAULT``, ``@<the member DEFAULT points to>`` and timm's default tag are rewritten to it, a bare member
+(``@IMAGENET1K_V1``) gets its enum, and the enum named must be the model's own. The weights a run used are still
+recorded (its ``weights`` param names the member or tag), so a later library that moves DEFAULT is seen there.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import functools
 import os
 import warnings
 from dataclasses import replace
+from typing import Any, Sequence
 
 from rayexp.backbones.specs import RANDOM_SUFFIX, REGISTRY, BackboneSpec, default_batch_size
 from rayexp.errors import RayexpError
@@ -72,7 +80,7 @@ def _torchvision_spec(name: str) -> BackboneSpec:
     import torchvision.models as models
     from torch import nn
 
-    arch, _, member = name[len(TORCHVISION) :].partition("@")
+    arch, at, member = name[len(TORCHVISION) :].partition("@")
     classifiers = models.list_models(module=models)
     if arch not in classifiers:
         raise RayexpError(
@@ -80,16 +88,7 @@ def _torchvision_spec(name: str) -> BackboneSpec:
             "(torchvision.models.list_models(module=torchvision.models) lists them)"
         )
     enum = models.get_model_weights(arch)
-    if member:
-        try:
-            weights = enum[member.rpartition(".")[2]]
-        except KeyError:
-            raise RayexpError(
-                f"{name}: {enum.__name__} has no member {member!r}; it has "
-                + ", ".join(f"{enum.__name__}.{m.name}" for m in enum)
-            ) from None
-    else:
-        weights = enum.DEFAULT
+    weights = _torchvision_weights(name, arch, enum, member) if at else enum.DEFAULT
     meta = weights.meta
     classes = len(meta["categories"])
     transforms = weights.transforms()  # the normalisation the weights were trained with
@@ -131,6 +130,27 @@ def _torchvision_spec(name: str) -> BackboneSpec:
         mean=tuple(transforms.mean),
         std=tuple(transforms.std),
     )
+
+
+def _torchvision_weights(name: str, arch: str, enum: Any, member: str) -> Any:
+    """The member of ``arch``'s own weights ``enum`` that ``member`` (``<Enum>.<MEMBER>`` or a bare ``<MEMBER>``)
+    names. The enum part is checked, not skipped: ``resnet18@ResNet50_Weights.IMAGENET1K_V1`` would otherwise load
+    ResNet-18's weights under a name that says ResNet-50's."""
+    listed = ", ".join(f"{enum.__name__}.{m.name}" for m in enum) + f" (DEFAULT is {enum.DEFAULT.name})"
+    if not member:
+        raise RayexpError(
+            f"{name}: no weights after '@'; name them as {TORCHVISION}{arch}@{enum.__name__}.<MEMBER> ({listed}), "
+            "or leave '@' out for the default weights"
+        )
+    enum_name, _, member_name = member.rpartition(".")
+    if enum_name and enum_name != enum.__name__:
+        raise RayexpError(
+            f"{name}: {enum_name} is not the weights enum of {arch}; {arch}'s is {enum.__name__}: {listed}"
+        )
+    try:
+        return enum[member_name]
+    except KeyError:
+        raise RayexpError(f"{name}: {enum.__name__} has no member {member_name!r}; it has {listed}") from None
 
 
 def _timm():
@@ -199,6 +219,120 @@ def _timm_spec(name: str) -> BackboneSpec:
         mean=tuple(float(v) for v in cfg.mean),
         std=tuple(float(v) for v in cfg.std),
     )
+
+
+def _strip_random(name: str) -> tuple[str, bool]:
+    """``name`` without its ``+random`` suffixes (``x+random+random`` is ``x+random``), and whether it had one."""
+    base = name
+    while base.endswith(RANDOM_SUFFIX) and len(base) > len(RANDOM_SUFFIX):
+        base = base[: -len(RANDOM_SUFFIX)]
+    return base, base != name
+
+
+def _plain_name(spec: BackboneSpec) -> str:
+    """``spec``'s name without weights: the source's prefix and the architecture (the registry's: its name)."""
+    if spec.origin == "torchvision":
+        return TORCHVISION + spec.builder
+    if spec.origin == "timm":
+        return TIMM + spec.builder.partition(".")[0]
+    return spec.name
+
+
+def _is_default(spec: BackboneSpec) -> bool:
+    """Whether ``spec`` (pretrained, torchvision's or timm's) has its architecture's default weights: torchvision's
+    ``DEFAULT`` member, timm's default pretrained tag (its pretrained config without a tag: no model is built)."""
+    arch = spec.builder.partition(".")[0]
+    if spec.origin == "torchvision":
+        import torchvision.models as models
+
+        default = models.get_model_weights(arch).DEFAULT
+        return spec.weights == f"{type(default).__name__}.{default.name}"
+    cfg = _timm().models.get_pretrained_cfg(arch)
+    return cfg is not None and spec.builder == (f"{arch}.{cfg.tag}" if cfg.tag else arch)
+
+
+def trains_as(spec: BackboneSpec) -> tuple:
+    """What decides the network a trial trains, whatever it is called: the builder (the registry's are
+    torchvision's, and WaveMix, ours) and the weights; from random init, what the weights would have set instead
+    (the published head's classes, the input size and normalisation), as the weights are never loaded. Two names
+    with the same value train the same network twice."""
+    family = "timm" if spec.origin == "timm" else "torchvision"
+    if spec.random_init:
+        drawn = (spec.pretrained_classes, spec.fixed_input, spec.dynamic_size, spec.mean, spec.std)
+        return (family, spec.builder, "random", *drawn)
+    return (family, spec.builder, spec.weights)
+
+
+@functools.lru_cache(maxsize=None)
+def canonical_name(name: str) -> str:
+    """The one name of the network ``name`` trains (an error, as :func:`get_spec`'s, for a name that resolves to
+    none): the plain name for the default weights (``torchvision:resnet50`` for ``…@ResNet50_Weights.DEFAULT``
+    and ``…@ResNet50_Weights.IMAGENET1K_V2``, ``timm:resnet18`` for ``timm:resnet18.a1_in1k``), the enum written
+    out for a bare member, ``+random`` once, and without weights where from random init they change nothing.
+    Registry names are their own. Canonical, because the name is the trial key's: two spellings would be two
+    backbones in a sweep, and an experiment resumed under another spelling would train it again."""
+    base, random_init = _strip_random(name)
+    spec = get_spec(base)
+    if spec.origin == "registry":
+        canonical = base
+    elif _is_default(spec):
+        canonical = _plain_name(spec)
+    else:
+        canonical = f"{_plain_name(spec)}@{spec.weights}" if spec.origin == "torchvision" else TIMM + spec.builder
+    if not random_init:
+        return canonical
+    plain = _plain_name(spec) + RANDOM_SUFFIX
+    if trains_as(get_spec(plain)) == trains_as(get_spec(canonical + RANDOM_SUFFIX)):
+        return plain
+    return canonical + RANDOM_SUFFIX
+
+
+def sweep_backbones(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``--backbones`` as a sweep trains them, checked before any trial key is built: ``(names, notes)``, each name
+    canonical (:func:`canonical_name`, a note says so where it was rewritten) and the exact same string given twice
+    kept once (a note says so). Every unknown name and every two spellings of one network (one canonical name, or a
+    registry name and a source name that train the same network, :func:`trains_as`) are refused together: which
+    spelling names the runs is the user's choice, and two spellings usually mean two networks were intended."""
+    names = list(names)
+    kept: list[str] = []
+    notes: list[str] = []
+    problems: list[str] = []
+    spelled: dict[str, str] = {}  # canonical name -> the spelling given
+    networks: dict[tuple, str] = {}  # trains_as -> canonical name
+    for index, given in enumerate(names):
+        if given in names[:index]:  # the same string again: nothing to choose between, kept once
+            if names[:index].count(given) == 1:
+                notes.append(f"{given} is given more than once in --backbones; it trains once")
+            continue
+        try:
+            canonical = canonical_name(given)
+        except RayexpError as exc:
+            problems.append(str(exc))
+            continue
+        network = trains_as(get_spec(canonical))
+        if canonical in spelled or network in networks:
+            other = spelled[canonical] if canonical in spelled else spelled[networks[network]]
+            what = f"are both {canonical}" if canonical in spelled else "train the same network"
+            problems.append(
+                f"{other} and {given} in --backbones {what} ({_describe(get_spec(canonical))}): the sweep would "
+                "train it twice under two names; drop one of them"
+            )
+            continue
+        spelled[canonical], networks[network] = given, canonical
+        kept.append(canonical)
+        if canonical != given:
+            same = "network" if _strip_random(given)[1] else "weights"
+            notes.append(f"{given} is {canonical} (the same {same}); using that name")
+    if len(problems) == 1:
+        raise RayexpError(problems[0])
+    if problems:
+        raise RayexpError("--backbones, nothing was started:\n" + "\n".join(f"  - {p}" for p in problems))
+    return kept, notes
+
+
+def _describe(spec: BackboneSpec) -> str:
+    """``resnet50 from ResNet50_Weights.IMAGENET1K_V2``, ``resnet50 from random init``: a network in words."""
+    return f"{spec.builder} from {'random init' if spec.random_init else spec.weights}"
 
 
 def list_available(pattern: str | None = None) -> list[BackboneSpec | str]:
