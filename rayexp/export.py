@@ -73,6 +73,8 @@ def serving_config(manifest: dict, backbone: str, normalize: str, key: str, reso
         "dataset": manifest["name"],
         "classes": list(manifest["classes"]),
         "input_size": list(manifest["input_size"]),
+        # how preparation stored the trial's images: a served image is stored the same way before it is decoded
+        "stored": {"encoding": manifest["image"]["encoding"], "max_size": list(manifest["image"]["max_size"])},
         "mean": list(mean),
         "std": list(std),
         "normalize": normalize,

@@ -103,6 +103,13 @@ def build_my_data_parser(defaults: SweepDefaults) -> argparse.ArgumentParser:
         "<dataset>-<backbone>); none is registered when no backbone beat chance",
     )
     w.add_argument("--no-register", action="store_true", help="register no model")
+    w.add_argument(
+        "--new-label-set",
+        action="store_true",
+        help="register the winner as a new version of --register's name even though that name's latest version "
+        "classifies other classes (by default refused before training: clients of models:/NAME/latest would "
+        "switch label sets without a word)",
+    )
     for action in p._actions:  # what differs from the sweeps' options of the same name
         if action.dest == "out":
             action.help = (
@@ -158,6 +165,10 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     if not args.source:  # not argparse's required=True: --list-backbones needs no data
         raise RayexpError("--source is required: a folder of <class>/ images, train/ and test/ folders, or a CSV")
     check_common(args)
+    if args.register is not None:
+        if args.no_register:
+            raise RayexpError("--register and --no-register contradict each other; give one")
+        tracking.check_model_name(args.register)  # before anything is read or trained
     name = args.name or dataset_name(args.source)
     settings = settings_from(defaults, args)
     chosen_experiment = bool(settings.experiment)
@@ -184,9 +195,28 @@ def run(defaults: SweepDefaults, args: argparse.Namespace) -> int:
         return _locked(defaults, args, settings, name, keys, chosen_experiment, keep_weights, lock, pending)
 
 
-def _out_dir(args: argparse.Namespace, experiment: str) -> Path:
-    """``--out``, else ``reports/<experiment>``: one folder per data version, as experiments are."""
-    return Path(args.out or Path("reports") / experiment).expanduser().resolve()
+DATA_VERSION = "data_version.json"  # beside a recommendation: the images it answers for
+
+
+def _out_dir(args: argparse.Namespace, experiment: str, fingerprint: str | None = None) -> Path:
+    """``--out``, else ``reports/<experiment>``: one folder per data version, as experiments are. A folder that
+    holds the recommendation of other images (``fingerprint`` differs from its :data:`DATA_VERSION`) is never
+    written over: ``--out`` is then refused, and the default becomes ``reports/<experiment>-<fingerprint>``."""
+    out = Path(args.out or Path("reports") / experiment).expanduser().resolve()
+    try:
+        held = json.loads((out / DATA_VERSION).read_text()).get("data_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        held = None
+    if fingerprint is None or held is None or held == fingerprint:
+        return out
+    if args.out:
+        raise RayexpError(
+            f"--out {out} holds the recommendation for other images (data fingerprint {short(held)}; these are "
+            f"{short(fingerprint)}), which is never written over: choose another --out, or delete that folder"
+        )
+    other = out.with_name(f"{out.name}-{short(fingerprint)[:8]}")
+    print(f"[rayexp] {out} holds the recommendation for other images: this one goes to {other}", flush=True)
+    return other
 
 
 def _locked(
@@ -206,7 +236,9 @@ def _locked(
     check, lines, manifest = check_and_prepare(args, settings, name, _out_dir(args, settings.experiment), pending)
     if not chosen_experiment:
         settings = replace(settings, experiment=experiment_for(uri, settings.experiment, manifest["fingerprint"]))
-    out_dir = _out_dir(args, settings.experiment)
+    out_dir = _out_dir(args, settings.experiment, manifest["fingerprint"])
+    if not args.no_register:  # a name that cannot take this label set: said before anything is trained
+        label_set_problems(uri, args, settings.backbones, manifest)
     write_check(out_dir, check, lines)
     plan = plan_sweep(
         defaults, settings, keys, fallback_to_random=args.allow_random_init, extra_tags={"tool": "my_data"}
@@ -216,12 +248,15 @@ def _locked(
 
     outcome = run_sweep(plan, held=lock)
     uri = plan.settings.tracking_uri
-    use = None if args.no_register else register_winner(plan, name, manifest["domain"], keys, args.register)
+    use = None if args.no_register else register_winner(plan, name, manifest["domain"], keys, args)
     if not keep_weights and (use is not None or args.no_register):
         publish.forget_best_weights(plan.settings.storage, plan.settings.experiment, keys)
     check_record = {**check.to_dict(), "lines": lines}
     paths = recommend.build_recommendation(
         uri, settings.experiment, name, manifest["domain"], out_dir, expected=keys, check=check_record, use=use or None
+    )
+    (out_dir / DATA_VERSION).write_text(
+        json.dumps({"dataset": name, "data_fingerprint": manifest["fingerprint"], "experiment": settings.experiment})
     )
     code = print_outcome(plan, outcome, out_dir / "report")
     print(f"\n# Which backbone for {name}?\n{json.loads(paths['json'].read_text())['verdict']}")
@@ -231,28 +266,36 @@ def _locked(
     return code
 
 
+def label_set_problems(uri: str, args: argparse.Namespace, backbones: Sequence[str], manifest: dict) -> None:
+    """Refuse, before training, a registered name whose latest version classifies other classes than this data's:
+    ``--register``'s, or the default name of every backbone that could win. ``--new-label-set`` allows it."""
+    if args.new_label_set:
+        return
+    names = [args.register] if args.register else [publish.default_model_name(manifest["name"], b) for b in backbones]
+    problems = [p for n in dict.fromkeys(names) if (p := tracking.label_set_problem(uri, n, manifest["classes"]))]
+    if problems:
+        raise RayexpError("; ".join(problems) + ". Nothing was trained.")
+
+
 def register_winner(
-    plan: SweepPlan, dataset: str, domain: str, keys: Sequence[TrialKey], name: str | None
+    plan: SweepPlan, dataset: str, domain: str, keys: Sequence[TrialKey], args: argparse.Namespace
 ) -> list[str] | None:
-    """Register the recommendation's winner (:func:`rayexp.publish.winner_key`); its usage lines, ``[]`` when
-    no backbone learned, None when registering failed (said, with the command that retries it: the weights are
-    kept for it)."""
+    """Register the recommendation's winner (:func:`rayexp.publish.winner_key`) under ``--register``'s name; its
+    usage lines, ``[]`` when no backbone learned, None when registering failed (said, with the command that
+    retries it: the weights are kept for it, and the trial's results stand: registering never changes its run)."""
     uri, experiment = plan.settings.tracking_uri, plan.settings.experiment
     key = publish.winner_key(uri, experiment, dataset, domain, keys)
     if key is None:
         print(f"[rayexp] no model registered: no backbone learned on {dataset} (none is above chance)", flush=True)
         return []
+    retry = publish.retry_command(uri, experiment, key, args.register, args.new_label_set)
     try:
-        model = publish.register_trial(uri, experiment, key, name)
+        model = publish.register_trial(uri, experiment, key, args.register, args.new_label_set)
     except RayexpError as exc:  # e.g. a winner stopped by ASHA or a budget: it never saved its best weights
-        print(f"[rayexp] could not register {key}: {exc}", flush=True)
+        print(f"[rayexp] could not register {key}: {exc}\n  retry: {retry}", flush=True)
         return None
     except Exception as exc:  # the sweep's results stand; the export can be retried from the kept weights
-        print(
-            f"[rayexp] could not register {key}: {type(exc).__name__}: {exc}\n  retry: python sweeps/export.py "
-            f"--tracking-uri {uri} --experiment {experiment} --key {key}",
-            flush=True,
-        )
+        print(f"[rayexp] could not register {key}: {type(exc).__name__}: {exc}\n  retry: {retry}", flush=True)
         return None
     return publish.usage_lines(model, uri)
 

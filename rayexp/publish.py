@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -29,8 +31,9 @@ from rayexp.settings import train_run_location
 
 
 def default_model_name(dataset: str, backbone: str) -> str:
-    """``<dataset>-<backbone>``, in the characters a registered model's name takes everywhere."""
-    return f"{dataset}-{backbone}".replace(":", "-").replace("@", "-").replace("/", "-")
+    """``<dataset>-<backbone>``, in the characters a registered model's name takes everywhere
+    (:data:`rayexp.tracking.registry.MODEL_NAME`): any other character becomes '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", f"{dataset}-{backbone}")[:200]
 
 
 def _example_image(data_dir: str, dataset: str, size: Sequence[int]) -> bytes:
@@ -58,9 +61,14 @@ def _best_weights(uri: str, run_id: str, settings: dict, key: TrialKey) -> dict:
     return state
 
 
-def register_trial(uri: str, experiment: str, key: str, name: str | None = None) -> tracking.RegisteredModel:
-    """Log the finished trial ``key`` of ``experiment`` as a servable MLflow model in its run and register it as a
-    new version of ``name`` (default ``<dataset>-<backbone>``)."""
+def register_trial(
+    uri: str, experiment: str, key: str, name: str | None = None, new_label_set: bool = False
+) -> tracking.RegisteredModel:
+    """Log the finished trial ``key`` of ``experiment`` as a servable MLflow model linked to its run (which stays
+    as it is, whatever happens) and register it as a new version of ``name`` (default ``<dataset>-<backbone>``);
+    a name whose latest version has other classes is refused unless ``new_label_set``."""
+    if name is not None:
+        tracking.check_model_name(name)
     parsed = TrialKey.parse(key)
     record = tracking.trial_record(uri, experiment, key)
     if record is None or record["status"] != tracking.FINISHED:
@@ -91,6 +99,7 @@ def register_trial(uri: str, experiment: str, key: str, name: str | None = None)
             name or default_model_name(manifest["name"], parsed.backbone),
             tags,
             example,
+            new_label_set=new_label_set,
         )
 
 
@@ -118,15 +127,28 @@ def usage_lines(model: tracking.RegisteredModel, uri: str) -> list[str]:
     """What the registered model is, then the commands that load it, serve it and call it (the recommendation
     page, the console and the README show these)."""
     acc = "" if model.accuracy is None else f", test accuracy {100 * model.accuracy:.1f}%"
+    load = (  # double quotes inside: the whole goes in single quotes for the shell
+        f"import mlflow, pandas; mlflow.set_tracking_uri({json.dumps(uri)}); "
+        f"m = mlflow.pyfunc.load_model({json.dumps(model.uri)}); "
+        'print(m.predict(pandas.DataFrame({"image": [open("image.jpg", "rb").read()]})))'
+    )
     return [
         f"Registered as {model.name} version {model.version} (trial {model.key}{acc}), in the MLflow store {uri}. "
         "Load it, serve it and call it (with the virtualenv active: . .venv/bin/activate):",
-        f"python -c \"import mlflow, pandas; mlflow.set_tracking_uri('{uri}'); m = mlflow.pyfunc.load_model("
-        f"'{model.uri}'); print(m.predict(pandas.DataFrame({{'image': [open('image.jpg', 'rb').read()]}})))\"",
-        f"MLFLOW_TRACKING_URI={uri} mlflow models serve -m {model.uri} --env-manager local -p 5001",
+        f"python -c {shlex.quote(load)}",
+        f"MLFLOW_TRACKING_URI={shlex.quote(uri)} mlflow models serve -m {shlex.quote(model.uri)} "
+        "--env-manager local -p 5001",
         "curl -s localhost:5001/invocations -H 'Content-Type: application/json' "
         '-d "{\\"dataframe_split\\": {\\"columns\\": [\\"image\\"], \\"data\\": [[\\"$(base64 -w0 image.jpg)\\"]]}}"',
     ]
+
+
+def retry_command(uri: str, experiment: str, key: str, name: str | None, new_label_set: bool = False) -> str:
+    """The ``sweeps/export.py`` command that registers ``key`` again, as it was asked for, quoted for a shell."""
+    words = ["python", "sweeps/export.py", "--tracking-uri", uri, "--experiment", experiment, "--key", key]
+    words += ["--register", name] if name else []
+    words += ["--new-label-set"] if new_label_set else []
+    return shlex.join(words)
 
 
 def forget_best_weights(storage: str, experiment: str, keys: Sequence[TrialKey]) -> None:

@@ -26,8 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--register", metavar="NAME", default=None, help="registered model name (default <dataset>-<backbone>)"
     )
+    p.add_argument(
+        "--new-label-set",
+        action="store_true",
+        help="register a new version of NAME even though its latest version classifies other classes",
+    )
     args = p.parse_args(argv)
     try:
+        if args.register is not None:
+            tracking.check_model_name(args.register)
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
         tracking.existing_experiment(uri, args.experiment)  # nothing is created for a mistyped name
         key = args.key
@@ -36,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             key = publish.winner_key(uri, args.experiment, args.best, next(iter(domains - {None}), ""), [])
             if key is None:
                 raise RayexpError(f"no backbone learned on {args.best} in {args.experiment} (none is above chance)")
-        model = publish.register_trial(uri, args.experiment, key, args.register)
+        model = publish.register_trial(uri, args.experiment, key, args.register, args.new_label_set)
     except RayexpError as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 2

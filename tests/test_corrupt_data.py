@@ -17,7 +17,8 @@ from PIL import Image
 
 from rayexp import tracking
 from rayexp.cli import SweepDefaults, main
-from rayexp.data.pipeline import ShardDataError, decode_resize_batch, png_problem
+from rayexp.data.imagefile import png_problem
+from rayexp.data.pipeline import ShardDataError, decode_resize_batch
 from rayexp.data.shards import MANIFEST, load_manifest, manifest_fingerprint
 from rayexp.data.shards import file_sha256 as _file_sha256
 from rayexp.settings import SweepSettings
@@ -60,8 +61,8 @@ def test_a_corrupt_png_raises_a_named_error_instead_of_crashing_the_process():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (
-        "shard /data/x/train/part-00000.parquet, row id 'c/7.png': the image cannot be decoded (CRC mismatch"
-        in done.stdout
+        "shard /data/x/train/part-00000.parquet, row id 'c/7.png': the image cannot be decoded "
+        "(a damaged PNG (CRC mismatch" in done.stdout
     )
 
 

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rayexp.data.codec import DECODE_ERRORS, load_image, to_rgb
+from rayexp.data.imagefile import ImageFileError, load_image, to_rgb
 from rayexp.data.records import Source, assign_splits
 from rayexp.data.rows import fraction_count
 from rayexp.data.shards import SPLITS
@@ -123,7 +123,8 @@ def inspect_image(image: object) -> tuple[int, int, str, str]:
     """(height, width, original PIL mode, pixel key) of one record's image, loaded as preparation loads it.
 
     The key hashes the decoded RGB pixels and the shape, not the file: a PNG and a BMP of the same
-    pixels are duplicates, two JPEG encodings of one photo are not. Raises one of ``DECODE_ERRORS``.
+    pixels are duplicates, two JPEG encodings of one photo are not. Raises
+    :class:`~rayexp.data.imagefile.ImageFileError` for a file that cannot be decoded.
     """
     pil, _ = load_image(image)
     mode = pil.mode
@@ -137,7 +138,7 @@ def _inspect_job(job: tuple) -> tuple:
     image, record_id = job
     try:
         return inspect_image(image)
-    except DECODE_ERRORS as exc:
+    except (ImageFileError, OSError, ValueError) as exc:  # to_rgb's errors: a mode PIL cannot convert
         return None, f"{record_id}: {exc}"
 
 

@@ -16,46 +16,19 @@ from __future__ import annotations
 import logging
 import math
 import os
-import zlib
 from typing import Sequence
 
 import numpy as np
 import ray.data
-import torch
 from ray.data.expressions import col, lit
 
 from rayexp.data.batches import CACHE_SPLITS
+from rayexp.data.imagefile import ImageFileError, at_input_size, decode_stored
 from rayexp.data.rows import Dialect, TrialRows, split_rows, trial_rows
 from rayexp.data.shards import split_paths
 from rayexp.errors import RayexpError
 
 DECODE_BLOCK_ROWS = 256  # rows per Ray Data block to decode: small enough that every data CPU gets some
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_problem(data: bytes) -> str | None:
-    """Why ``data`` is not a well-formed PNG (a chunk cut short, a CRC that does not match, no IEND), or None.
-
-    torchvision's PNG decoder crashes the whole process (a segfault, which Ray then retries for ever) on a
-    PNG that libpng rejects; checking every chunk's CRC first (zlib's crc32, microseconds per image) turns
-    any changed byte into an error that can be named.
-    """
-    if data[:8] != PNG_SIGNATURE:
-        return "not a PNG signature"
-    view, at = memoryview(data), 8
-    while at + 12 <= len(data):
-        length = int.from_bytes(view[at : at + 4], "big")
-        end = at + 12 + length
-        if end > len(data):
-            return f"chunk at byte {at} runs past the end"
-        if zlib.crc32(view[at + 4 : at + 8 + length]) != int.from_bytes(view[at + 8 + length : end], "big"):
-            return f"CRC mismatch in the {bytes(view[at + 4 : at + 8]).decode('latin-1')!r} chunk at byte {at}"
-        if view[at + 4 : at + 8] == b"IEND":
-            return None
-        at = end
-    return "no IEND chunk (truncated)"
 
 
 class ShardDataError(RayexpError):
@@ -78,10 +51,6 @@ def decode_resize_batch(
     column passes through (int64): with the label it names the row in its split, so that an evaluation's
     predictions can be written against the rows' ids.
     """
-    # torchvision takes over a second to import, and a trial's driver process imports this module only to
-    # build its datasets: it is imported where images are decoded or augmented, in the processes that do so.
-    from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import resize
 
     def where(i: int) -> str:
         path = str(batch["path"][i]) if "path" in batch else "?"
@@ -95,22 +64,16 @@ def decode_resize_batch(
         bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
         if len(bad):
             raise ShardDataError(f"{where(bad[0])}: label {labels[bad[0]]} is outside 0..{n_classes - 1}; {fix}")
-    height, width = int(size[0]), int(size[1])
-    images = np.empty((len(batch["image"]), height, width, 3), dtype=np.uint8)
+    size = (int(size[0]), int(size[1]))
+    images = np.empty((len(batch["image"]), *size, 3), dtype=np.uint8)
     for i, data in enumerate(batch["image"]):
-        problem = png_problem(data) if data[:8] == PNG_SIGNATURE else None
-        if problem is None:
-            try:
-                chw = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            except RuntimeError as exc:  # libjpeg's errors; a PNG that would crash never gets here
-                problem = str(exc).splitlines()[0][:200]
-        if problem is not None:
+        try:
+            chw = decode_stored(data)
+        except ImageFileError as exc:
             raise ShardDataError(
-                f"{where(i)}: the image cannot be decoded ({problem}); the shard changed after preparation: {fix}"
-            )
-        if tuple(chw.shape[1:]) != (height, width):
-            chw = resize(chw, [height, width], antialias=True)
-        images[i] = chw.permute(1, 2, 0).numpy()
+                f"{where(i)}: the image cannot be decoded ({exc}); the shard changed after preparation: {fix}"
+            ) from None
+        images[i] = at_input_size(chw, size).permute(1, 2, 0).numpy()
     out = {"image": images, "label": labels}
     if "rank" in batch:
         out["rank"] = batch["rank"].astype(np.int64)

@@ -25,7 +25,7 @@ from rayexp.tracking.cells import ensure_cell_runs, fetch_cells, log_cell_summar
 from rayexp.tracking.client import check_server, ensure_experiment, existing_experiment, resolve_tracking_uri
 from rayexp.tracking.lock import SweepLock, acquire_sweep_lock
 from rayexp.tracking.reading import fetch_artifact, fetch_predictions, fetch_trial_results, metric_history
-from rayexp.tracking.registry import RegisteredModel, register_model
+from rayexp.tracking.registry import RegisteredModel, check_model_name, label_set_problem, register_model
 from rayexp.tracking.runs import TrialRun, summary_run
 from rayexp.tracking.schema import (
     ACCELERATOR_TAG,
@@ -43,6 +43,7 @@ from rayexp.tracking.schema import (
     CELL_KIND,
     CELL_TAG,
     CHANNELS_LAST_PARAM,
+    CLASSES_TAG,
     CODE_VERSION_TAG,
     COMPILE_PARAM,
     CONFIG_ARTIFACT,
@@ -69,6 +70,7 @@ from rayexp.tracking.schema import (
     MEAN_METRIC,
     MODEL_ARTIFACT,
     MODEL_INPUT_PARAM,
+    N_CLASSES_TAG,
     N_SEEDS_METRIC,
     NODE_ID_TAG,
     NODE_IP_TAG,
@@ -169,7 +171,9 @@ __all__ = [
     "NODE_ID_TAG",
     "RAY_TRIAL_TAG",
     "ACCELERATOR_TAG",
+    "CLASSES_TAG",
     "DATA_TAG",
+    "N_CLASSES_TAG",
     "PROTOCOL_TAG",
     "SETTINGS_TAG",
     "WEIGHTS_TAG",
@@ -253,6 +257,8 @@ __all__ = [
     "fetch_trial_results",
     "metric_history",
     "RegisteredModel",
+    "check_model_name",
+    "label_set_problem",
     "register_model",
     "TrialRun",
     "summary_run",

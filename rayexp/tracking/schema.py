@@ -52,6 +52,8 @@ ACCELERATOR_TAG = "accelerator"
 RUNTIME_TAG = "runtime"  # the attempt's: "train" (a Ray Train worker) or "tune" (the Tune trial function)
 # What a trial run was produced from (see rayexp.fingerprint): a finished run counts only for the same values.
 DATA_TAG = "data_fingerprint"
+CLASSES_TAG = "classes_sha256"  # on a registered model version: its label set (class names in order), hashed
+N_CLASSES_TAG = "n_classes"  # on a registered model version
 PROTOCOL_TAG = "protocol_fingerprint"
 SETTINGS_TAG = "protocol_settings"  # the settings behind the protocol fingerprint, as JSON, to say what changed
 WEIGHTS_TAG = "weights_origin"  # pretrained | random
