@@ -7,6 +7,7 @@ registration can never change the trial's run."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -288,6 +290,36 @@ def _group_rss(pgid: int) -> int:
     return total
 
 
+@contextlib.contextmanager
+def model_server(uri: str, model: str, env: dict[str, str] | None = None) -> Iterator[tuple[int, subprocess.Popen]]:
+    """A real ``mlflow models serve --env-manager local`` of ``model`` on a free loopback port, up (its ``/ping``
+    answers) for the block and stopped after: ``(port, the server process)``."""
+    port = _free_port()
+    environment = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # uvicorn
+        **(env or {}),
+    }
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "mlflow", "models", "serve", "-m", model]
+        + ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _alive(port):
+            assert server.poll() is None and time.monotonic() < deadline, "the model server did not come up"
+            time.sleep(0.5)
+        yield port, server
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
 def _attacks(red: bytes) -> list[tuple[str, dict | str, str]]:
     """(what, request, what the 400's message must say) for every attack the issue found, and more."""
     png = red
@@ -329,26 +361,8 @@ def _attacks(red: bytes) -> list[tuple[str, dict | str, str]]:
 
 @pytest.mark.slow
 def test_the_server_answers_every_attack_with_a_400_and_stays_up(served):
-    port = _free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": served["uri"],
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # uvicorn
-        "RAYEXP_SERVE_MAX_REQUEST_PIXELS": "60000000",
-    }
-    server = subprocess.Popen(
-        [Path(sys.executable).parent / "mlflow", "models", "serve", "-m", "models:/formats-model/1"]
-        + ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not _alive(port):
-            assert server.poll() is None and time.monotonic() < deadline, "the model server did not come up"
-            time.sleep(0.5)
+    budget = {"RAYEXP_SERVE_MAX_REQUEST_PIXELS": "60000000"}
+    with model_server(served["uri"], "models:/formats-model/1", budget) as (port, server):
         files = sorted(served["folder"].glob("*/*"))
         status, body = _request(port, _images(*(p.read_bytes() for p in files)))
         assert status == 200 and len(body["predictions"]) == len(files) == 28
@@ -381,9 +395,6 @@ def test_the_server_answers_every_attack_with_a_400_and_stays_up(served):
         print(f"server RSS {baseline / 1e6:.0f} MB before, {grown / 1e6:+.0f} MB after a 50 x 1 MP request")
         assert grown < 100e6  # each image decodes to 3 MB, one at a time; none of it is kept
         assert _alive(port)
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
 
 # my_data.py: what could make a registration fail is said before anything is trained ---------------------------

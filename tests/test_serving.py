@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from rayexp.my_data import main
 from rayexp.publish import register_trial
 from rayexp.settings import train_run_location
 from tests.test_my_data import DEFAULTS, _argv, digits_folder
-from tests.test_sweep_e2e import _free_port
+from tests.test_served_model import model_server
 
 TIMM, TV = "timm:resnet18", "torchvision:mobilenet_v3_small"
 
@@ -98,29 +97,7 @@ def test_my_data_registers_the_winner_and_mlflow_serves_it(ray_local, tmp_path, 
     expected = _in_process(weights, manifest, encoded)
     assert len(set(expected)) > 1  # a network that learned something, not one answer for all
 
-    port = _free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # uvicorn
-    }
-    server = subprocess.Popen(
-        [Path(sys.executable).parent / "mlflow", "models", "serve", "-m", "models:/digits-model/1"]
-        + ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "the model server did not come up"
-                time.sleep(0.5)
+    with model_server(uri, "models:/digits-model/1") as (port, _):
         rows = [[base64.b64encode(data).decode()] for data in encoded]
         served = _post(port, {"dataframe_split": {"columns": ["image"], "data": rows}})
         assert [p["class_index"] for p in served] == expected
@@ -129,9 +106,6 @@ def test_my_data_registers_the_winner_and_mlflow_serves_it(ray_local, tmp_path, 
         pixels = [np.asarray(Image.open(p).convert("RGB")).tolist() for p in images[:2]]
         decoded = _post(port, {"dataframe_records": [{"pixels": x} for x in pixels]})
         assert [p["class_index"] for p in decoded] == expected[:2]
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
 
     # A fresh process with MLflow alone (no rayexp import) loads the registered version and agrees.
     script = (
