@@ -320,11 +320,12 @@ def plan_sweep(
     found.add(preflight.WEIGHTS, problems)
     tracking_uri = tracking.resolve_tracking_uri(settings.tracking_uri)
     found.add(preflight.STORE, preflight.tracking_problems(tracking_uri))
+    memory, memory_notes = preflight.trial_memory_check(settings, manifests)
+    found.add(preflight.MEMORY, memory, advice=preflight.MEMORY_ADVICE)
     found.raise_if_any()
     tracking.ensure_experiment(tracking_uri, settings.experiment)  # creates it: only once everything else passed
-    for note in preflight.input_size_notes(settings.backbones, manifests) + preflight.batch_size_notes(
-        settings, manifests
-    ):
+    notes = preflight.input_size_notes(settings.backbones, manifests) + preflight.batch_size_notes(settings, manifests)
+    for note in notes + memory_notes:
         print(f"[rayexp] note: {note}", flush=True)
     preflight.announce_random_init(random_init)
     return SweepPlan(

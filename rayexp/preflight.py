@@ -7,10 +7,13 @@ with the command that prepares each, and missing weights, and the tracking store
 
 from __future__ import annotations
 
+import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -18,6 +21,7 @@ from rayexp import tracking
 from rayexp.backbones import get_spec
 from rayexp.backbones.checkpoint import file_sha256, read_checkpoint
 from rayexp.backbones.factory import check_checkpoint
+from rayexp.backbones.footprint import GB, footprint, trial_memory, trial_precision
 from rayexp.backbones.specs import REGISTRY_INPUT
 from rayexp.backbones.weights import OFFLINE_ENV, WeightsStatus, weights_status
 from rayexp.data.preparation import how_to_prepare
@@ -31,6 +35,7 @@ INPUT_SIZES = "input sizes the backbones cannot take"
 SELECTION = "selection=val needs a validation row in every class"
 WEIGHTS = "weights cannot be had or do not fit, nothing was started"
 STORE = "the MLflow tracking store cannot be used"
+MEMORY = "trials that cannot fit the memory they would run in, nothing was started"
 LOCATIONS = "folders that cannot be written"
 _STARTED = ", nothing was started"
 
@@ -161,6 +166,221 @@ def batch_size_notes(settings: SweepSettings, manifests: dict[str, dict]) -> lis
                 f"the default batches are for: the same pixels per batch instead ({pairs})"
             )
     return notes
+
+
+# A trial's memory and CPU time, from its model counted on the meta device (rayexp.backbones.footprint).
+
+# What one CPU thread computes per second training a dense network in fp32, measured on a 2-core AMD EPYC VM
+# (one thread, a training step with AdamW): ResNet-18/50, ConvNeXt-T and ViT-B/16 47-62 GFLOP/s, EfficientNet-V2-S
+# 45, DenseNet-161 39, MobileNet-V3 and EfficientNet-Lite0 19-21, tiny 32x32 inputs 4. The dense figure makes the
+# time a floor on such a CPU: most networks take longer than said (a core with AVX-512 or AMX can take less).
+CPU_FLOPS_PER_THREAD = 50e9
+LONG_TRIAL_HOURS = 1.0  # a CPU trial at least this long is announced before the sweep starts
+# GPU memory by Ray's accelerator type (--accelerator-type), in MiB as nvidia-smi reports it; the types whose
+# memory varies by model (A100, V100) are not listed, and are not checked before Ray starts.
+GPU_MEMORY_MIB = {
+    "A100-40G": 40960,
+    "A100-80G": 81920,
+    "H100": 81559,
+    "H200": 143771,
+    "L4": 23034,
+    "L40S": 46068,
+    "A10G": 23028,
+    "T4": 15360,
+}
+MEMORY_ADVICE = (
+    "each estimate is a floor: weights, gradients, AdamW's moments and the best epoch's copy (20 bytes per parameter) "
+    "plus the activations autograd keeps, counted on PyTorch's meta device (rayexp/backbones/footprint.py)"
+)
+
+
+@dataclass(frozen=True)
+class TrialNode:
+    """What one trial of the sweep gets, as far as the preflight can tell before Ray starts."""
+
+    gpu: bool
+    memory: float  # bytes: one GPU's memory (its --gpus-per-trial share), or the machine's memory
+    where: str  # in words, e.g. "this machine's 24.6 GB of memory"
+    threads: int = 1  # the CPU threads a CPU trial trains with (Ray's OMP_NUM_THREADS: its worker CPUs, at least 1)
+    at_once: int = 1  # CPU trials that can run at once on the machine, each in its own worker, sharing its memory
+
+
+def host_memory() -> float:
+    """This machine's memory in bytes, or its cgroup's limit (a container's) where that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit():
+            total = min(total, int(value))
+    return float(total)
+
+
+def visible_gpu_memory(listing: str, visible: str | None) -> list[float]:
+    """Each GPU's memory in bytes, from ``nvidia-smi --query-gpu=index,uuid,memory.total --format=csv,noheader,
+    nounits``, of the GPUs ``CUDA_VISIBLE_DEVICES`` (``visible``: indices or UUID prefixes) leaves visible."""
+    rows = [[cell.strip() for cell in line.split(",")] for line in listing.splitlines() if line.strip()]
+    if visible is not None:
+        wanted = [v.strip() for v in visible.split(",") if v.strip()]
+        rows = [r for r in rows if len(r) == 3 and any(w == r[0] or r[1].startswith(w) for w in wanted)]
+    return [float(r[2]) * 2**20 for r in rows if len(r) == 3 and r[2].isdigit()]
+
+
+def local_gpu_memory() -> list[float]:
+    """The memory of each GPU this machine's trials would see, from nvidia-smi (which, unlike asking CUDA, leaves
+    this process without a CUDA context); none without nvidia-smi."""
+    query = ["nvidia-smi", "--query-gpu=index,uuid,memory.total", "--format=csv,noheader,nounits"]
+    try:
+        listing = subprocess.run(query, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return visible_gpu_memory(listing, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def trial_node(settings: SweepSettings) -> tuple[TrialNode | None, str]:
+    """What a trial of this sweep will have, as Ray will place it: a GPU where the trials take one (the memory of
+    ``--accelerator-type``'s, or of this machine's smallest GPU), else this machine's memory; ``(None, why not)``
+    where it cannot be known before Ray starts (a cluster's nodes)."""
+    if settings.device != "cpu":
+        share = min(1.0, settings.gpus_per_trial)  # trials of a fraction of a GPU share its memory
+        of = f"{share:g} of " if share < 1 else ""
+        mib = GPU_MEMORY_MIB.get(settings.accelerator_type or "")
+        if mib:
+            gpu = mib * 2**20
+            return TrialNode(True, gpu * share, f"{of}one {settings.accelerator_type}'s {gpu / GB:.1f} GB"), ""
+        if not settings.address:
+            gpus = local_gpu_memory()
+            if gpus:
+                return TrialNode(True, min(gpus) * share, f"{of}this machine's GPU's {min(gpus) / GB:.1f} GB"), ""
+            if settings.device == "gpu":
+                return None, "--device gpu and this machine has no GPU: the trials' memory was not checked"
+    if settings.address:
+        return None, (
+            "the memory of the cluster's nodes is not known before Ray starts: the trials' memory was not checked "
+            f"(--accelerator-type {', '.join(GPU_MEMORY_MIB)} lets the preflight check it against that GPU's)"
+        )
+    # As rayexp.orchestrate.resources places CPU trials: 1 worker and 1 data CPU each unless set, as many at once as
+    # the CPUs hold (at most --max-concurrent)
+    worker, data = settings.worker_cpus or 1.0, settings.data_cpus or 1.0
+    at_once = max(1, int((os.cpu_count() or 1) // (worker + data)))
+    at_once = min(at_once, settings.max_concurrent or at_once)
+    memory = host_memory()
+    where = f"this machine's {memory / GB:.1f} GB of memory"
+    return TrialNode(False, memory, where, threads=max(1, math.floor(worker)), at_once=at_once), ""
+
+
+def _size_text(backbone: str, size: tuple[int, int]) -> str:
+    fixed = get_spec(backbone).fixed_input
+    if fixed and tuple(fixed) != tuple(size):
+        return f"{fixed[0]}x{fixed[1]} (resized from {size[0]}x{size[1]})"
+    return f"{size[0]}x{size[1]}"
+
+
+def memory_problems(
+    settings: SweepSettings, manifests: dict[str, dict], node: TrialNode
+) -> tuple[list[str], list[str]]:
+    """``(problems, notes)``: every (backbone, dataset) whose trial's memory (:func:`trial_memory`, at the trial's
+    batch, precision and input size) exceeds ``node``'s, with the numbers and the largest batch that fits; a
+    note for each backbone whose memory could not be counted, and one where the CPU trials that run at once
+    (``node.at_once``) could together exceed it."""
+    problems, notes, largest = [], [], None
+    precision = trial_precision(settings.train.precision, node.gpu)
+    for backbone in settings.backbones:
+        for name, manifest in sorted(manifests.items()):
+            size = tuple(manifest["input_size"])
+            batch = settings.batch_size_for(backbone, size)
+            classes = manifest.get("n_classes") or len(manifest["classes"])
+            try:
+                estimate = trial_memory(backbone, size, batch, precision, classes, flops=not node.gpu)
+            except RayexpError as exc:
+                notes.append(f"{exc}; not checked against {node.where}")
+                continue
+            if estimate.total_bytes <= node.memory:
+                if largest is None or estimate.total_bytes > largest[0].total_bytes:
+                    largest = (estimate, backbone, name)
+                continue
+            fits = estimate.largest_batch(node.memory)
+            fix = (
+                f"--batch-size {fits} or less (it sets every backbone's batch)"
+                if fits >= 2
+                else "not even a batch of 2 fits"
+            )
+            problems.append(
+                f"{backbone} on {name} at {_size_text(backbone, size)}, batch {batch}, {precision}: "
+                f"{estimate.describe()} > {node.where}; fix: {fix}, or leave it out of --backbones (a smaller "
+                "backbone or input size)"
+            )
+    trials = len(settings.backbones) * len(manifests) * len(set(settings.fractions)) * len(set(settings.seeds))
+    at_once = min(node.at_once, trials)
+    if largest and at_once > 1 and at_once * largest[0].total_bytes > node.memory:
+        estimate, backbone, name = largest
+        notes.append(
+            f"up to {at_once} trials run at once on this machine: {backbone} on {name} needs "
+            f"{estimate.describe()} each, {at_once * estimate.total_bytes / GB:.1f} GB for {at_once} > {node.where}; "
+            f"--max-concurrent {max(1, int(node.memory // estimate.total_bytes))} keeps them within it"
+        )
+    return problems, notes
+
+
+def least_epochs(settings: SweepSettings) -> int:
+    """The fewest epochs a trial runs: DualOpt's first phase ends after ``patience`` epochs without improvement
+    (the first epoch always improves), its second after ``patience`` more; each capped at ``max_epochs``, and the
+    whole at ``--trial-epoch-budget``."""
+    t = settings.train
+    epochs = min(t.max_epochs, t.patience + 1) + (min(t.max_epochs, t.patience) if t.dualopt else 0)
+    return min(epochs, settings.trial_epoch_budget or epochs)
+
+
+def cpu_time_notes(
+    settings: SweepSettings, manifests: dict[str, dict], node: TrialNode, flops_per_thread: float = CPU_FLOPS_PER_THREAD
+) -> list[str]:
+    """CPU trials that would take :data:`LONG_TRIAL_HOURS` or more at the least: the training FLOPs (three
+    forwards per training image, one per test or validation image) over the fewest epochs a trial runs
+    (:func:`least_epochs`) at the largest fraction, at ``flops_per_thread`` per thread. None on a GPU, or where
+    ``--trial-time-budget`` stops trials within the hour."""
+    budget = settings.trial_time_budget
+    if node.gpu or (budget is not None and budget < LONG_TRIAL_HOURS * 3600):
+        return []
+    precision = trial_precision(settings.train.precision, on_gpu=False)
+    epochs, fraction, rate = least_epochs(settings), max(settings.fractions), flops_per_thread * node.threads
+    trials = len(set(settings.fractions)) * len(set(settings.seeds))
+    notes = []
+    for backbone in settings.backbones:
+        for name, manifest in sorted(manifests.items()):
+            size = tuple(manifest["input_size"])
+            try:
+                counted = footprint(backbone, size, precision, flops=True)
+            except RayexpError:  # memory_problems notes it
+                continue
+            trained = manifest["splits"]["train"]["rows"] * fraction
+            evaluated = sum(split["rows"] for split_name, split in manifest["splits"].items() if split_name != "train")
+            seconds = epochs * (trained * counted.train_flops + evaluated * counted.forward_flops) / rate
+            hours = seconds / 3600
+            if hours < LONG_TRIAL_HOURS:
+                continue
+            notes.append(
+                f"{backbone} on {name} at {_size_text(backbone, size)}, {precision}: at least about {hours:.1f} "
+                f"hours per trial on this CPU (x{trials} trials): {epochs} epochs at the least of {trained:.0f} "
+                f"training images (fraction {fraction:g}), {counted.train_flops / 1e9:.1f} GFLOP each, at "
+                f"{rate / 1e9:.0f} GFLOP/s; a GPU, a smaller backbone or input, or --trial-time-budget shortens it"
+            )
+    return notes
+
+
+def trial_memory_check(
+    settings: SweepSettings, manifests: dict[str, dict], node: TrialNode | None = None
+) -> tuple[list[str], list[str]]:
+    """``(problems, notes)`` of the sweep's trials on ``node`` (by default :func:`trial_node`): the trials that
+    cannot fit its memory (:func:`memory_problems`), and notes: CPU trials of an hour or more
+    (:func:`cpu_time_notes`), what could not be checked."""
+    if node is None:
+        node, why = trial_node(settings)
+        if node is None:
+            return [], [why]
+    problems, uncounted = memory_problems(settings, manifests, node)
+    return problems, uncounted + cpu_time_notes(settings, manifests, node)
 
 
 def weights_problems(

@@ -31,7 +31,14 @@ def _build(spec: BackboneSpec) -> nn.Module:
     # (which the CLI does to check backbone names) has never paid it.
     import torchvision.models
 
-    return torchvision.models.get_model(spec.builder, weights=None, num_classes=spec.pretrained_classes)
+    extra = {}
+    if spec.fixed_input:  # built for its weights' size, as torchvision's builder does when it is given the weights
+        module = torchvision.models.get_model_builder(spec.builder).__module__.rsplit(".", 1)[-1]
+        if module == "vision_transformer":  # e.g. vit_h_14's default (SWAG) weights are for 518x518, not 224
+            extra = {"image_size": spec.fixed_input[0]}
+        elif module == "maxvit":
+            extra = {"input_size": tuple(spec.fixed_input)}
+    return torchvision.models.get_model(spec.builder, weights=None, num_classes=spec.pretrained_classes, **extra)
 
 
 def _head_name(model: nn.Module, spec: BackboneSpec) -> str:
