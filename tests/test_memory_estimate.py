@@ -245,3 +245,11 @@ def test_the_visible_gpus_memory_is_read_from_nvidia_smi_as_cuda_visible_devices
     assert preflight.visible_gpu_memory(listing, "1") == [40960 * 2**20]
     assert preflight.visible_gpu_memory(listing, "GPU-aaaa") == [81920 * 2**20]
     assert preflight.visible_gpu_memory(listing, "") == []
+
+
+def test_a_vit_whose_weights_are_for_518_is_built_and_counted_at_518():
+    # vit_h_14's default (SWAG) weights are for 518x518: the model is built for that size, as torchvision builds
+    # it when given the weights (built at 224 it could neither load them nor take a 518 input)
+    counted = footprint("torchvision:vit_h_14+random", (32, 32), "fp32")
+    assert counted is footprint("torchvision:vit_h_14+random", (518, 518), "fp32")
+    assert counted.saved_per_image > 3e9  # 37x37 patches: 3.6 GB per image, against 0.68 GB at 224
