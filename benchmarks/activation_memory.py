@@ -32,9 +32,9 @@ LIMIT = 72 * GB
 CLASSES = 10
 
 
-def saved_bytes(model: torch.nn.Module, size: tuple[int, int], batch: int) -> int:
-    """Bytes autograd keeps for the backward pass of one real bf16 training forward of ``batch`` images on the CPU:
-    distinct storages, the input's, the parameters' and the buffers' left out."""
+def saved_bytes(model: torch.nn.Module, size: tuple[int, int], batch: int, precision: str = "bf16") -> int:
+    """Bytes autograd keeps for the backward pass of one real training forward of ``batch`` images on the CPU (at
+    ``precision``): distinct storages, the input's, the parameters' and the buffers' left out."""
     held = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     storages: dict[int, int] = {}
 
@@ -47,7 +47,7 @@ def saved_bytes(model: torch.nn.Module, size: tuple[int, int], batch: int) -> in
     images = torch.randn(batch, 3, *size).contiguous(memory_format=torch.channels_last)
     held.add(images.untyped_storage().data_ptr())
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(images.device, "bf16"):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(images.device, precision):
         model(images)
     return sum(storages.values())
 

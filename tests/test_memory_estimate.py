@@ -13,12 +13,13 @@ import pytest
 import torch
 import torchvision
 
+from benchmarks.activation_memory import saved_bytes
 from rayexp import preflight
 from rayexp.backbones import create_trial_model, list_backbones
 from rayexp.backbones.footprint import GB, STATE_BYTES_PER_PARAM, footprint, trial_memory
 from rayexp.data.shards import load_manifest
 from rayexp.settings import SweepSettings
-from rayexp.training import Progress, TrainConfig, autocast
+from rayexp.training import Progress, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VIT_H = "torchvision:vit_h_14@ViT_H_14_Weights.IMAGENET1K_SWAG_LINEAR_V1"  # 631M parameters, 224x224 only
@@ -33,31 +34,11 @@ def _manifest(size: tuple[int, int], classes: int = 10, train: int = 1438, test:
     }
 
 
-def _real_saved_bytes(model: torch.nn.Module, size: tuple[int, int], batch: int, precision: str) -> int:
-    """Bytes autograd keeps after one real training forward on the CPU: distinct storages by address, the input,
-    parameters and buffers left out (what the trial's memory holds on top of its weights)."""
-    held = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in held:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    images = torch.randn(batch, 3, *size).contiguous(memory_format=torch.channels_last)
-    held.add(images.untyped_storage().data_ptr())
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(images.device, precision):
-        model(images)
-    return sum(storages.values())
-
-
 def _real_per_image(name: str, size: tuple[int, int], precision: str) -> tuple[float, float]:
     """(saved bytes per image, saved bytes that do not grow with the batch) of the trial's real model on the CPU,
     from forwards at batches 2 and 4."""
     model = create_trial_model(name, 10, seed=0, device=torch.device("cpu"), pretrained=False)
-    small, large = (_real_saved_bytes(model, size, b, precision) for b in (2, 4))
+    small, large = (saved_bytes(model, size, b, precision) for b in (2, 4))
     per_image = (large - small) / 2
     return per_image, small - 2 * per_image
 
