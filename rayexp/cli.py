@@ -16,14 +16,14 @@ from typing import Callable, Sequence
 
 import torch
 
-from rayexp import options, preflight, report, tracking
+from rayexp import cluster_shape, options, preflight, report, tracking
 from rayexp.backbones import canonical_name, get_spec, sweep_backbones
 from rayexp.data.catalog import default_data_dir, get_dataset_info
 from rayexp.data.shards import is_prepared, is_uri
 from rayexp.errors import RayexpError
 from rayexp.grid import TrialKey, expand_grid, seed_problem
 from rayexp.results import current_results, summarize
-from rayexp.settings import GROUP_TITLES, SweepPlan, SweepSettings
+from rayexp.settings import GROUP_TITLES, TRAIN_RUNTIME, SweepPlan, SweepSettings
 from rayexp.storage import storage_fault
 
 
@@ -62,7 +62,38 @@ def build_parser(defaults: SweepDefaults, exclude: tuple[str, ...] = ()) -> argp
         help="list the backbones --backbones accepts (the registry, torchvision:, timm:), with parameters and "
         "ImageNet top-1, those matching PATTERN (e.g. 'timm:convnext*') if given, and exit",
     )
+    p.add_argument(
+        "--check-cluster",
+        metavar="CLUSTER_YAML",
+        help="check a Ray autoscaler config (e.g. an edited cluster.yaml) against this sweep's settings before "
+        "`ray up`: whether a trial fits each node type, how many per node and at once, and the head's memory rule; "
+        "starts nothing (exit 2 when a trial fits no node type)",
+    )
     return p
+
+
+def check_cluster(defaults: SweepDefaults, args: argparse.Namespace) -> int:
+    """``--check-cluster``: the sweep's trial request against a cluster config's node types, with the code that
+    checks a running cluster before Tune starts (:mod:`rayexp.cluster_shape`)."""
+    from rayexp.orchestrate.resources import trial_cpus
+
+    config = cluster_shape.load_config(args.check_cluster)
+    settings = settings_from(defaults, args)
+    types = cluster_shape.node_types(config)
+    use_gpu = settings.device == "gpu" or (settings.device == "auto" and any(t.resources.get("GPU") for t in types))
+    worker, data = trial_cpus(settings, use_gpu)
+    request = cluster_shape.TrialRequest(
+        worker, data, settings.gpus_per_trial if use_gpu else 0.0, settings.accelerator_type if use_gpu else None
+    )
+    lines, problems = cluster_shape.cluster_report(
+        request, config, settings.trial_runtime == TRAIN_RUNTIME, settings.max_concurrent
+    )
+    print(f"{args.check_cluster}, for this sweep's settings (runtime {settings.trial_runtime}):")
+    print("\n".join(lines))
+    if problems:
+        raise RayexpError(f"{args.check_cluster} cannot run this sweep:\n" + "\n".join(f"  - {p}" for p in problems))
+    print(f"{args.check_cluster}: every trial fits")
+    return 0
 
 
 def print_backbones(pattern: str) -> int:
@@ -170,7 +201,12 @@ def guarded(
     try:
         # `is not None`: `--list-backbones ''` is given too (and refused), never a sweep
         listing = getattr(args, "list_backbones", None)
-        code = print_backbones(listing) if listing is not None else run(defaults, args)
+        if listing is not None:
+            code = print_backbones(listing)
+        elif getattr(args, "check_cluster", None) is not None:
+            code = check_cluster(defaults, args)
+        else:
+            code = run(defaults, args)
         sys.stdout.flush()  # here, where a closed pipe can be caught, not at the interpreter's exit
         return code
     except RayexpError as exc:

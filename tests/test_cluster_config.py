@@ -4,6 +4,7 @@ import copy
 
 import yaml
 
+from rayexp import cluster_shape
 from rayexp.orchestrate import DRIVER_RESOURCE
 from tests.conftest import REPO
 
@@ -39,12 +40,12 @@ def test_gpu_nodes_have_one_gpu_and_the_head_carries_the_driver_resource():
 
 def test_the_head_holds_max_workers_concurrent_trials_by_the_readmes_sizing_rule():
     """README, "Sizing the head": 1.6 GB per running trial (benchmarks/cluster_footprint.py) plus 3 GB for the
-    head's own services, within half the head's memory."""
+    head's own services, within half the head's memory: the rule ``--check-cluster`` applies."""
     config = _config()
     head = config["available_node_types"][config["head_node_type"]]
-    memory_gb = {"n2-standard-8": 32, "n2-highmem-8": 64, "n2-standard-16": 64, "n2-highmem-16": 128}
-    need = 1.6 * config["max_workers"] + 3
-    assert need <= memory_gb[head["node_config"]["machineType"]] / 2
+    need = cluster_shape.HEAD_GB_PER_TRIAL * config["max_workers"] + cluster_shape.HEAD_SERVICES_GB
+    assert (cluster_shape.HEAD_GB_PER_TRIAL, cluster_shape.HEAD_SERVICES_GB) == (1.6, 3.0)
+    assert need <= cluster_shape.MACHINE_MEMORY_GB[head["node_config"]["machineType"]] / 2
 
 
 def test_no_credentials_in_the_file():

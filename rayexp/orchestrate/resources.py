@@ -14,13 +14,12 @@ import os
 
 import ray
 
+from rayexp.cluster_shape import ACCELERATOR_RESOURCE, DRIVER_RESOURCE
 from rayexp.errors import RayexpError
 from rayexp.orchestrate.context import TrialResources
 from rayexp.settings import TRAIN_RUNTIME, SweepSettings
 
-DRIVER_RESOURCE = "rayexp_trial_driver"
 LIGHT_TRIALS_LIMIT = 64
-ACCELERATOR_RESOURCE = "accelerator_type:"  # Ray's per-node resource naming its accelerator, as Train asks for it
 RAY_LOGS = "/tmp/ray/session_latest/logs"  # Ray's default, on the head node
 
 

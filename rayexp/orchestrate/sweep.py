@@ -10,7 +10,7 @@ import ray.tune
 from ray.data._internal.stats import get_or_create_stats_actor
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from rayexp import tracking
+from rayexp import cluster_shape, tracking
 from rayexp.backbones.checkpoint import ORIGIN_PREFIX
 from rayexp.backbones.weights import OFFLINE_ENV
 from rayexp.data.shards import load_manifest
@@ -21,11 +21,17 @@ from rayexp.orchestrate.context import TrialContext
 from rayexp.orchestrate.driver import MAX_FAILURES, trial_driver
 from rayexp.orchestrate.failures import error_message
 from rayexp.orchestrate.orphans import OrphanReaper, reap
-from rayexp.orchestrate.resources import init_ray, plan_concurrency, trial_function_resources, trial_resources
+from rayexp.orchestrate.resources import (
+    init_ray,
+    plan_concurrency,
+    trial_cpus,
+    trial_function_resources,
+    trial_resources,
+)
 from rayexp.orchestrate.resume import select_trials
 from rayexp.orchestrate.schedulers import SweepStopper, make_scheduler, make_stop, stop_reason
 from rayexp.preflight import node_problems
-from rayexp.settings import TRAIN_RUNTIME, SweepPlan
+from rayexp.settings import TRAIN_RUNTIME, SweepPlan, SweepSettings
 
 
 def run_sweep(plan: SweepPlan, held: tracking.SweepLock | None = None) -> dict:
@@ -47,14 +53,15 @@ def _run_locked(plan: SweepPlan) -> dict:
     if not todo:
         return {"ran": [], "errored": [], "stopped": [], "not_started": [], "skipped": skipped}
     domains = {d: load_manifest(s.data_dir, d)["domain"] for d in sorted({k.dataset for k in todo})}
-    cells = sorted({k.cell for k in todo})
-    cell_runs = tracking.ensure_cell_runs(s.tracking_uri, s.experiment, cells, domains, seeds=plan.planned_seeds())
     init_ray(s)
+    concurrency, use_gpu = plan_concurrency(s)
+    check_cluster_shape(s, use_gpu)  # before anything is written: a trial no node can hold would wait for ever
     if s.address:
         preflight_cluster(plan, sorted(domains))
+    cells = sorted({k.cell for k in todo})
+    cell_runs = tracking.ensure_cell_runs(s.tracking_uri, s.experiment, cells, domains, seeds=plan.planned_seeds())
     keep_ray_data_stats_actor()
     reap()  # an earlier sweep of this process may have left one
-    concurrency, use_gpu = plan_concurrency(s)
     if s.train.precision == "fp16" and not use_gpu:
         raise RayexpError(
             f"--precision fp16 needs a GPU, and the trials of this sweep run on the CPU (the cluster at {s.address} "
@@ -134,6 +141,23 @@ def _outcome(plan: SweepPlan, grid: ray.tune.ResultGrid, stopper: SweepStopper |
             if tracking.close_stopped_run(s.tracking_uri, s.experiment, key, s.train.selection, reason=reason):
                 stopped.append((key, metrics.get("epoch"), metrics.get("best_acc"), reason))
     return {"errored": errored, "stopped": stopped, "not_started": not_started}
+
+
+def check_cluster_shape(s: SweepSettings, use_gpu: bool) -> None:
+    """Refuse, before Tune starts, trials no node of the cluster can ever hold (:mod:`rayexp.cluster_shape`): its
+    autoscaler's node types where it has one (the config its head was started with), else its live nodes."""
+    worker, data = trial_cpus(s, use_gpu)
+    request = cluster_shape.TrialRequest(
+        worker, data, s.gpus_per_trial if use_gpu else 0.0, s.accelerator_type if use_gpu else None
+    )
+    nodes = cluster_shape.live_node_types(ray.nodes())
+    where = "live node of the cluster"
+    path = cluster_shape.monitor_config_path(ray.get_runtime_context().gcs_address) if s.address else None
+    if path is not None:
+        config = cluster_shape.load_config(path)
+        nodes += [t for t in cluster_shape.node_types(config) if not t.head]
+        where = f"node type of the cluster's autoscaler ({path}) nor live node"
+    cluster_shape.check_fit(request, nodes, where, s.trial_runtime == TRAIN_RUNTIME)
 
 
 def preflight_cluster(plan: SweepPlan, datasets: list[str]) -> None:
