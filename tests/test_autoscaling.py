@@ -251,6 +251,7 @@ def test_a_sweep_scales_gpu_nodes_from_zero_survives_a_preempted_node_and_scales
             )
             thread = threading.Thread(target=preempt_after_first_epoch, daemon=True)
             thread.start()
+            submitted = time.monotonic()
             job = jobs.submit_job(entrypoint=entrypoint)
             deadline = time.monotonic() + 420
             while jobs.get_job_status(job) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
@@ -268,11 +269,17 @@ def test_a_sweep_scales_gpu_nodes_from_zero_survives_a_preempted_node_and_scales
             epochs = [line.split(",")[0] for line in Path(history).read_text().splitlines()[1:]]
             assert epochs == ["1", "2", "3", "4"]  # resumed from its checkpoint, not started again
 
+            job_s = time.monotonic() - submitted
             # Stage 3: idle GPU nodes are removed after the idle timeout: back to the head alone.
+            idle_from = time.monotonic()
             deadline = time.monotonic() + 60 + IDLE_MINUTES * 60
             while any(n["Alive"] and n["Resources"].get("GPU") for n in ray.nodes()):
                 assert time.monotonic() < deadline, "idle GPU nodes were not removed"
                 time.sleep(1)
             assert re.search(rf"Removing \d+ nodes of type {gpu_type} \(idle\)", _monitor_log(cluster["logs"]))
+            print(
+                f"the preempted job's sweep in {job_s:.1f}s; the GPU nodes gone {time.monotonic() - idle_from:.1f}s "
+                f"after it ({IDLE_MINUTES * 60:.0f}s idle timeout)"
+            )
         finally:
             ray.shutdown()
