@@ -129,7 +129,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.network = torch.export.load(context.artifacts["network"]).module()
 
     def _rows(self, model_input) -> list[tuple[str, object]]:
-        """Each row's image, as ("image", bytes) or ("pixels", array), checked against the budgets."""
+        """Each row's image, as ("image", bytes) or ("pixels", array)."""
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         unknown = [str(c) for c in frame.columns if c not in COLUMNS]
         if unknown:
@@ -150,10 +150,10 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 raise BadRequest(f"row {i}: {what}; give exactly one of 'image' (encoded bytes) or 'pixels'")
             ((column, value),) = given.items()
             rows.append((column, _image_bytes(value, i) if column == "image" else _pixel_array(value, i)))
-        self._check_budgets(rows)
         return rows
 
-    def _check_budgets(self, rows: list[tuple[str, object]]) -> None:
+    def _check_budgets(self, rows: list[tuple[str, object]]) -> int:
+        """Refuse a request over a budget, from the images' headers (nothing decoded); the per-image pixel limit."""
         max_pixels = _budget(MAX_PIXELS_ENV, self.imagefile.MAX_PIXELS, ceiling=self.imagefile.MAX_PIXELS)
         max_request_pixels = _budget(MAX_REQUEST_PIXELS_ENV, DEFAULT_MAX_REQUEST_PIXELS)
         max_bytes = _budget(MAX_REQUEST_MB_ENV, DEFAULT_MAX_REQUEST_MB) * 1_000_000
@@ -179,9 +179,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
                 f"the request's {len(rows)} images declare {total:,} pixels together, over the server's "
                 f"{max_request_pixels:,} ({MAX_REQUEST_PIXELS_ENV}); send fewer images per request"
             )
-        self._max_pixels = max_pixels
+        return max_pixels
 
-    def _inputs(self, rows: list[tuple[str, object]]) -> torch.Tensor:
+    def _inputs(self, rows: list[tuple[str, object]], max_pixels: int) -> torch.Tensor:
         """The network's normalised input: each image through :func:`imagefile.network_pixels`, as in training."""
         size, stored = tuple(self.config["input_size"]), self.config["stored"]
         images = []
@@ -189,7 +189,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             try:
                 images.append(
                     self.imagefile.network_pixels(
-                        value, size, stored["encoding"], self._max_pixels, tuple(stored["max_size"])
+                        value, size, stored["encoding"], max_pixels, tuple(stored["max_size"])
                     )
                 )
             except self.imagefile.ImageFileError as exc:
@@ -202,7 +202,8 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         try:
-            inputs = self._inputs(self._rows(model_input))
+            rows = self._rows(model_input)
+            inputs = self._inputs(rows, self._check_budgets(rows))
             with torch.no_grad():
                 logits = torch.cat([self.network(chunk) for chunk in inputs.split(FORWARD_BATCH)])
             probabilities = logits.float().softmax(dim=1)
