@@ -1,4 +1,7 @@
-"""A real multi-node Ray cluster on this machine: a head and two worker nodes with one (logical) GPU each."""
+"""A real multi-node Ray cluster on this machine: a head and two worker nodes with one (logical) GPU each.
+
+The light runtime (``--runtime tune``) here; Train's runtime, the default on a cluster, is checked the same way
+(placements, a lost node resumed from its checkpoint) on an autoscaling cluster in tests/test_autoscaling.py."""
 
 import os
 import threading
@@ -10,7 +13,6 @@ import pytest
 from rayexp import tracking
 from rayexp.cli import main
 from rayexp.orchestrate import DRIVER_RESOURCE
-from tests.conftest import both_runtimes
 from tests.test_sweep_e2e import DEFAULTS, _argv, _free_port
 
 
@@ -40,7 +42,7 @@ def cluster():
 
 
 @pytest.mark.slow
-@both_runtimes
+@pytest.mark.parametrize("runtime", ["tune"])
 def test_trials_spread_over_gpu_nodes_and_survive_a_lost_node(runtime, cluster, digits_dir, tmp_path, capsys):
     from ray.util.state import list_actors
 
