@@ -75,18 +75,15 @@ def build_parser(defaults: SweepDefaults, exclude: tuple[str, ...] = ()) -> argp
 def check_cluster(defaults: SweepDefaults, args: argparse.Namespace) -> int:
     """``--check-cluster``: the sweep's trial request against a cluster config's node types, with the code that
     checks a running cluster before Tune starts (:mod:`rayexp.cluster_shape`)."""
-    from rayexp.orchestrate.resources import trial_cpus
-
     config = cluster_shape.load_config(args.check_cluster)
     settings = settings_from(defaults, args)
     types = cluster_shape.node_types(config)
     use_gpu = settings.device == "gpu" or (settings.device == "auto" and any(t.resources.get("GPU") for t in types))
-    worker, data = trial_cpus(settings, use_gpu)
-    request = cluster_shape.TrialRequest(
-        worker, data, settings.gpus_per_trial if use_gpu else 0.0, settings.accelerator_type if use_gpu else None
-    )
     lines, problems = cluster_shape.cluster_report(
-        request, config, settings.trial_runtime == TRAIN_RUNTIME, settings.max_concurrent
+        cluster_shape.trial_request(settings, use_gpu),
+        config,
+        settings.trial_runtime == TRAIN_RUNTIME,
+        settings.max_concurrent,
     )
     print(f"{args.check_cluster}, for this sweep's settings (runtime {settings.trial_runtime}):")
     print("\n".join(lines))

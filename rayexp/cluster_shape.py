@@ -18,9 +18,12 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from rayexp.errors import RayexpError
+
+if TYPE_CHECKING:
+    from rayexp.settings import SweepSettings
 
 DRIVER_RESOURCE = "rayexp_trial_driver"  # the head's slots for the trials' Tune functions (--runtime train)
 ACCELERATOR_RESOURCE = "accelerator_type:"  # Ray's per-node resource naming its accelerator, as Train asks for it
@@ -89,6 +92,23 @@ class TrialRequest:
             if self.accelerator_type:
                 text += f" ({ACCELERATOR_RESOURCE}{self.accelerator_type})"
         return text
+
+
+def trial_cpus(settings: SweepSettings, use_gpu: bool) -> tuple[float, float]:
+    """(training worker CPUs, Ray Data CPUs) per trial: the settings', else 2 and 10 with a GPU (12 vCPU per
+    A100), 1 and 1 without."""
+    worker = settings.worker_cpus if settings.worker_cpus is not None else (2.0 if use_gpu else 1.0)
+    data = settings.data_cpus if settings.data_cpus is not None else (10.0 if use_gpu else 1.0)
+    return worker, data
+
+
+def trial_request(settings: SweepSettings, use_gpu: bool) -> TrialRequest:
+    """What each trial of a sweep with ``settings`` asks one node for (a GPU and its type only when trials use
+    GPUs)."""
+    worker, data = trial_cpus(settings, use_gpu)
+    return TrialRequest(
+        worker, data, settings.gpus_per_trial if use_gpu else 0.0, settings.accelerator_type if use_gpu else None
+    )
 
 
 def trials_per_node(request: TrialRequest, node: NodeType) -> int:

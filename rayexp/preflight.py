@@ -24,6 +24,7 @@ from rayexp.backbones.factory import check_checkpoint
 from rayexp.backbones.footprint import GB, footprint, trial_memory, trial_precision
 from rayexp.backbones.specs import REGISTRY_INPUT
 from rayexp.backbones.weights import OFFLINE_ENV, WeightsStatus, weights_status
+from rayexp.cluster_shape import trial_cpus
 from rayexp.data.preparation import how_to_prepare
 from rayexp.data.rows import fraction_thresholds
 from rayexp.data.shards import dataset_location, is_prepared, is_uri, load_manifest, verify_dataset
@@ -263,7 +264,7 @@ def trial_node(settings: SweepSettings) -> tuple[TrialNode | None, str]:
         )
     # As rayexp.orchestrate.resources places CPU trials: 1 worker and 1 data CPU each unless set, as many at once as
     # the CPUs hold (at most --max-concurrent)
-    worker, data = settings.worker_cpus or 1.0, settings.data_cpus or 1.0
+    worker, data = trial_cpus(settings, use_gpu=False)
     at_once = max(1, int((os.cpu_count() or 1) // (worker + data)))
     at_once = min(at_once, settings.max_concurrent or at_once)
     memory = host_memory()

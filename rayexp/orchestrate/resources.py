@@ -14,7 +14,7 @@ import os
 
 import ray
 
-from rayexp.cluster_shape import ACCELERATOR_RESOURCE, DRIVER_RESOURCE
+from rayexp.cluster_shape import ACCELERATOR_RESOURCE, DRIVER_RESOURCE, trial_cpus
 from rayexp.errors import RayexpError
 from rayexp.orchestrate.context import TrialResources
 from rayexp.settings import TRAIN_RUNTIME, SweepSettings
@@ -38,14 +38,6 @@ def local_ray_config(cpus: int) -> dict:
         "idle_worker_killing_time_threshold_ms": 300_000,
         "worker_maximum_startup_concurrency": 3 * cpus,
     }
-
-
-def trial_cpus(settings: SweepSettings, use_gpu: bool) -> tuple[float, float]:
-    """(training worker CPUs, Ray Data CPUs) per trial: the settings', else 2 and 10 with a GPU (12 vCPU per
-    A100), 1 and 1 without."""
-    worker = settings.worker_cpus if settings.worker_cpus is not None else (2.0 if use_gpu else 1.0)
-    data = settings.data_cpus if settings.data_cpus is not None else (10.0 if use_gpu else 1.0)
-    return worker, data
 
 
 def trial_resources(settings: SweepSettings, use_gpu: bool) -> TrialResources:

@@ -24,7 +24,6 @@ from rayexp.orchestrate.orphans import OrphanReaper, reap
 from rayexp.orchestrate.resources import (
     init_ray,
     plan_concurrency,
-    trial_cpus,
     trial_function_resources,
     trial_resources,
 )
@@ -146,10 +145,7 @@ def _outcome(plan: SweepPlan, grid: ray.tune.ResultGrid, stopper: SweepStopper |
 def check_cluster_shape(s: SweepSettings, use_gpu: bool) -> None:
     """Refuse, before Tune starts, trials no node of the cluster can ever hold (:mod:`rayexp.cluster_shape`): its
     autoscaler's node types where it has one (the config its head was started with), else its live nodes."""
-    worker, data = trial_cpus(s, use_gpu)
-    request = cluster_shape.TrialRequest(
-        worker, data, s.gpus_per_trial if use_gpu else 0.0, s.accelerator_type if use_gpu else None
-    )
+    request = cluster_shape.trial_request(s, use_gpu)
     nodes = cluster_shape.live_node_types(ray.nodes())
     where = "live node of the cluster"
     path = cluster_shape.monitor_config_path(ray.get_runtime_context().gcs_address) if s.address else None
