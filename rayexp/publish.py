@@ -28,12 +28,13 @@ from rayexp.grid import TrialKey
 from rayexp.recommend import recommend
 from rayexp.results import best_seed_row, current_results
 from rayexp.settings import train_run_location
+from rayexp.tracking.registry import NAME_CHARACTERS
 
 
 def default_model_name(dataset: str, backbone: str) -> str:
     """``<dataset>-<backbone>``, in the characters a registered model's name takes everywhere
     (:data:`rayexp.tracking.registry.MODEL_NAME`): any other character becomes '-'."""
-    return re.sub(r"[^A-Za-z0-9._-]", "-", f"{dataset}-{backbone}")[:200]
+    return re.sub(f"[^{NAME_CHARACTERS}]", "-", f"{dataset}-{backbone}")[:200]
 
 
 def _example_image(data_dir: str, dataset: str, size: Sequence[int]) -> bytes:

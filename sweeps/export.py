@@ -33,8 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     try:
-        if args.register is not None:
-            tracking.check_model_name(args.register)
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
         tracking.existing_experiment(uri, args.experiment)  # nothing is created for a mistyped name
         key = args.key

@@ -38,7 +38,8 @@ from rayexp.tracking.schema import (
 
 SERVED_MODEL_CODE = Path(__file__).with_name("served_model.py")
 # Stricter than any MLflow store (no '/', ':' or '%', not blank): also safe unquoted in a shell command or a URI.
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+NAME_CHARACTERS = "A-Za-z0-9._-"  # a regex character class's body
+MODEL_NAME = re.compile(rf"[A-Za-z0-9][{NAME_CHARACTERS}]{{0,199}}")
 
 
 def check_model_name(name: str) -> str:
